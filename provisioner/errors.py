@@ -1,0 +1,68 @@
+"""The project's exceptions: one root, one branch per thing that can go wrong.
+
+::
+
+    ProvisionerError                 root; every error the tool raises on purpose
+    ├── UsageError          exit 2   the command line or settings are wrong
+    │   └── ConfigError     exit 2   the config file or an environment value is wrong
+    ├── ManifestError       exit 2   the manifest cannot be read as a whole
+    ├── OutputError         exit 2   the output folder cannot be written
+    ├── StateError          exit 2   the state store is corrupt, foreign or unwritable
+    │   └── StateLockedError exit 75 another live run holds the state store
+    └── TransportError               one request's fate (raised by client.py only)
+        ├── ConnectFailed            the request never reached the server: safe to resend
+        └── InDoubt                  the request may have reached the server
+
+aiohttp's exceptions are translated into ``TransportError`` in exactly one place,
+``client.BrazeClient.create``. No message of any exception here may contain the API
+key: messages are built from settings fields, never from request headers.
+"""
+
+from __future__ import annotations
+
+
+class ProvisionerError(Exception):
+    """Root of every error the provisioner raises on purpose."""
+
+    #: The process exit code when this error ends a command.
+    exit_code: int = 2
+
+
+class UsageError(ProvisionerError):
+    """The command line or the resulting settings are wrong; nothing was sent."""
+
+
+class ConfigError(UsageError):
+    """A config file, config key or environment value is wrong; nothing was sent."""
+
+
+class ManifestError(ProvisionerError):
+    """The manifest cannot be read as a whole (missing, no ``campaign_id`` column...)."""
+
+
+class OutputError(ProvisionerError):
+    """The output folder cannot be created or written; nothing was sent."""
+
+
+class StateError(ProvisionerError):
+    """The state store cannot be used (corrupt, foreign, newer schema, unwritable)."""
+
+
+class StateLockedError(StateError):
+    """Another live run holds the state store."""
+
+    exit_code = 75
+
+
+class TransportError(ProvisionerError):
+    """A request failed below HTTP; subclasses say whether it may have been received."""
+
+    exit_code = 1
+
+
+class ConnectFailed(TransportError):
+    """The request never reached the server (refused, DNS, connect timeout)."""
+
+
+class InDoubt(TransportError):
+    """The request may have reached the server (read timeout, connection dropped)."""

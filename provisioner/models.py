@@ -1,0 +1,96 @@
+"""Records that travel down the pipeline: manifest rows, row errors and outcomes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+#: A manifest row's columns in their original order, values as read (CSV: str;
+#: JSONL: any JSON value). Kept whole so that ``deferred.csv`` can reproduce the row.
+Columns = tuple[tuple[str, object], ...]
+
+#: Column names the provisioner itself interprets.
+CAMPAIGN_ID = "campaign_id"
+SEND_ID = "send_id"
+WORKSPACE = "workspace"
+RESERVED_COLUMNS = frozenset({CAMPAIGN_ID, SEND_ID})
+
+
+class Status(StrEnum):
+    """Where a row ended. Every row gets exactly one."""
+
+    CREATED = "created"
+    DUPLICATE = "duplicate"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    DEFERRED = "deferred"
+
+
+#: Statuses written to results.jsonl (the rest go to failures.jsonl or deferred.csv).
+RESULT_STATUSES = frozenset({Status.CREATED, Status.DUPLICATE, Status.SKIPPED})
+
+
+@dataclass(frozen=True, slots=True)
+class RawRow:
+    """A manifest record as parsed, before validation. ``line`` is 1-based and counts
+    physical lines of the file (a CSV record spanning lines has its first line)."""
+
+    line: int
+    columns: Columns
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A valid row, ready to send."""
+
+    line: int
+    campaign_id: str
+    send_id: str | None
+    columns: Columns
+
+    def extra(self) -> Columns:
+        """The pass-through columns (all but campaign_id and send_id)."""
+        return tuple((k, v) for k, v in self.columns if k not in RESERVED_COLUMNS)
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """A row that cannot be sent: malformed in the file, or invalid by Braze's rules.
+
+    ``error`` is a stable machine-readable code (see ``validation.ERROR_CODES``);
+    ``field`` names the offending column, or is None when the line itself is malformed.
+    """
+
+    line: int
+    error: str
+    message: str
+    field: str | None = None
+    campaign_id: str | None = None
+    send_id: str | None = None
+    columns: Columns = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The final fate of one manifest row, as written to the output files."""
+
+    line: int
+    status: Status
+    campaign_id: str | None
+    send_id: str | None
+    columns: Columns = ()
+    attempts: int = 0
+    http_status: int | None = None
+    latency_ms: float | None = None
+    #: failed rows: stable code, human message, whether a later run may succeed.
+    error: str | None = None
+    message: str | None = None
+    retryable: bool = False
+    field: str | None = None
+    #: duplicate rows: the line of the first copy.
+    duplicate_of: int | None = None
+    #: deferred rows: why they were not sent (quota, rate_limited, key_refused, ...).
+    reason: str | None = None
+    #: skipped rows: the run that created the combination, and when (epoch seconds).
+    created_run: str | None = None
+    created_at: float | None = None
