@@ -1,0 +1,286 @@
+"""Fault rules for the sandbox: what a rule is, how rules are read, which one applies.
+
+Kept apart from ``sandbox.py`` so that the server module stays about serving; the public
+names (``FaultRule``, ``load_faults``) are re-exported there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import orjson
+from aiohttp import web
+
+from provisioner.errors import ConfigError
+
+#: Actions that answer without creating anything.
+NON_CREATING_ACTIONS = frozenset({"status", "rate_limit", "drop_before"})
+#: Actions that create (ledger + quota) and then spoil the answer.
+CREATING_ACTIONS = frozenset(
+    {"queued", "drop_after", "delay", "not_json", "no_send_id", "slow_body"}
+)
+ACTIONS = NON_CREATING_ACTIONS | CREATING_ACTIONS
+#: Actions that are meaningless without a positive ``delay_ms``.
+_DELAYED_ACTIONS = frozenset({"delay", "slow_body"})
+#: How each action shows in the ledger's ``by_status`` (``status`` uses its own code).
+_OUTCOMES = {
+    "rate_limit": "429",
+    "drop_before": "dropped",
+    "drop_after": "dropped",
+    "queued": "202",
+    "delay": "201",
+    "not_json": "201",
+    "no_send_id": "201",
+    "slow_body": "201",
+}
+#: Braze-like messages for error answers, shared with the server module.
+ERROR_MESSAGES = {
+    400: "Invalid campaign_id: no campaign found",
+    401: "Invalid API key: the key was not accepted",
+    403: "Forbidden: the API key lacks the sends.id.create permission",
+    404: "Invalid API key: not found",
+    429: "Rate limit exceeded",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+_JSON = "application/json"
+_SLOW_BODY_CHUNKS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRule:
+    """One deterministic fault: which requests it hits, how often, and what it does.
+
+    ``campaign_id`` None matches every campaign; ``times`` None applies forever,
+    otherwise the rule applies to that many requests and then stays silent.
+    ``probability`` is drawn from the sandbox's seeded RNG; a request the draw spares
+    goes on to the next rule without using up ``times``.
+    """
+
+    action: str
+    campaign_id: str | None = None
+    times: int | None = None
+    probability: float = 1.0
+    delay_ms: float = 0.0
+    status: int = 500
+
+    def __post_init__(self) -> None:
+        # Checked here, not only in the JSON reader, so that a rule built in Python
+        # (tests, benchmarks) fails at construction rather than mid-request.
+        if self.action not in ACTIONS:
+            raise ValueError(
+                f"unknown action {self.action!r}; expected one of {', '.join(sorted(ACTIONS))}"
+            )
+        if self.campaign_id is not None and (
+            not isinstance(self.campaign_id, str) or not self.campaign_id
+        ):
+            raise ValueError("campaign_id must be a non-empty string or null (any campaign)")
+        if self.times is not None and (
+            isinstance(self.times, bool) or not isinstance(self.times, int) or self.times < 1
+        ):
+            raise ValueError(f"times must be a positive integer or null, got {self.times!r}")
+        if not _is_number(self.probability) or not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"probability must be between 0 and 1, got {self.probability!r}")
+        if not _is_number(self.delay_ms) or self.delay_ms < 0:
+            raise ValueError(f"delay_ms must be a number >= 0, got {self.delay_ms!r}")
+        if self.action in _DELAYED_ACTIONS and self.delay_ms <= 0:
+            raise ValueError(f"action {self.action!r} needs a delay_ms > 0")
+        if isinstance(self.status, bool) or not isinstance(self.status, int):
+            raise ValueError(f"status must be an integer, got {self.status!r}")
+        if self.action == "status" and not 400 <= self.status <= 599:
+            raise ValueError(f"status must be an HTTP error code (400-599), got {self.status}")
+
+    @property
+    def creates(self) -> bool:
+        """Whether a request hit by this rule still creates (ledger entry, quota)."""
+        return self.action in CREATING_ACTIONS
+
+    @property
+    def outcome(self) -> str:
+        """The ledger's ``by_status`` key for a request this rule answers."""
+        return str(self.status) if self.action == "status" else _OUTCOMES[self.action]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_RULE_FIELDS = frozenset(f.name for f in fields(FaultRule))
+
+
+def rule_from_mapping(data: object) -> FaultRule:
+    """Build a rule from its JSON form; raises ValueError saying what is wrong."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"a rule must be a JSON object, got {json_type(data)}")
+    unknown = sorted(str(k) for k in data if k not in _RULE_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_RULE_FIELDS))}"
+        )
+    if "action" not in data:
+        raise ValueError("the field 'action' is required")
+    try:
+        return FaultRule(**{str(k): v for k, v in data.items()})
+    except TypeError as exc:  # a wrongly typed value that __post_init__ compared
+        raise ValueError(str(exc)) from None
+
+
+def rules_from_document(doc: object) -> tuple[FaultRule, ...]:
+    """Read ``{"rules": [...]}``; raises ValueError naming the bad rule (1-based)."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("rules"), list):
+        raise ValueError('expected a JSON object with a "rules" list')
+    rules: list[FaultRule] = []
+    for index, item in enumerate(doc["rules"], start=1):
+        try:
+            rules.append(rule_from_mapping(item))
+        except ValueError as exc:
+            action = item.get("action") if isinstance(item, Mapping) else None
+            what = f" (action {action!r})" if isinstance(action, str) else ""
+            raise ValueError(f"rule #{index}{what}: {exc}") from None
+    return tuple(rules)
+
+
+def load_faults(path: str) -> tuple[FaultRule, ...]:
+    """Read fault rules from a JSON file shaped ``{"rules": [{...}, ...]}``.
+
+    Raises ``ConfigError`` naming the file and, for a bad rule, its position and action.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read fault file {path}: {exc.strerror or exc}") from None
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"fault file {path} is not valid JSON: {exc}") from None
+    try:
+        return rules_from_document(doc)
+    except ValueError as exc:
+        raise ConfigError(f"fault file {path}: {exc}") from None
+
+
+def json_type(value: object) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
+
+
+class _Slot:
+    """A rule and how many more times it may apply (None = unlimited)."""
+
+    __slots__ = ("left", "rule")
+
+    def __init__(self, rule: FaultRule) -> None:
+        self.rule = rule
+        self.left = rule.times
+
+
+class FaultBook:
+    """The live, ordered rules of one sandbox with their remaining uses."""
+
+    __slots__ = ("_rng", "_slots")
+
+    def __init__(self, rules: Iterable[FaultRule], rng: random.Random) -> None:
+        self._rng = rng
+        self._slots = [_Slot(rule) for rule in rules]
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def add(self, rules: Iterable[FaultRule]) -> None:
+        """Append rules after the existing ones (earlier rules keep precedence)."""
+        self._slots.extend(_Slot(rule) for rule in rules)
+
+    def clear(self) -> None:
+        """Forget every rule."""
+        self._slots.clear()
+
+    def pick(self, campaign_id: str) -> FaultRule | None:
+        """The rule that applies to this request, using up one of its ``times``."""
+        for slot in self._slots:
+            rule = slot.rule
+            if slot.left == 0:
+                continue
+            if rule.campaign_id is not None and rule.campaign_id != campaign_id:
+                continue
+            if rule.probability < 1.0 and self._rng.random() >= rule.probability:
+                continue
+            if slot.left is not None:
+                slot.left -= 1
+            return rule
+        return None
+
+
+def json_response(
+    status: int, payload: dict[str, object], headers: dict[str, str] | None
+) -> web.Response:
+    """A JSON answer serialised with orjson."""
+    return web.Response(
+        body=orjson.dumps(payload), status=status, headers=headers, content_type=_JSON
+    )
+
+
+async def answer_fault(
+    rule: FaultRule, request: web.Request, headers: dict[str, str], send_id: str | None
+) -> web.StreamResponse:
+    """The answer to a request hit by ``rule``, once the server has created (or not).
+
+    ``headers`` are the rate-limit headers as they stand after the request; ``send_id``
+    is the id created, None for the actions that create nothing.
+    """
+    action = rule.action
+    if action in ("drop_before", "drop_after"):
+        if request.transport is not None:
+            request.transport.close()
+        # Never written: aiohttp finds the transport closed, takes it for a client
+        # disconnect and ignores it quietly.
+        return web.Response(status=204)
+    if action in ("status", "rate_limit"):
+        status = 429 if action == "rate_limit" else rule.status
+        if status == 429:
+            headers["X-RateLimit-Remaining"] = "0"
+        message = ERROR_MESSAGES.get(status, f"Sandbox fault: HTTP {status}")
+        return json_response(status, {"message": message}, headers)
+    if action == "queued":
+        return json_response(202, {"message": "queued"}, headers)
+    if action == "no_send_id":
+        return json_response(201, {"message": "success"}, headers)
+    if action == "not_json":
+        return web.Response(
+            text="<html>oops</html>", status=201, headers=headers, content_type="text/html"
+        )
+    delay = rule.delay_ms / 1000.0
+    if action == "delay":
+        await asyncio.sleep(delay)
+        return json_response(201, {"message": "success", "send_id": send_id}, headers)
+    # slow_body: headers at once, then the body in a few chunks, each after delay_ms.
+    body = orjson.dumps({"message": "success", "send_id": send_id})
+    response = web.StreamResponse(status=201, headers=headers)
+    response.content_type = _JSON
+    response.content_length = len(body)
+    await response.prepare(request)
+    step = -(-len(body) // _SLOW_BODY_CHUNKS)
+    try:
+        for start in range(0, len(body), step):
+            await asyncio.sleep(delay)
+            await response.write(body[start : start + step])
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client gave up (read timeout): that is what this fault is for
+    return response
