@@ -1,0 +1,45 @@
+"""Shared fixtures: sandboxes started on free loopback ports and stopped at teardown."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import pytest
+
+from provisioner.sandbox import Sandbox, SandboxConfig
+
+
+class SandboxFactory(Protocol):
+    """``await start(clock=..., daily_quota=3, ...)``: keyword overrides of SandboxConfig."""
+
+    async def __call__(
+        self, *, clock: Callable[[], float] = ..., **config_overrides: Any
+    ) -> Sandbox: ...
+
+
+@pytest.fixture
+async def sandbox_factory() -> AsyncIterator[SandboxFactory]:
+    """Start sandboxes on demand (free port each); all are stopped at teardown."""
+    started: list[Sandbox] = []
+
+    async def start(*, clock: Callable[[], float] = time.time, **config_overrides: Any) -> Sandbox:
+        config = dataclasses.replace(SandboxConfig(), **config_overrides)
+        # A short shutdown so that a request still sleeping in a `delay` fault is
+        # cancelled instead of holding the teardown.
+        sandbox = Sandbox(config, clock=clock, shutdown_timeout=0.1)
+        await sandbox.start()
+        started.append(sandbox)
+        return sandbox
+
+    yield start
+    for sandbox in reversed(started):
+        await sandbox.stop()
+
+
+@pytest.fixture
+async def sandbox(sandbox_factory: SandboxFactory) -> Sandbox:
+    """A sandbox with the default config (key ``sandbox-key``, quota 100 a day)."""
+    return await sandbox_factory()
