@@ -1,0 +1,464 @@
+"""Settings: defaults < config file < environment < command line, checked once, frozen.
+
+The config file is TOML with sections; every key is listed in ``KEYS`` with its type,
+range, environment variable and default, so that the documentation, the error messages
+and the precedence rule come from one table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+DEFAULT_BASE_URL = "https://rest.iad-01.braze.com"
+DEFAULT_KEY_ENV = "BRAZE_API_KEY"
+
+
+class ApiKey:
+    """The REST API key. Its repr and str never show it: only ``reveal()`` does, and only
+    the client calls that, to build the Authorization header."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The key itself, for the Authorization header and nothing else."""
+        return self._value
+
+    @property
+    def label(self) -> str:
+        """A name for the workspace that does not reveal the key (same as the sandbox's)."""
+        return "ws-" + hashlib.sha256(self._value.encode()).hexdigest()[:10]
+
+    def __repr__(self) -> str:
+        return "ApiKey(<redacted>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ApiKey) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One setting: where it lives in the file, its environment variable, type and range."""
+
+    section: str
+    name: str
+    kind: type
+    default: object
+    env: str | None = None
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    doc: str = ""
+
+
+KEYS: tuple[Key, ...] = (
+    Key(
+        "braze",
+        "base_url",
+        str,
+        DEFAULT_BASE_URL,
+        "PROVISIONER_BASE_URL",
+        doc="REST endpoint of your Braze instance (https; http only for loopback)",
+    ),
+    Key(
+        "braze",
+        "api_key_env",
+        str,
+        DEFAULT_KEY_ENV,
+        None,
+        doc="name of the environment variable that holds the REST API key",
+    ),
+    Key(
+        "braze",
+        "api_key_file",
+        str,
+        None,
+        "PROVISIONER_API_KEY_FILE",
+        doc="file holding the REST API key (used when the variable is unset)",
+    ),
+    Key(
+        "run",
+        "concurrency",
+        int,
+        16,
+        "PROVISIONER_CONCURRENCY",
+        1,
+        1024,
+        doc="requests in flight at once",
+    ),
+    Key(
+        "run",
+        "rate",
+        float,
+        50.0,
+        "PROVISIONER_RATE",
+        0.01,
+        1_000_000,
+        doc="requests per second, paced evenly",
+    ),
+    Key(
+        "run",
+        "quota",
+        int,
+        None,
+        "PROVISIONER_QUOTA",
+        1,
+        1_000_000_000,
+        doc="cap on creations per quota window, below the server's limit",
+    ),
+    Key(
+        "run",
+        "max_wait",
+        float,
+        300.0,
+        "PROVISIONER_MAX_WAIT",
+        0,
+        7 * 86400,
+        doc="longest pause for a rate-limit reset before deferring the rest (seconds)",
+    ),
+    Key(
+        "run",
+        "default_quota",
+        int,
+        100,
+        None,
+        1,
+        1_000_000_000,
+        doc="quota assumed before the server's headers say otherwise",
+    ),
+    Key(
+        "run",
+        "default_window",
+        int,
+        86400,
+        None,
+        1,
+        366 * 86400,
+        doc="quota window assumed before the server's headers say otherwise (seconds)",
+    ),
+    Key(
+        "run",
+        "connect_timeout",
+        float,
+        5.0,
+        "PROVISIONER_CONNECT_TIMEOUT",
+        0.05,
+        300,
+        doc="seconds to open a connection",
+    ),
+    Key(
+        "run",
+        "read_timeout",
+        float,
+        30.0,
+        "PROVISIONER_READ_TIMEOUT",
+        0.05,
+        600,
+        doc="seconds to wait for a response once the request is sent",
+    ),
+    Key(
+        "run",
+        "progress_interval",
+        float,
+        10.0,
+        None,
+        0.1,
+        3600,
+        doc="seconds between progress events",
+    ),
+    Key(
+        "retry",
+        "attempts",
+        int,
+        5,
+        "PROVISIONER_RETRY_ATTEMPTS",
+        1,
+        100,
+        doc="requests per row at most, for 5xx and connection errors",
+    ),
+    Key("retry", "max_time", float, 120.0, None, 0, 86400, doc="seconds a row may spend retrying"),
+    Key("retry", "backoff_base", float, 0.5, None, 0, 600, doc="full-jitter backoff: base seconds"),
+    Key(
+        "retry",
+        "backoff_cap",
+        float,
+        30.0,
+        None,
+        0,
+        3600,
+        doc="full-jitter backoff: largest sleep in seconds",
+    ),
+    Key(
+        "log",
+        "format",
+        str,
+        None,
+        "PROVISIONER_LOG_FORMAT",
+        choices=("json", "console"),
+        doc="log format (default: console on a terminal, json otherwise)",
+    ),
+    Key(
+        "log",
+        "level",
+        str,
+        "info",
+        "PROVISIONER_LOG_LEVEL",
+        choices=("debug", "info", "warning", "error"),
+        doc="log level",
+    ),
+)
+KEYS_BY_NAME = {(k.section, k.name): k for k in KEYS}
+# Keys that would put the secret itself in a file: refused with advice.
+_LITERAL_SECRET_NAMES = frozenset({"api_key", "key", "token", "rest_api_key"})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a run needs, checked and frozen. Built by ``build_settings``."""
+
+    manifest: str
+    out_dir: Path
+    api_key: ApiKey = field(repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    manifest_format: str | None = None
+    concurrency: int = 16
+    rate: float = 50.0
+    quota: int | None = None
+    max_wait: float = 300.0
+    default_quota: int = 100
+    default_window: int = 86400
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    progress_interval: float = 10.0
+    retry_attempts: int = 5
+    retry_max_time: float = 120.0
+    retry_backoff_base: float = 0.5
+    retry_backoff_cap: float = 30.0
+    log_format: str | None = None
+    log_level: str = "info"
+    config_path: Path | None = None
+
+    def public(self) -> dict[str, object]:
+        """The settings as plain data without the key, for summaries and the state store."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            if f.name == "api_key":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+_FIELD_FOR = {
+    ("braze", "base_url"): "base_url",
+    ("run", "concurrency"): "concurrency",
+    ("run", "rate"): "rate",
+    ("run", "quota"): "quota",
+    ("run", "max_wait"): "max_wait",
+    ("run", "default_quota"): "default_quota",
+    ("run", "default_window"): "default_window",
+    ("run", "connect_timeout"): "connect_timeout",
+    ("run", "read_timeout"): "read_timeout",
+    ("run", "progress_interval"): "progress_interval",
+    ("retry", "attempts"): "retry_attempts",
+    ("retry", "max_time"): "retry_max_time",
+    ("retry", "backoff_base"): "retry_backoff_base",
+    ("retry", "backoff_cap"): "retry_backoff_cap",
+    ("log", "format"): "log_format",
+    ("log", "level"): "log_level",
+}
+
+
+def load_config_file(path: Path) -> dict[tuple[str, str], object]:
+    """Read a TOML config into {(section, key): value}, refusing unknown keys and secrets."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist: check the --config path") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+    values: dict[tuple[str, str], object] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"config file {path}: top-level key {section!r} must be a [section]; "
+                f"sections are {', '.join(sorted({k.section for k in KEYS}))}"
+            )
+        for name, value in table.items():
+            if name in _LITERAL_SECRET_NAMES:
+                raise ConfigError(
+                    f"config file {path}: [{section}] {name} would store the API key in a file "
+                    f"that gets copied and committed; put the key in the environment variable "
+                    f"{DEFAULT_KEY_ENV} (or the one api_key_env names) or in a file named by "
+                    f"api_key_file"
+                )
+            if (section, name) not in KEYS_BY_NAME:
+                known = ", ".join(k.name for k in KEYS if k.section == section)
+                hint = f"known keys in [{section}]: {known}" if known else "unknown section"
+                raise ConfigError(f"config file {path}: unknown key [{section}] {name} ({hint})")
+            values[(section, name)] = value
+    return values
+
+
+def _coerce(key: Key, value: object, origin: str) -> object:
+    """Check one value against its key's type and range; origin names where it came from."""
+    where = f"{origin}: {key.section}.{key.name} = {value!r}"
+    if value is None:
+        return None
+    if key.kind is int:
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise ConfigError(f"{where} is not a whole number") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} is not a whole number")
+    elif key.kind is float:
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{where} is not a number") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} is not a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} is not a finite number")
+    elif not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string")
+    if key.choices and value not in key.choices:
+        raise ConfigError(f"{where} must be one of {', '.join(key.choices)}")
+    if isinstance(value, int | float) and (
+        (key.low is not None and value < key.low) or (key.high is not None and value > key.high)
+    ):
+        raise ConfigError(f"{where} is out of range: allowed {key.low:g} to {key.high:g}")
+    return value
+
+
+def check_base_url(url: str) -> str:
+    """The base URL must be https, except for loopback hosts (the sandbox)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(
+            f"base URL {url!r} is not an http(s) URL: use your instance's REST endpoint, "
+            f"e.g. {DEFAULT_BASE_URL}"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"base URL {url!r} must not carry credentials, a query or a fragment")
+    if parts.scheme == "http" and not is_loopback(host):
+        raise ConfigError(
+            f"base URL {url!r} uses plain http to a non-loopback host; the API key would travel "
+            f"in clear text: use https (plain http is allowed only for 127.0.0.1/localhost)"
+        )
+    return url.rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_api_key(env: Mapping[str, str], var: str, key_file: str | None) -> ApiKey:
+    """The key from the named environment variable, else from the key file."""
+    value = env.get(var, "")
+    origin = f"environment variable {var}"
+    if not value and key_file:
+        origin = f"key file {key_file}"
+        try:
+            value = Path(key_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"key file {key_file} cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"key file {key_file} is not UTF-8 text") from None
+    if not value:
+        raise ConfigError(
+            f"no API key: set {var} (or name a key file with api_key_file in the config); "
+            f"the key needs the sends.id.create permission"
+        )
+    if any(not (0x21 <= ord(c) <= 0x7E) for c in value):
+        # Never echo the value: say only what is wrong with it.
+        raise ConfigError(
+            f"the API key from {origin} contains spaces, control or non-ASCII characters; "
+            f"copy it again from the Braze dashboard"
+        )
+    return ApiKey(value)
+
+
+def build_settings(
+    *,
+    manifest: str,
+    out_dir: str | Path,
+    cli: Mapping[str, object],
+    env: Mapping[str, str] | None = None,
+    config_path: str | Path | None = None,
+) -> Settings:
+    """Merge defaults < config file < environment < command line and check every value.
+
+    ``cli`` maps setting names (``Settings`` field names) to values given on the
+    command line; None means "not given".
+    """
+    env = os.environ if env is None else env
+    path = Path(config_path) if config_path else None
+    from_file = load_config_file(path) if path else {}
+    merged: dict[str, Any] = {}
+    raw: dict[tuple[str, str], object] = {}
+    for key in KEYS:
+        value: object = key.default
+        origin = "default"
+        if (key.section, key.name) in from_file:
+            value, origin = from_file[(key.section, key.name)], f"config file {path}"
+        if key.env and env.get(key.env):
+            value, origin = env[key.env], f"environment variable {key.env}"
+        field_name = _FIELD_FOR.get((key.section, key.name))
+        if field_name and cli.get(field_name) is not None:
+            value, origin = cli[field_name], f"--{field_name.replace('_', '-')}"
+        value = _coerce(key, value, origin)
+        raw[(key.section, key.name)] = value
+        if field_name:
+            merged[field_name] = value
+    base_url = check_base_url(str(merged.pop("base_url")))
+    api_key = load_api_key(
+        env,
+        str(raw[("braze", "api_key_env")]),
+        _str_or_none(raw[("braze", "api_key_file")]),
+    )
+    fmt = cli.get("manifest_format")
+    settings = Settings(
+        manifest=manifest,
+        out_dir=Path(out_dir),
+        api_key=api_key,
+        base_url=base_url,
+        manifest_format=str(fmt) if fmt else None,
+        config_path=path,
+        **merged,
+    )
+    return settings
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,59 @@
+"""Structured logging, configured once per process.
+
+Events have stable names (``run_started``, ``row_failed``, ``rate_limited`` ...) and carry
+their data as keyword arguments. On a terminal they render as readable console lines;
+otherwise (cron, systemd, Kubernetes) as one JSON object per line, with no colour codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import orjson
+import structlog
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def _json_dumps(obj: Any, **_: Any) -> str:
+    return orjson.dumps(obj, default=str).decode()
+
+
+def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog for the whole process.
+
+    ``fmt`` is "json" or "console"; None picks console on a terminal and JSON elsewhere.
+    """
+    stream = stream or sys.stderr
+    if fmt is None:
+        fmt = "console" if stream.isatty() else "json"
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if fmt == "json":
+        processors += [
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(serializer=_json_dumps),
+        ]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> Any:
+    """A logger bound to the module name."""
+    return structlog.get_logger(name)
