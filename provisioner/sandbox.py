@@ -318,13 +318,11 @@ class _Service:
 
     async def ledger_view(self, request: web.Request) -> web.Response:
         """GET /sandbox/ledger."""
-        return web.Response(
-            body=orjson.dumps(self.ledger.to_dict()), content_type="application/json"
-        )
+        return json_response(200, self.ledger.to_dict(), None)
 
     async def health(self, request: web.Request) -> web.Response:
         """GET /sandbox/health."""
-        return web.Response(body=b'{"ok":true}', content_type="application/json")
+        return json_response(200, {"ok": True}, None)
 
     async def add_faults(self, request: web.Request) -> web.Response:
         """POST /sandbox/faults: append rules given as ``{"rules": [...]}``."""
@@ -335,20 +333,16 @@ class _Service:
         except ValueError as exc:
             return _admin_error(str(exc))
         self.faults.add(rules)
-        return web.Response(
-            body=orjson.dumps({"rules": len(self.faults)}), content_type="application/json"
-        )
+        return json_response(200, {"rules": len(self.faults)}, None)
 
     async def clear_faults(self, request: web.Request) -> web.Response:
         """DELETE /sandbox/faults: forget every rule."""
         self.faults.clear()
-        return web.Response(body=b'{"rules":0}', content_type="application/json")
+        return json_response(200, {"rules": 0}, None)
 
 
 def _admin_error(message: str) -> web.Response:
-    return web.Response(
-        body=orjson.dumps({"message": message}), status=400, content_type="application/json"
-    )
+    return json_response(400, {"message": message}, None)
 
 
 _SERVICE = web.AppKey("sandbox_service", _Service)
