@@ -1,0 +1,185 @@
+"""Braze's rules for a manifest row, and the index that spots repeated combinations.
+
+Values reach Braze byte-exact: nothing here strips, trims or normalises a value. A row is
+either a ``Row`` ready to send or a ``RowError`` whose message names the field, the
+problem and the fix. Values echoed in messages are shortened, so a hostile 50 MB field
+cannot produce a 50 MB message.
+"""
+
+from __future__ import annotations
+
+import re
+from hashlib import blake2b
+
+from provisioner.models import CAMPAIGN_ID, SEND_ID, RawRow, Row, RowError
+
+ERROR_CODES: frozenset[str] = frozenset(
+    {
+        # --- produced by manifest.Manifest (the record cannot be parsed) ---
+        "invalid_utf8",  # the record's bytes are not valid UTF-8
+        "wrong_column_count",  # a CSV record has more or fewer values than the header
+        "malformed_csv",  # a CSV record breaks the quoting rules (unclosed quote, stray CR)
+        "malformed_json",  # a JSONL line is not valid JSON
+        "not_an_object",  # a JSONL line is valid JSON but not an object (array, string...)
+        "unreadable",  # the file could not be read past this line (truncated gzip, I/O error)
+        # --- produced by validate (the record parses but Braze would refuse it) ---
+        "missing_field",  # campaign_id is absent (JSONL; a CSV header always has it)
+        "wrong_type",  # campaign_id or send_id is not a string (JSON number, list, null...)
+        "empty_field",  # campaign_id is the empty string
+        "control_character",  # campaign_id contains a control character (category Cc)
+        "too_long",  # campaign_id over MAX_CAMPAIGN_ID or send_id over MAX_SEND_ID characters
+        "not_ascii",  # send_id has a character outside printable ASCII (0x20-0x7E)
+    }
+)
+
+#: Braze: "The identifier must be all ASCII characters and at most 64 characters long."
+MAX_SEND_ID = 64
+#: Braze campaign ids are 36 characters; the bound only keeps a hostile field from turning
+#: into an oversized request (413) or a huge log line.
+MAX_CAMPAIGN_ID = 256
+
+# Unicode category Cc is exactly U+0000-U+001F and U+007F-U+009F.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_NOT_PRINTABLE_ASCII = re.compile("[^\x20-\x7e]")
+_ECHO_LIMIT = 40
+
+
+class _Missing:
+    """Marks an absent column, which is not the same as a JSON null."""
+
+
+_MISSING = _Missing()
+
+
+def _echo(value: str) -> str:
+    """A value as a person can read it in a message: quoted, escaped, at most ~40 chars."""
+    if len(value) > _ECHO_LIMIT:
+        return repr(value[:_ECHO_LIMIT]) + "…"
+    return repr(value)
+
+
+def _kind(value: object) -> str:
+    """Name a JSON value's type the way a person writing JSONL thinks of it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def validate(raw: RawRow) -> Row | RowError:
+    """Check a parsed record against Braze's rules; return a sendable Row or a RowError."""
+    campaign_id: object = _MISSING
+    send_id: object = None
+    for name, value in raw.columns:
+        if name == CAMPAIGN_ID:
+            campaign_id = value
+        elif name == SEND_ID:
+            send_id = value
+    cid = campaign_id if isinstance(campaign_id, str) else None
+    sid = send_id if isinstance(send_id, str) and send_id else None
+
+    def error(code: str, field: str, message: str) -> RowError:
+        return RowError(raw.line, code, message, field, cid, sid, raw.columns)
+
+    if campaign_id is _MISSING:
+        return error(
+            "missing_field",
+            CAMPAIGN_ID,
+            'campaign_id is missing: add a "campaign_id" key with the Braze campaign id',
+        )
+    if cid is None:
+        return error(
+            "wrong_type",
+            CAMPAIGN_ID,
+            f"campaign_id is {_kind(campaign_id)}, not a string: write it as a JSON string, "
+            'e.g. "campaign_id": "…"',
+        )
+    if not cid:
+        return error(
+            "empty_field", CAMPAIGN_ID, "campaign_id is empty: fill in the Braze campaign id"
+        )
+    if len(cid) > MAX_CAMPAIGN_ID:
+        return error(
+            "too_long",
+            CAMPAIGN_ID,
+            f"campaign_id {_echo(cid)} has {len(cid)} characters; at most {MAX_CAMPAIGN_ID} "
+            "are accepted and Braze campaign ids have 36: check the column holds the "
+            "campaign id",
+        )
+    bad = _CONTROL.search(cid)
+    if bad is not None:
+        return error(
+            "control_character",
+            CAMPAIGN_ID,
+            f"campaign_id has a control character U+{ord(bad.group()):04X} at position "
+            f"{bad.start() + 1} ({_echo(cid)}): remove it",
+        )
+
+    if send_id is None or send_id == "":
+        return Row(raw.line, cid, None, raw.columns)
+    if sid is None:
+        return error(
+            "wrong_type",
+            SEND_ID,
+            f"send_id is {_kind(send_id)}, not a string: write it as a JSON string, or leave "
+            "it out to let Braze generate one",
+        )
+    if len(sid) > MAX_SEND_ID:
+        return error(
+            "too_long",
+            SEND_ID,
+            f"send_id {_echo(sid)} has {len(sid)} characters; Braze allows at most "
+            f"{MAX_SEND_ID}: shorten it or leave it empty to let Braze generate one",
+        )
+    bad = _NOT_PRINTABLE_ASCII.search(sid)
+    if bad is not None:
+        return error(
+            "not_ascii",
+            SEND_ID,
+            f"send_id has U+{ord(bad.group()):04X} at position {bad.start() + 1} "
+            f"({_echo(sid)}); Braze allows only printable ASCII (letters, digits, "
+            "punctuation, space): replace that character",
+        )
+    return Row(raw.line, cid, sid, raw.columns)
+
+
+class DuplicateIndex:
+    """Remembers each (campaign_id, send_id) combination and the line it first appeared on.
+
+    Memory: the key is an 8-byte blake2b digest of the pair held as an int, not the strings,
+    so millions of pairs cost roughly 100 bytes each whatever the ids' length. Trade-off:
+    two different pairs share a digest with probability 2^-64 per pair compared; among n
+    pairs the chance of any collision is about n²/2^65 (≈ 7e-7 for 5 million). A collision
+    would report a row as a duplicate of another and not send it, a visible, recoverable
+    outcome (the row is listed in results.jsonl with ``duplicate_of``), never a wrong send.
+
+    Only rows that carry a send_id are combinations; rows without one each get their own
+    identity (see docs/DESIGN.md) and should not be passed here.
+    """
+
+    __slots__ = ("_first",)
+
+    def __init__(self) -> None:
+        """Start with no combination seen."""
+        self._first: dict[int, int] = {}
+
+    def first_line(self, campaign_id: str, send_id: str, line: int) -> int | None:
+        """Return the line the pair was first seen on; None (and remember ``line``) if new."""
+        # The length prefix makes the encoding unambiguous: ("ab", "c") != ("a", "bc").
+        data = f"{len(campaign_id)}:{campaign_id}{send_id}".encode("utf-8", "surrogatepass")
+        key = int.from_bytes(blake2b(data, digest_size=8).digest(), "little")
+        first = self._first.get(key)
+        if first is None:
+            self._first[key] = line
+        return first
+
+    def __len__(self) -> int:
+        """How many distinct combinations have been seen."""
+        return len(self._first)
