@@ -214,7 +214,13 @@ class QuotaBudget:
                 self._pause_started = None  # the server answered: a pause chain is over
             else:
                 self.http_429 += 1
-                self.remaining = 0
+                if rate_limit is not None and rate_limit.complete:
+                    self.remaining = 0
+                else:
+                    # A 429 that does not say its window: after the pause, probe again.
+                    self.known = False
+                    self.reset_at = None
+                    self.remaining = None
                 if retry_after is not None:
                     until = now + retry_after
                 elif self.reset_at is not None and self.reset_at > now:
@@ -261,6 +267,16 @@ class QuotaBudget:
             self.remaining = self.default_limit
         if created and self.remaining is not None:
             self.remaining -= 1
+
+    async def settle_unknown(self) -> None:
+        """Account a request whose fate is unknown (it may have created): count it as spent
+        so the operator cap stays safe; the server's next headers correct the rest."""
+        async with self._cond:
+            self.in_flight -= 1
+            self.spent += 1
+            if self.remaining is not None:
+                self.remaining -= 1
+            self._cond.notify_all()
 
     async def cancel(self) -> None:
         """Account a request that was never sent (or whose fate says nothing of quota)."""

@@ -1,0 +1,182 @@
+"""QuotaBudget and Pacer, on a fake clock: no wall-clock assertions."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from provisioner.limiter import Deferred, Pacer, QuotaBudget, RateLimit
+
+
+class FakeClock:
+    """Epoch time that only moves when a sleeper wakes (to its target time)."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        target = self.now + max(0.0, delay)
+        self.slept.append(delay)
+        await asyncio.sleep(0)
+        self.now = max(self.now, target)
+
+
+def budget(clock: FakeClock, **kw: object) -> QuotaBudget:
+    return QuotaBudget(clock=clock, sleep=clock.sleep, **kw)  # type: ignore[arg-type]
+
+
+async def test_first_request_is_a_lone_probe() -> None:
+    """Before any response, only one request may be in flight (to learn the window)."""
+    clock = FakeClock()
+    b = budget(clock)
+    await b.acquire()
+    second = asyncio.create_task(b.acquire())
+    await asyncio.sleep(0.01)
+    assert not second.done()
+    await b.observe(RateLimit(100, 99, clock.now + 3600), created=True)
+    await asyncio.wait_for(second, 1)
+    assert b.in_flight == 1
+
+
+async def test_never_sends_more_than_server_remaining_minus_in_flight() -> None:
+    """With Remaining=3 after the probe, at most 3 more requests are let through."""
+    clock = FakeClock()
+    b = budget(clock, max_wait=0)
+    await b.acquire()
+    await b.observe(RateLimit(4, 3, clock.now + 10_000), created=True)
+    for _ in range(3):
+        await b.acquire()
+    blocked = asyncio.create_task(b.acquire())
+    await asyncio.sleep(0.01)
+    assert not blocked.done()
+    blocked.cancel()
+
+
+async def test_stale_higher_remaining_does_not_raise_the_budget() -> None:
+    """Out-of-order responses: the lowest Remaining of a window wins."""
+    clock = FakeClock()
+    b = budget(clock)
+    reset = clock.now + 100
+    await b.acquire()
+    await b.observe(RateLimit(10, 9, reset), created=True)
+    await b.acquire()
+    await b.acquire()
+    await b.observe(RateLimit(10, 7, reset), created=True)
+    await b.observe(RateLimit(10, 8, reset), created=True)
+    assert b.remaining == 7
+
+
+async def test_operator_cap_limits_creations_per_window() -> None:
+    """--quota caps our creations below the server's limit."""
+    clock = FakeClock()
+    b = budget(clock, cap=2, max_wait=0)
+    reset = clock.now + 10_000
+    await b.acquire()
+    await b.observe(RateLimit(100, 99, reset), created=True)
+    await b.acquire()
+    await b.observe(RateLimit(100, 98, reset), created=True)
+    with pytest.raises(Deferred) as info:
+        await b.acquire()
+    assert info.value.reason == "quota"
+    assert info.value.resume_at is not None and info.value.resume_at >= reset
+
+
+async def test_spent_window_waits_for_reset_within_max_wait() -> None:
+    """Remaining 0 with the reset 30 s away and max_wait 60: wait, then probe the new window."""
+    clock = FakeClock()
+    b = budget(clock, max_wait=60)
+    reset = clock.now + 30
+    await b.acquire()
+    await b.observe(RateLimit(1, 0, reset), created=True)
+    await b.acquire()
+    assert clock.now >= reset
+    assert not b.known  # the new window is learned by this single probe
+    assert b.in_flight == 1
+
+
+async def test_spent_window_defers_beyond_max_wait() -> None:
+    """Remaining 0 with the reset an hour away and max_wait 300: the rest is deferred."""
+    clock = FakeClock()
+    b = budget(clock, max_wait=300)
+    await b.acquire()
+    await b.observe(RateLimit(1, 0, clock.now + 3600), created=True)
+    with pytest.raises(Deferred):
+        await b.acquire()
+    with pytest.raises(Deferred):
+        await b.acquire()  # and it stays deferred
+
+
+async def test_429_pauses_until_reset_then_one_probe() -> None:
+    """A 429 pauses everyone until the reset; after it a single probe goes first."""
+    clock = FakeClock()
+    b = budget(clock, max_wait=60)
+    reset = clock.now + 20
+    await b.acquire()
+    await b.observe(RateLimit(100, 50, reset), created=True)
+    await b.acquire()
+    await b.observe(RateLimit(100, 0, reset), created=False, rate_limited=True)
+    assert b.http_429 == 1
+    waiters = [asyncio.create_task(b.acquire()) for _ in range(5)]
+    await asyncio.sleep(0.05)
+    assert sum(w.done() for w in waiters) == 1  # no thundering herd after the reset
+    assert clock.now >= reset
+    for w in waiters:
+        w.cancel()
+
+
+async def test_429_honours_retry_after() -> None:
+    """Retry-After, when present, sets the pause."""
+    clock = FakeClock()
+    b = budget(clock, max_wait=60)
+    start = clock.now
+    await b.acquire()
+    await b.observe(None, created=False, rate_limited=True, retry_after=7)
+    await b.acquire()
+    assert clock.now - start == pytest.approx(7)
+
+
+async def test_missing_headers_assume_configured_default() -> None:
+    """Without headers, the configured default quota and window are assumed and counted."""
+    clock = FakeClock(now=86400 * 10 + 5)
+    b = budget(clock, default_limit=2, default_window=86400, max_wait=0)
+    await b.acquire()
+    await b.observe(None, created=True)
+    assert b.reset_at == 86400 * 11
+    await b.acquire()
+    await b.observe(None, created=True)
+    with pytest.raises(Deferred):
+        await b.acquire()
+
+
+async def test_defer_wakes_waiters() -> None:
+    """defer() makes waiting acquirers raise at once (e.g. the key was refused)."""
+    clock = FakeClock()
+    b = budget(clock)
+    await b.acquire()
+    waiter = asyncio.create_task(b.acquire())
+    await asyncio.sleep(0)
+    await b.defer("key_refused")
+    with pytest.raises(Deferred):
+        await asyncio.wait_for(waiter, 1)
+
+
+async def test_in_doubt_counts_as_spent() -> None:
+    """A request of unknown fate counts against the operator cap."""
+    clock = FakeClock()
+    b = budget(clock, cap=1, max_wait=0)
+    await b.acquire()
+    await b.observe(RateLimit(100, 99, clock.now + 999), created=True)
+    assert b.spent == 1
+    with pytest.raises(Deferred):
+        await b.acquire()
+
+
+async def test_pacer_first_acquisition_is_immediate() -> None:
+    """The pacer lets the first request through without waiting for a period."""
+    pacer = Pacer(rate=1.0)
+    await asyncio.wait_for(pacer.wait(), 0.5)
