@@ -55,6 +55,9 @@ class Reply:
     location: str | None = None
 
 
+_RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
+
+
 def _int_header(headers: CIMultiDictProxy[str], name: str) -> int | None:
     value = headers.get(name)
     if value is None:
@@ -74,8 +77,13 @@ def parse_rate_limit(headers: CIMultiDictProxy[str]) -> RateLimit | None:
     limit = _int_header(headers, "X-RateLimit-Limit")
     remaining = _int_header(headers, "X-RateLimit-Remaining")
     reset = _int_header(headers, "X-RateLimit-Reset")
-    if limit is None and remaining is None and reset is None:
-        return None
+    if (
+        limit is None
+        and remaining is None
+        and reset is None
+        and not any(name in headers for name in _RATE_LIMIT_HEADERS)
+    ):
+        return None  # absent; present but garbled comes back incomplete (and is logged)
     return RateLimit(limit, remaining, None if reset is None else float(reset))
 
 

@@ -207,6 +207,22 @@ KEYS: tuple[Key, ...] = (
         doc="full-jitter backoff: largest sleep in seconds",
     ),
     Key(
+        "run",
+        "derive_send_ids",
+        str,
+        None,
+        "PROVISIONER_DERIVE_SEND_IDS",
+        doc="give rows without a send_id a deterministic one with this prefix",
+    ),
+    Key(
+        "state",
+        "path",
+        str,
+        None,
+        "PROVISIONER_STATE",
+        doc="state store file (default: $XDG_STATE_HOME/provisioner/state.sqlite3)",
+    ),
+    Key(
         "log",
         "format",
         str,
@@ -255,6 +271,10 @@ class Settings:
     log_format: str | None = None
     log_level: str = "info"
     config_path: Path | None = None
+    state_path: str | None = None
+    derive_send_ids: str | None = None
+    force: bool = False
+    retry_in_doubt: bool = False
 
     def public(self) -> dict[str, object]:
         """The settings as plain data without the key, for summaries and the state store."""
@@ -282,6 +302,8 @@ _FIELD_FOR = {
     ("retry", "max_time"): "retry_max_time",
     ("retry", "backoff_base"): "retry_backoff_base",
     ("retry", "backoff_cap"): "retry_backoff_cap",
+    ("run", "derive_send_ids"): "derive_send_ids",
+    ("state", "path"): "state_path",
     ("log", "format"): "log_format",
     ("log", "level"): "log_level",
 }
@@ -373,6 +395,19 @@ def check_base_url(url: str) -> str:
     return url.rstrip("/")
 
 
+MAX_PREFIX = 24
+
+
+def check_send_id_prefix(prefix: str) -> str:
+    """A derived send_id prefix must be short printable ASCII without spaces."""
+    if not prefix or len(prefix) > MAX_PREFIX or any(not 0x21 <= ord(c) <= 0x7E for c in prefix):
+        raise ConfigError(
+            f"send_id prefix {prefix[:40]!r} must be 1 to {MAX_PREFIX} printable ASCII characters "
+            f"without spaces (derived send ids must stay ASCII and at most 64 characters)"
+        )
+    return prefix
+
+
 def is_loopback(host: str) -> bool:
     """True for localhost and loopback addresses."""
     if host == "localhost":
@@ -447,6 +482,9 @@ def build_settings(
         str(raw[("braze", "api_key_env")]),
         _str_or_none(raw[("braze", "api_key_file")]),
     )
+    prefix = merged.get("derive_send_ids")
+    if prefix is not None:
+        check_send_id_prefix(prefix)
     fmt = cli.get("manifest_format")
     settings = Settings(
         manifest=manifest,
@@ -455,6 +493,8 @@ def build_settings(
         base_url=base_url,
         manifest_format=str(fmt) if fmt else None,
         config_path=path,
+        force=bool(cli.get("force")),
+        retry_in_doubt=bool(cli.get("retry_in_doubt")),
         **merged,
     )
     return settings

@@ -1,0 +1,127 @@
+"""Settings: precedence, ranges, unknown keys, the base URL rule and the API key's secrecy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provisioner.config import ApiKey, Settings, build_settings, check_base_url
+from provisioner.errors import ConfigError
+
+ENV = {"BRAZE_API_KEY": "k-123"}
+
+
+def build(
+    tmp_path: Path, toml: str | None = None, env: dict[str, str] | None = None, **cli: Any
+) -> Settings:
+    config = None
+    if toml is not None:
+        config = tmp_path / "c.toml"
+        config.write_text(toml)
+    return build_settings(
+        manifest="m.csv",
+        out_dir=tmp_path / "out",
+        cli=cli,
+        env=ENV if env is None else env,
+        config_path=config,
+    )
+
+
+def test_defaults_match_the_documentation(tmp_path: Path) -> None:
+    """Without config, env or flags the documented defaults apply."""
+    s = build(tmp_path)
+    assert (s.concurrency, s.rate, s.max_wait, s.quota) == (16, 50.0, 300.0, None)
+    assert s.base_url == "https://rest.iad-01.braze.com"
+
+
+def test_precedence_cli_over_env_over_file(tmp_path: Path) -> None:
+    """Command line > environment > config file > defaults."""
+    toml = "[run]\nconcurrency = 4\nrate = 7\nquota = 9\n"
+    env = dict(ENV, PROVISIONER_RATE="8", PROVISIONER_QUOTA="10")
+    s = build(tmp_path, toml, env, quota=11)
+    assert s.concurrency == 4  # file
+    assert s.rate == 8.0  # env beats file
+    assert s.quota == 11  # flag beats env
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    """An unknown key stops with a message naming it and the known keys."""
+    with pytest.raises(ConfigError, match=r"unknown key \[run\] concurrncy.*concurrency"):
+        build(tmp_path, "[run]\nconcurrncy = 4\n")
+
+
+def test_out_of_range_names_key_value_and_range(tmp_path: Path) -> None:
+    """Out-of-range values name the key, the value and the allowed range."""
+    with pytest.raises(
+        ConfigError, match=r"run.concurrency = 0 is out of range: allowed 1 to 1024"
+    ):
+        build(tmp_path, "[run]\nconcurrency = 0\n")
+
+
+def test_wrong_type_from_env_is_named(tmp_path: Path) -> None:
+    """A non-numeric environment value names the variable."""
+    with pytest.raises(ConfigError, match="PROVISIONER_RATE"):
+        build(tmp_path, env=dict(ENV, PROVISIONER_RATE="fast"))
+
+
+def test_literal_key_in_config_is_refused(tmp_path: Path) -> None:
+    """A key written in the config file is refused, and the message says what to do."""
+    with pytest.raises(ConfigError, match="BRAZE_API_KEY") as info:
+        build(tmp_path, '[braze]\napi_key = "secret-value-1"\n')
+    assert "secret-value-1" not in str(info.value)
+
+
+def test_missing_key_says_how_to_pass_it(tmp_path: Path) -> None:
+    """No key anywhere: a one-line error naming the variable."""
+    with pytest.raises(ConfigError, match="set BRAZE_API_KEY"):
+        build(tmp_path, env={})
+
+
+def test_key_from_named_variable_and_file(tmp_path: Path) -> None:
+    """api_key_env and api_key_file are both honoured."""
+    s = build(tmp_path, '[braze]\napi_key_env = "MY_KEY"\n', env={"MY_KEY": "abc"})
+    assert s.api_key.reveal() == "abc"
+    keyfile = tmp_path / "key"
+    keyfile.write_text("from-file\n")
+    s = build(tmp_path, f'[braze]\napi_key_file = "{keyfile}"\n', env={})
+    assert s.api_key.reveal() == "from-file"
+
+
+def test_bad_key_characters_are_refused_without_echo(tmp_path: Path) -> None:
+    """A key with spaces or control characters is refused; the message does not echo it."""
+    with pytest.raises(ConfigError) as info:
+        build(tmp_path, env={"BRAZE_API_KEY": "abc def\n"})
+    assert "abc def" not in str(info.value)
+
+
+def test_key_never_in_repr_or_public_settings(tmp_path: Path) -> None:
+    """The key does not appear in repr(settings), str(key) or settings.public()."""
+    s = build(tmp_path, env={"BRAZE_API_KEY": "VERY-SECRET-KEY"})
+    assert "VERY-SECRET-KEY" not in repr(s)
+    assert "VERY-SECRET-KEY" not in str(s.api_key)
+    assert "VERY-SECRET-KEY" not in repr(s.public())
+    assert ApiKey("VERY-SECRET-KEY").label.startswith("ws-")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://rest.iad-01.braze.com", "ftp://x", "https://user:pw@rest.iad-01.braze.com", "nohost"],
+)
+def test_base_url_must_be_https_except_loopback(url: str) -> None:
+    """Plain http to a remote host, other schemes and credentials in the URL are refused."""
+    with pytest.raises(ConfigError):
+        check_base_url(url)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://localhost:1/", "http://[::1]:9"])
+def test_loopback_http_is_allowed(url: str) -> None:
+    """The sandbox on loopback may use plain http."""
+    assert check_base_url(url) == url.rstrip("/")
+
+
+def test_bad_derive_prefix_is_refused(tmp_path: Path) -> None:
+    """A derived send_id prefix must be short printable ASCII."""
+    with pytest.raises(ConfigError, match="prefix"):
+        build(tmp_path, derive_send_ids="é" * 3)
