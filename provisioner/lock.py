@@ -1,0 +1,123 @@
+"""One run at a time: an exclusive ``flock`` on ``<state>.lock`` holding the owner's pid.
+
+``flock`` is released by the kernel when its process dies, however it dies, so a lock
+file can never be left *held* by a dead process; at most its text is left behind. The
+text (pid and start time) is only there to name the holder in an error message, and to
+tell a clean hand-over (the previous owner emptied the file on release) from a takeover
+after a crash (the file still names a process that no longer holds the lock).
+
+The file is never deleted: unlinking a lock file lets two processes lock two different
+inodes under the same name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from provisioner.errors import StateError, StateLockedError
+
+#: (pid, start time as ISO 8601 UTC) of a lock's owner.
+Holder = tuple[int, str]
+
+
+def lock_path_for(state_path: Path) -> Path:
+    """The lock file that guards ``state_path``."""
+    return state_path.with_name(state_path.name + ".lock")
+
+
+class RunLock:
+    """An exclusive, non-blocking lock on a state store, held until :meth:`release`."""
+
+    def __init__(self, path: Path, fd: int, took_over_from: Holder | None) -> None:
+        self.path = path
+        self._fd: int | None = fd
+        #: The dead owner whose lock text was left behind, or None after a clean hand-over.
+        self.took_over_from = took_over_from
+
+    @classmethod
+    def acquire(cls, state_path: Path) -> RunLock:
+        """Lock ``state_path`` for this process, or raise StateLockedError naming the holder."""
+        path = lock_path_for(state_path)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise StateError(
+                f"cannot create lock file {path} ({exc.strerror});"
+                " fix its permissions or pass --state PATH"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _wait_for_text(fd)
+            os.close(fd)
+            who = f"pid {holder[0]}, started {holder[1]}" if holder else "pid unknown"
+            raise StateLockedError(
+                f"state store {state_path} is in use by another run ({who});"
+                " wait for it to finish, or pass --state PATH to use another store"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise StateError(
+                f"cannot lock {path} ({exc.strerror}); put the state store on a local"
+                " filesystem with --state PATH"
+            ) from None
+        previous = _parse(os.pread(fd, 4096, 0))
+        started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        text = orjson.dumps({"pid": os.getpid(), "started": started}) + b"\n"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, text, 0)
+        return cls(path, fd, previous)
+
+    def release(self) -> None:
+        """Empty the file (a clean hand-over) and unlock it. Safe to call twice."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        # Emptied before unlocking, so the next owner never mistakes us for a crash.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing the last descriptor drops the flock
+
+
+def read_holder(state_path: Path) -> Holder | None:
+    """The pid and start time written in ``state_path``'s lock file, if any (no locking)."""
+    try:
+        return _parse(lock_path_for(state_path).read_bytes())
+    except OSError:
+        return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (it may belong to someone else)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_for_text(fd: int) -> Holder | None:
+    # The holder writes its pid just after locking: give it a moment before saying "unknown".
+    for _ in range(20):
+        holder = _parse(os.pread(fd, 4096, 0))
+        if holder is not None:
+            return holder
+        time.sleep(0.005)
+    return None
+
+
+def _parse(text: bytes) -> Holder | None:
+    try:
+        data = orjson.loads(text)
+        return int(data["pid"]), str(data["started"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
