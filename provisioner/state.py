@@ -162,13 +162,15 @@ def open_store(path: Path, *, lock: bool = True, durable_intents: bool = True) -
 # Operation kinds. Kinds below _WAIT name the table a statement writes: the tables have
 # no triggers or foreign keys between them, so within one transaction the writer applies
 # each table's statements together (in queue order) to batch them with executemany.
-_RUNS, _CREATED, _INTENTS, _OUTCOMES, _QUOTA, _WAIT, _STOP = range(7)
+# A _GROUP holds one record's statements, so they always share a transaction.
+_RUNS, _CREATED, _INTENTS, _OUTCOMES, _QUOTA, _WAIT, _STOP, _GROUP = range(8)
 _BATCH = 4096  # operations per transaction: bounds one commit's latency and memory
 _HARD_CAP = 500_000  # queued operations at which record() waits for the writer
 _HIGH_WATER = 50_000  # throttle() flushes above this many queued operations
 _QUOTA_KEEP_S = 30 * 86400  # older windows are history nobody reads: keep a month
 
-#: (kind, sql, params) for a statement; (_WAIT, "", future) and (_STOP, "", None).
+#: (kind, sql, params) for a statement; (_WAIT, "", future), (_STOP, "", None) and
+#: (_GROUP, "", statements).
 _Op = tuple[int, str, Any]
 _Waiter = asyncio.Future[None] | concurrent.futures.Future[None]
 
@@ -259,20 +261,22 @@ class SqliteStateStore(schema.StoreReader):
         if status is Status.CREATED and (key is None or outcome.send_id is None):
             raise ValueError(f"line {outcome.line}: a created outcome needs a key and a send_id")
         row = schema.encode_outcome(seq, workspace, key and key[1], outcome, self._seqs)
-        ops = self._ops
-        ops.append((_OUTCOMES, schema.SQL_OUTCOME, row))
+        op: _Op = (_OUTCOMES, schema.SQL_OUTCOME, row)
         if key is not None:
             ident = (workspace, key[0], key[1])
             if status is Status.CREATED:
                 at = time.time() if outcome.created_at is None else outcome.created_at
-                ops.append((_CREATED, schema.SQL_CREATED, (*ident, outcome.send_id, seq, at)))
-                ops.append((_INTENTS, schema.SQL_SETTLE, ident))
+                created = (_CREATED, schema.SQL_CREATED, (*ident, outcome.send_id, seq, at))
+                op = (_GROUP, "", (op, created, (_INTENTS, schema.SQL_SETTLE, ident)))
             elif status is Status.FAILED and outcome.error == IN_DOUBT:
                 doubt = (*ident, seq, time.time(), outcome.send_id, outcome.line)
-                ops.append((_INTENTS, schema.SQL_DOUBT, doubt))
+                op = (_GROUP, "", (op, (_INTENTS, schema.SQL_DOUBT, doubt)))
             elif status is Status.FAILED or status is Status.DEFERRED:
-                ops.append((_INTENTS, schema.SQL_SETTLE_OWN, (*ident, seq)))
-        self._push()
+                op = (_GROUP, "", (op, (_INTENTS, schema.SQL_SETTLE_OWN, (*ident, seq))))
+        ops = self._ops
+        ops.append(op)
+        if not self._wake.is_set():
+            self._wake.set()
         if len(ops) > _HARD_CAP:  # a safety net for memory; throttle() avoids reaching it
             while len(ops) > _HARD_CAP // 2 and self._error is None:
                 time.sleep(0.001)
@@ -328,6 +332,7 @@ class SqliteStateStore(schema.StoreReader):
         try:
             if self._writer is not None:
                 self._push((_STOP, "", None))
+                self._closed = True  # after the push: nothing can be queued behind _STOP
                 self._writer.join()
         finally:
             self._closed = True
@@ -403,6 +408,9 @@ class SqliteStateStore(schema.StoreReader):
             if kind < _WAIT:
                 tables[kind].append(op)
                 durable = durable or op[1] is schema.SQL_INTENT
+            elif kind == _GROUP:
+                for statement in op[2]:
+                    tables[statement[0]].append(statement)
             elif kind == _WAIT:
                 waiters.append(op[2])
             else:

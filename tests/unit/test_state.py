@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import state_schema
+from provisioner import state, state_schema
 from provisioner.errors import StateError, StateLockedError
 from provisioner.models import Outcome, Status
 from provisioner.state import (
@@ -139,6 +139,25 @@ async def test_concurrent_intents_share_commits(store: SqliteStateStore) -> None
         *(store.intent("run-1", WS, ("c", f"s:{i}"), str(i), i) for i in range(64))
     )
     assert 1 <= commits < 64
+
+
+async def test_one_records_statements_share_a_transaction(
+    store: SqliteStateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even one operation per transaction never splits an outcome from its created row."""
+    monkeypatch.setattr(state, "_BATCH", 1)
+    seen: list[list[int]] = []
+    real_commit = store._commit
+
+    def spying(tables: list[list[tuple[int, str, object]]], durable: bool) -> None:
+        seen.append([len(ops) for ops in tables])
+        real_commit(tables, durable)
+
+    store._commit = spying  # type: ignore[method-assign]
+    store.record("run-1", WS, ("c", "s:a"), created(1, "c", "a"))
+    await store.flush()
+    assert seen == [[0, 1, 1, 1, 0]]  # runs, created, intents, outcomes, quota
+    assert store.pending == 0
 
 
 async def test_own_in_flight_intents_are_not_reported_but_older_ones_are(path: Path) -> None:
