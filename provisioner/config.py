@@ -464,15 +464,15 @@ def build_settings(
     raw: dict[tuple[str, str], object] = {}
     for key in KEYS:
         value: object = key.default
-        origin = "default"
+        # Every layer that sets a key is checked, even when a higher one overrides it:
+        # a broken config file is reported now, not on the night the flag is dropped.
         if (key.section, key.name) in from_file:
-            value, origin = from_file[(key.section, key.name)], f"config file {path}"
+            value = _coerce(key, from_file[(key.section, key.name)], f"config file {path}")
         if key.env and env.get(key.env):
-            value, origin = env[key.env], f"environment variable {key.env}"
+            value = _coerce(key, env[key.env], f"environment variable {key.env}")
         field_name = _FIELD_FOR.get((key.section, key.name))
         if field_name and cli.get(field_name) is not None:
-            value, origin = cli[field_name], f"--{field_name.replace('_', '-')}"
-        value = _coerce(key, value, origin)
+            value = _coerce(key, cli[field_name], f"--{field_name.replace('_', '-')}")
         raw[(key.section, key.name)] = value
         if field_name:
             merged[field_name] = value

@@ -1,0 +1,194 @@
+"""The command line as users and cron run it: a subprocess against the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import pytest
+
+from provisioner.sandbox import FaultRule, Sandbox
+from tests.conftest import SandboxFactory
+
+from .helpers import PYTHON, ROOT, assert_invariant, campaigns, cli_env, outputs, write_csv
+
+SECRET = "SECRET-KEY-4f8e2c1d9b7a"
+
+
+async def provisioner(
+    *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+) -> tuple[int, str, str]:
+    """Run ``python -m provisioner ARGS``; return (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "provisioner",
+        *args,
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env or cli_env(),
+        cwd=ROOT,
+    )
+    out, err = await proc.communicate(stdin)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def run_args(sandbox_url: str, tmp_path: Path, manifest: str, *extra: str) -> list[str]:
+    return [
+        "run",
+        manifest,
+        "--out",
+        str(tmp_path / "out"),
+        "--base-url",
+        sandbox_url,
+        "--state",
+        str(tmp_path / "state.sqlite3"),
+        "--rate",
+        "5000",
+        *extra,
+    ]
+
+
+async def test_stdin_jsonl_end_to_end(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`-` reads the manifest from standard input (with --format)."""
+    data = b"".join(b'{"campaign_id": "c%d", "send_id": "s%d"}\n' % (i, i) for i in range(7))
+    code, _, err = await provisioner(
+        *run_args(sandbox.url, tmp_path, "-", "--format", "jsonl"), stdin=data
+    )
+    assert code == 0, err
+    assert_invariant(tmp_path / "out", 7)
+    assert len(sandbox.ledger.created) == 7
+
+
+async def test_stdin_without_format_is_a_usage_error(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Standard input without --format stops with exit 2 before anything is sent."""
+    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, "-"), stdin=b"")
+    assert code == 2
+    assert "--format" in err
+    assert sandbox.ledger.total == 0
+
+
+async def test_manifest_without_campaign_id_column_exits_2(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """No campaign_id column: exit 2, a one-line message naming the file, nothing sent."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("campaign,send_id\nc1,s1\n")
+    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    assert code == 2
+    assert "m.csv" in err
+    assert "campaign_id" in err
+    assert "Traceback" not in err
+    assert sandbox.ledger.total == 0
+
+
+async def test_bad_config_exits_2_before_sending(sandbox: Sandbox, tmp_path: Path) -> None:
+    """An out-of-range config value stops the run before any request."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(3))
+    config = tmp_path / "c.toml"
+    config.write_text("[run]\nrate = -1\n")
+    code, _, err = await provisioner(
+        *run_args(sandbox.url, tmp_path, str(manifest)), "--config", str(config)
+    )
+    assert code == 2, err
+    assert "rate" in err
+    assert sandbox.ledger.total == 0
+
+
+async def test_unwritable_output_folder_exits_2(sandbox: Sandbox, tmp_path: Path) -> None:
+    """An output folder that cannot be created stops the run before any request."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(3))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    args = run_args(sandbox.url, tmp_path, str(manifest))
+    args[args.index("--out") + 1] = str(blocker / "out")
+    code, _, _err = await provisioner(*args)
+    assert code == 2
+    assert sandbox.ledger.total == 0
+
+
+async def test_http_base_url_to_remote_host_is_refused(tmp_path: Path) -> None:
+    """Plain http is refused for a non-loopback host (the key would travel in clear)."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(1))
+    code, _, err = await provisioner(*run_args("http://example.com", tmp_path, str(manifest)))
+    assert code == 2
+    assert "https" in err
+
+
+async def test_key_never_appears_anywhere(sandbox_factory: SandboxFactory, tmp_path: Path) -> None:
+    """A recognisable key at debug level: absent from logs, outputs, state and errors."""
+    sandbox = await sandbox_factory(api_keys=(SECRET,))
+    sandbox.add_faults(
+        [
+            FaultRule(action="status", status=500, times=2),
+            FaultRule(action="status", status=400, campaign_id="c000003"),
+            FaultRule(action="drop_after", campaign_id="c000004"),
+        ]
+    )
+    manifest = tmp_path / "m.csv"
+    write_csv(manifest, [*campaigns(6), ("c000004", ""), ("", "bad")])
+    env = cli_env({"BRAZE_API_KEY": SECRET})
+    code, out, err = await provisioner(
+        *run_args(sandbox.url, tmp_path, str(manifest)), "--log-level", "debug", env=env
+    )
+    assert code == 1
+    texts = [out, err]
+    texts += [p.read_bytes().decode("utf-8", "replace") for p in (tmp_path / "out").iterdir()]
+    texts += [p.read_bytes().decode("utf-8", "replace") for p in tmp_path.glob("state.sqlite3*")]
+    # A refused key and a wrong key file: the error texts must not echo it either.
+    bad = await provisioner(
+        *run_args("http://127.0.0.1:9", tmp_path, str(manifest)),
+        env=cli_env({"BRAZE_API_KEY": SECRET + " \x01"}),
+    )
+    texts += [bad[1], bad[2]]
+    refused = await sandbox_factory(api_keys=("other",))
+    texts += list((await provisioner(*run_args(refused.url, tmp_path, str(manifest)), env=env))[1:])
+    assert all(SECRET not in text for text in texts)
+
+
+async def test_sigterm_finishes_in_flight_and_writes_outputs(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """SIGTERM: stop taking rows, finish in-flight requests, write the outputs, exit 143."""
+    sandbox = await sandbox_factory(latency_ms=50, daily_quota=1000)
+    manifest = write_csv(tmp_path / "m.csv", campaigns(400))
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "provisioner",
+        *run_args(sandbox.url, tmp_path, str(manifest)),
+        "--concurrency",
+        "4",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+        cwd=ROOT,
+    )
+    for _ in range(200):
+        if len(sandbox.ledger.created) >= 8:
+            break
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = await proc.communicate()
+    assert proc.returncode == 143, err.decode()
+    results, failures, deferred, summary = outputs(tmp_path / "out")
+    assert summary["exit_code"] == 143
+    assert_invariant(tmp_path / "out", 400)
+    assert not failures  # in-flight requests finished: nothing in doubt
+    assert len(results) == len(sandbox.ledger.created)
+    assert summary["deferred_reasons"] == {"interrupted": len(deferred)}
+    # The next run finishes the work without creating anything twice.
+    code, _, err2 = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    assert code == 0, err2
+    assert len(sandbox.ledger.created) == 400
+
+
+@pytest.mark.parametrize("command", ["run", "sandbox"])
+async def test_help_has_examples(command: str) -> None:
+    """Every command's --help shows at least one example."""
+    code, out, _ = await provisioner(command, "--help")
+    assert code == 0
+    assert "example" in out
