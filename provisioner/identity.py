@@ -34,7 +34,8 @@ def derive_send_id(prefix: str, campaign_id: str, occurrence: int) -> str:
     ).digest()
     tail = base64.b32encode(digest).decode("ascii").lower()[:_DIGEST_CHARS]
     send_id = f"{prefix}-{tail}"
-    assert len(send_id) <= MAX_SEND_ID and send_id.isascii()
+    assert len(send_id) <= MAX_SEND_ID
+    assert send_id.isascii()
     return send_id
 
 

@@ -83,7 +83,8 @@ async def test_operator_cap_limits_creations_per_window() -> None:
     with pytest.raises(Deferred) as info:
         await b.acquire()
     assert info.value.reason == "quota"
-    assert info.value.resume_at is not None and info.value.resume_at >= reset
+    assert info.value.resume_at is not None
+    assert info.value.resume_at >= reset
 
 
 async def test_spent_window_waits_for_reset_within_max_wait() -> None:
