@@ -151,11 +151,13 @@ def open_store(path: Path, *, lock: bool = True, durable_intents: bool = True) -
             read.execute(f"PRAGMA {pragma}")
         write = conns[0] if lock else None
         return SqliteStateStore(path, read, write, run_lock, durable_intents=durable_intents)
-    except BaseException:
+    except BaseException as exc:
         for conn in conns:
             conn.close()
         if run_lock is not None:
             run_lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise schema.describe(path, exc) from None
         raise
 
 
