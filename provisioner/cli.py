@@ -13,12 +13,19 @@ import argparse
 import asyncio
 import os
 import sys
+import time
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
 
 from . import __version__, logs
 from .config import build_settings
-from .errors import ProvisionerError
+from .errors import ProvisionerError, StateError
+
+if TYPE_CHECKING:
+    from .state import SqliteStateStore
 
 T = TypeVar("T")
 
@@ -183,6 +190,45 @@ def build_parser() -> argparse.ArgumentParser:
         help="a repeated combination counts and is recorded again",
     )
     sandbox.add_argument("--faults", metavar="FILE", help="JSON file of fault rules")
+    export = sub.add_parser(
+        "export",
+        help="write a run's output files again from the state store",
+        formatter_class=fmt,
+        description="Write results.jsonl, failures.jsonl, deferred.csv and summary.json of "
+        "RUN_ID again, from the state store.",
+        epilog="example:\n  provisioner export --run 20261126T061500Z-3f9a1c --out again/\n",
+    )
+    export.add_argument(
+        "--run",
+        required=True,
+        metavar="RUN_ID",
+        dest="run_id",
+        help="the run id (see `provisioner status`)",
+    )
+    export.add_argument("--out", required=True, metavar="DIR", help="folder to write to")
+    export.add_argument(
+        "--state",
+        metavar="PATH",
+        dest="state_path",
+        help="state store (default $XDG_STATE_HOME/provisioner/state.sqlite3)",
+    )
+
+    status = sub.add_parser(
+        "status",
+        help="recent runs, quota used, rows deferred or in doubt",
+        formatter_class=fmt,
+        description="Show recent runs with their counts and exit codes, the quota used in "
+        "the current window per workspace, and rows deferred or in doubt.",
+        epilog="examples:\n  provisioner status\n  provisioner status --state "
+        "/var/lib/provisioner/state.sqlite3 --json\n",
+    )
+    status.add_argument(
+        "--state",
+        metavar="PATH",
+        dest="state_path",
+        help="state store (default $XDG_STATE_HOME/provisioner/state.sqlite3)",
+    )
+    status.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 
 
@@ -258,7 +304,48 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "sandbox": _cmd_sandbox}
+def _open_for_reading(state_path: str | None) -> SqliteStateStore:
+    from .state import default_state_path, open_store
+
+    path = Path(state_path).expanduser() if state_path else default_state_path()
+    if not path.exists():
+        raise StateError(
+            f"state store {path} does not exist: pass --state PATH of a store that a run has used"
+        )
+    return open_store(path, lock=False)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .report import export_run
+
+    store = _open_for_reading(args.state_path)
+    try:
+        summary = export_run(store, args.run_id, Path(args.out))
+    finally:
+        store.close()
+    print(
+        f"provisioner: run {args.run_id} exported to {args.out} ({summary.get('rows_total')} rows)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from .report import format_status, status_report
+
+    store = _open_for_reading(args.state_path)
+    try:
+        report = status_report(store, time.time())
+    finally:
+        store.close()
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_status(report))
+    return 0
+
+
+_COMMANDS = {"run": _cmd_run, "sandbox": _cmd_sandbox, "export": _cmd_export, "status": _cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,6 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .sinks import FileSink, OutputFolder
+from .state_schema import StoreReader
+from .stats import iso
+
 _NEXT_STEP = {
     "quota": "the quota window is spent; the next window opens {resume}: run the same command "
     "again then (rows already created are skipped)",
@@ -45,4 +49,88 @@ def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:
         for reason, n in reasons.items():
             step = _NEXT_STEP.get(reason, "run the same command again later")
             lines.append(f"  {n} rows deferred ({reason}): " + step.format(resume=resume))
+    return "\n".join(lines)
+
+
+def export_run(store: StoreReader, run_id: str, out_dir: Path) -> dict[str, object]:
+    """Write a run's four output files again from the state store; return its summary.
+
+    The files are produced by the same sink as during the run, so they are identical
+    (same order by line, same fields), and written through temporaries and renames.
+    """
+    _record, header, summary = store.run_info(run_id)
+    folder = OutputFolder(out_dir)
+    folder.prepare()
+    sink = FileSink(folder, deferred_header=header)
+    try:
+        for outcome in store.iter_outcomes(run_id):
+            sink.write(outcome)
+    except BaseException:
+        sink.abort()
+        raise
+    sink.commit(summary)
+    return summary
+
+
+def status_report(store: StoreReader, now: float) -> dict[str, object]:
+    """Recent runs, quota used in the current window per workspace, rows needing care."""
+    runs = [
+        {
+            "run_id": r.run_id,
+            "manifest": r.manifest,
+            "started_at": iso(r.started_at),
+            "finished_at": iso(r.finished_at) if r.finished_at else None,
+            "exit_code": r.exit_code,
+            "counts": {k: v for k, v in r.counts.items() if v},
+            "pid": r.pid,
+        }
+        for r in store.recent_runs(10)
+    ]
+    quota = []
+    for ws in store.workspaces():
+        window = store.quota_window(ws, now)
+        if window is not None:
+            quota.append(
+                {
+                    "workspace": ws,
+                    "limit": window.limit,
+                    "remaining": window.remaining,
+                    "spent_by_provisioner": window.spent,
+                    "resets_at": iso(window.reset_at),
+                }
+            )
+    return {
+        "state": str(store.path),
+        "runs": runs,
+        "quota": quota,
+        "problems": store.open_problems(),
+    }
+
+
+def format_status(report: Mapping[str, Any]) -> str:
+    """The status report as a few aligned lines for a terminal."""
+    lines = [f"state store: {report['state']}", "", "recent runs:"]
+    runs: list[Mapping[str, Any]] = report["runs"]
+    if not runs:
+        lines.append("  (none)")
+    for r in runs:
+        code = "running" if r["exit_code"] is None else f"exit {r['exit_code']}"
+        counts = ", ".join(f"{n} {s}" for s, n in r["counts"].items()) or "no rows"
+        lines.append(f"  {r['run_id']}  {r['started_at']}  {code:>8}  {counts}  {r['manifest']}")
+    lines += ["", "quota in the current window:"]
+    quota: list[Mapping[str, Any]] = report["quota"]
+    if not quota:
+        lines.append("  (no window seen yet)")
+    for q in quota:
+        lines.append(
+            f"  {q['workspace']}: {q['remaining']} of {q['limit']} left, "
+            f"{q['spent_by_provisioner']} spent by provisioner, resets {q['resets_at']}"
+        )
+    p: Mapping[str, int] = report["problems"]
+    lines += [
+        "",
+        f"rows in doubt: {p.get('in_doubt', 0)} (check the Braze dashboard, then --retry-in-doubt)",
+        f"rows in flight when a run died: {p.get('in_flight_stale', 0)}",
+        f"rows deferred by the last run: {p.get('deferred_last_run', 0)}",
+    ]
     return "\n".join(lines)

@@ -410,6 +410,14 @@ class StoreReader:
         header = None if row[7] is None else tuple(orjson.loads(row[7]))
         return _run_record(row), header, orjson.loads(row[8])
 
+    def workspaces(self) -> list[str]:
+        """Every workspace label the store has recorded a quota window for."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT workspace FROM quota_windows ORDER BY 1"
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def recent_runs(self, limit: int = 10) -> list[RunRecord]:
         """The latest ``limit`` runs, newest first."""
         with self._reading() as conn:

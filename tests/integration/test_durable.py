@@ -1,0 +1,282 @@
+"""Durable state end to end: incremental runs, resume after kill -9, the lock, export."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from provisioner.runner import run_pipeline
+from provisioner.sandbox import FaultRule, Sandbox
+from tests.conftest import SandboxFactory
+
+from .helpers import (
+    PYTHON,
+    ROOT,
+    assert_invariant,
+    campaigns,
+    cli_env,
+    outputs,
+    settings_for,
+    write_csv,
+)
+from .test_cli import provisioner, run_args
+
+
+async def test_second_run_sends_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Incremental: rows created by an earlier run are skipped, zero requests sent."""
+    manifest = write_csv(
+        tmp_path / "m.csv", [*campaigns(30), *campaigns(10, with_send_id=False, prefix="n")]
+    )
+    first = await run_pipeline(settings_for(sandbox.url, tmp_path, manifest))
+    assert first.exit_code == 0
+    total = sandbox.ledger.total
+    second = await run_pipeline(settings_for(sandbox.url, tmp_path, manifest))
+    assert second.exit_code == 0
+    assert sandbox.ledger.total == total  # not one request
+    results, _, _, summary = outputs(tmp_path / "out")
+    assert summary["counts"]["skipped"] == 40
+    assert {r["created_run"] for r in results} == {first.run_id}
+    ledger_ids = {e.send_id for e in sandbox.ledger.created}
+    assert {r["send_id"] for r in results} == ledger_ids  # skipped rows name what was created
+
+
+async def test_force_sends_again(sandbox: Sandbox, tmp_path: Path) -> None:
+    """--force sends rows that earlier runs created (documented as spending quota)."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(5))
+    await run_pipeline(settings_for(sandbox.url, tmp_path, manifest))
+    total = sandbox.ledger.total
+    await run_pipeline(settings_for(sandbox.url, tmp_path, manifest, force=True))
+    assert sandbox.ledger.total == total + 5
+
+
+async def test_new_rows_only_are_sent(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A manifest that grew: only the appended rows are sent."""
+    write_csv(tmp_path / "m.csv", campaigns(5))
+    await run_pipeline(settings_for(sandbox.url, tmp_path, tmp_path / "m.csv"))
+    write_csv(tmp_path / "m.csv", campaigns(8))
+    result = await run_pipeline(settings_for(sandbox.url, tmp_path, tmp_path / "m.csv"))
+    assert result.summary["counts"]["created"] == 3  # type: ignore[index]
+    assert result.summary["counts"]["skipped"] == 5  # type: ignore[index]
+
+
+async def test_in_doubt_row_is_not_resent_next_run(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A row in doubt stays in doubt on the next run unless --retry-in-doubt."""
+    sandbox.add_faults([FaultRule(action="drop_after", times=1)])
+    manifest = write_csv(tmp_path / "m.csv", campaigns(1, with_send_id=False))
+    await run_pipeline(settings_for(sandbox.url, tmp_path, manifest))
+    total = sandbox.ledger.total
+    again = await run_pipeline(settings_for(sandbox.url, tmp_path, manifest))
+    assert again.exit_code == 1
+    assert sandbox.ledger.total == total
+    _, failures, _, _ = outputs(tmp_path / "out")
+    assert failures[0]["error"] == "in_doubt"
+    assert "earlier run" in failures[0]["message"]
+    retried = await run_pipeline(settings_for(sandbox.url, tmp_path, manifest, retry_in_doubt=True))
+    assert retried.exit_code == 0
+    assert sandbox.ledger.total == total + 1
+
+
+async def test_derived_send_ids_are_stable_and_never_in_doubt(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """--derive-send-ids: valid, stable ids; a dropped answer is retried, not in doubt."""
+    sandbox.add_faults([FaultRule(action="drop_after", times=2)])
+    manifest = write_csv(tmp_path / "m.csv", campaigns(6, with_send_id=False))
+    first = await run_pipeline(settings_for(sandbox.url, tmp_path, manifest, derive_send_ids="mig"))
+    assert first.exit_code == 0
+    results, *_ = outputs(tmp_path / "out")
+    ids = sorted(r["send_id"] for r in results)
+    assert all(i.startswith("mig-") and i.isascii() and len(i) <= 64 for i in ids)
+    assert len(sandbox.ledger.created) == 6
+    # A fresh store, the same manifest: the same ids are derived.
+    other = tmp_path / "again"
+    other.mkdir()
+    await run_pipeline(settings_for(sandbox.url, other, manifest, derive_send_ids="mig"))
+    again, *_ = outputs(other / "out")
+    assert sorted(r["send_id"] for r in again) == ids
+    assert len(sandbox.ledger.created) == 6  # repeats of known combinations
+
+
+async def test_export_reproduces_the_output_files(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`provisioner export` writes the run's four files again: the same lines (in line order
+    rather than completion order) and the same summary."""
+    sandbox.add_faults([FaultRule(action="status", status=400, campaign_id="c000001")])
+    manifest = write_csv(tmp_path / "m.csv", [*campaigns(6), ("", "x"), ("c000002", "s000002")])
+    result = await run_pipeline(settings_for(sandbox.url, tmp_path, manifest, quota=4, max_wait=0))
+    code, _, err = await provisioner(
+        "export",
+        "--run",
+        result.run_id,
+        "--out",
+        str(tmp_path / "again"),
+        "--state",
+        str(tmp_path / "state.sqlite3"),
+    )
+    assert code == 0, err
+    for name in ("results.jsonl", "failures.jsonl", "deferred.csv"):
+        again = (tmp_path / "again" / name).read_bytes().splitlines()
+        original = (tmp_path / "out" / name).read_bytes().splitlines()
+        assert sorted(again) == sorted(original)
+        assert again[0] == original[0] or name != "deferred.csv"  # the same header
+    assert (tmp_path / "again" / "summary.json").read_bytes() == (
+        tmp_path / "out" / "summary.json"
+    ).read_bytes()
+
+
+async def test_status_lists_runs_quota_and_problems(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`provisioner status --json`: runs with counts and exit codes, quota, open problems."""
+    sandbox.add_faults([FaultRule(action="drop_after", campaign_id="n000000")])
+    manifest = write_csv(tmp_path / "m.csv", [*campaigns(3), ("n000000", "")])
+    result = await run_pipeline(settings_for(sandbox.url, tmp_path, manifest))
+    code, out, err = await provisioner(
+        "status", "--json", "--state", str(tmp_path / "state.sqlite3")
+    )
+    assert code == 0, err
+    report = orjson.loads(out)
+    assert report["runs"][0]["run_id"] == result.run_id
+    assert report["runs"][0]["exit_code"] == 1
+    assert report["quota"][0]["spent_by_provisioner"] >= 3
+    assert report["problems"]["in_doubt"] == 1
+    code, text, _ = await provisioner("status", "--state", str(tmp_path / "state.sqlite3"))
+    assert code == 0
+    assert result.run_id in text
+    assert "in doubt: 1" in text
+
+
+async def test_second_live_run_exits_75(sandbox_factory: SandboxFactory, tmp_path: Path) -> None:
+    """A run against a store that a live run holds exits 75 naming the holder's pid."""
+    sandbox = await sandbox_factory(latency_ms=200, daily_quota=1000)
+    manifest = write_csv(tmp_path / "m.csv", campaigns(200))
+    first = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "provisioner",
+        *run_args(sandbox.url, tmp_path, str(manifest)),
+        "--concurrency",
+        "2",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=cli_env(),
+        cwd=ROOT,
+    )
+    try:
+        for _ in range(100):
+            if sandbox.ledger.total:
+                break
+            await asyncio.sleep(0.05)
+        other = tmp_path / "other"
+        other.mkdir()
+        code, _, err = await provisioner(
+            *run_args(sandbox.url, other, str(manifest)), "--state", str(tmp_path / "state.sqlite3")
+        )
+        assert code == 75
+        assert str(first.pid) in err
+    finally:
+        first.kill()
+        await first.wait()
+
+
+async def test_stale_lock_is_taken_over(sandbox: Sandbox, tmp_path: Path) -> None:
+    """After kill -9 the lock file remains; the next run takes it over and finishes."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(3))
+    lock = tmp_path / "state.sqlite3.lock"
+    lock.write_text("pid=999999\nstarted=2026-01-01T00:00:00Z\n")
+    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    assert code == 0, err
+
+
+async def test_corrupt_store_is_a_clear_error(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A state file that is not ours: exit 2, one line naming it, nothing sent."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(3))
+    (tmp_path / "state.sqlite3").write_bytes(os.urandom(4096))
+    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    assert code == 2
+    assert "state.sqlite3" in err
+    assert "Traceback" not in err
+    assert sandbox.ledger.total == 0
+
+
+async def test_kill_9_loop_loses_nothing_and_creates_nothing_twice(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """kill -9 at random moments 20+ times, then finish: every row accounted exactly once,
+    no known combination created twice, rows in doubt reported and never resent."""
+    sandbox = await sandbox_factory(latency_ms=3, daily_quota=1_000_000)
+    rows = [*campaigns(1600), *campaigns(800, with_send_id=False, prefix="n")]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    rng = random.Random(20261126)
+    # A pace slow enough that 20+ kills land while work remains.
+    args = [*run_args(sandbox.url, tmp_path, str(manifest)), "--concurrency", "16", "--rate", "300"]
+    kills = 0
+    while kills < 22:
+        proc = await asyncio.create_subprocess_exec(
+            PYTHON,
+            "-m",
+            "provisioner",
+            *args,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=cli_env(),
+            cwd=ROOT,
+        )
+        await asyncio.sleep(rng.uniform(0.35, 0.9))
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        await proc.wait()
+        if proc.returncode != -signal.SIGKILL:
+            break  # the work finished before we could kill it
+    assert kills >= 20
+    code, _, err = await provisioner(*args)
+    assert code in (0, 1), err
+    results, failures, deferred, summary = outputs(tmp_path / "out")
+    assert_invariant(tmp_path / "out", len(rows))
+    assert not deferred
+    assert {f["error"] for f in failures} <= {"in_doubt"}
+    # No combination created twice: one ledger entry per campaign row at most.
+    per_campaign = Counter(e.campaign_id for e in sandbox.ledger.created)
+    assert max(per_campaign.values()) == 1
+    # Every created combination is reported: as created/skipped, or as in doubt.
+    reported = {r["campaign_id"] for r in results} | {f["campaign_id"] for f in failures}
+    assert set(per_campaign) <= reported
+    # Rows in doubt were never resent: at most one request for them ever reached the ledger.
+    in_doubt = {f["campaign_id"] for f in failures}
+    assert all(c.startswith("n") for c in in_doubt)
+    ok = {r["campaign_id"]: r["send_id"] for r in results}
+    ledger = {e.campaign_id: e.send_id for e in sandbox.ledger.created}
+    assert all(ledger[c] == s for c, s in ok.items())  # reported ids are the created ones
+    assert summary["rows_total"] == len(rows)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT])
+async def test_sigint_exits_130(sandbox_factory: SandboxFactory, tmp_path: Path, sig: int) -> None:
+    """SIGINT behaves like SIGTERM with exit code 130."""
+    sandbox = await sandbox_factory(latency_ms=50, daily_quota=1000)
+    manifest = write_csv(tmp_path / "m.csv", campaigns(300))
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "provisioner",
+        *run_args(sandbox.url, tmp_path, str(manifest)),
+        "--concurrency",
+        "4",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(),
+        cwd=ROOT,
+    )
+    for _ in range(200):
+        if sandbox.ledger.created:
+            break
+        await asyncio.sleep(0.05)
+    proc.send_signal(sig)
+    await proc.communicate()
+    assert proc.returncode == 130
+    assert_invariant(tmp_path / "out", 300)
