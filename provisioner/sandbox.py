@@ -283,6 +283,10 @@ class _Service:
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:  # chunked bodies have no Content-Length
             return self._too_large(ws)
+        except ConnectionResetError:
+            # The client went away mid-body (killed, timed out): nothing to answer or log.
+            self.ledger._answered("dropped")
+            raise asyncio.CancelledError from None
         parsed = _parse_create_body(raw)
         if isinstance(parsed, _Invalid):
             message = "Invalid request: " + parsed.errors[0]
