@@ -174,12 +174,18 @@ class Run:
                 await self.dispatch(batch)
                 batch = []
             elif n % 256 == 0:
-                await asyncio.sleep(0)  # let workers and timers run during long bad stretches
+                # Long stretches of invalid or duplicate rows: let workers and timers run,
+                # and keep the state writer's queue bounded.
+                await self.store.throttle()
+                await asyncio.sleep(0)
         if batch:
             await self.dispatch(batch)
 
     async def dispatch(self, batch: list[Job]) -> None:
         """Skip what earlier runs did, report what is in doubt, queue the rest."""
+        # Backpressure: a run that only skips can outpace the writer thread; keep its
+        # queue (and so memory) bounded.
+        await self.store.throttle()
         priors = self.store.lookup_many(self.workspace, [job.key for job in batch])
         for job in batch:
             prior = priors.get(job.key)
