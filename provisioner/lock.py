@@ -94,6 +94,13 @@ def read_holder(state_path: Path) -> Holder | None:
         return None
 
 
+def live_holder(state_path: Path) -> int | None:
+    """The pid named in the lock file if that process still exists (status uses this
+    to tell the live run's intents from those of a run that died)."""
+    holder = read_holder(state_path)
+    return holder[0] if holder is not None and pid_alive(holder[0]) else None
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists (it may belong to someone else)."""
     try:

@@ -1,13 +1,9 @@
-"""The state store's file and its SQL: format, migrations, codec, statements, read side.
+"""Everything SQL in the state store: DDL and migrations, file recognition, the outcome
+row codec, the writer's statements and :class:`StoreReader` (the read side).
 
-``state.py`` holds the public seam and the concurrency (writer thread, group commit);
-this module holds everything that is SQL: the DDL and its migrations, how a file is
-recognised, how an ``Outcome`` maps onto a row, the statements the writer executes, and
-:class:`StoreReader`, the queries behind ``lookup_many``, ``status`` and ``export``.
-
-Recognising our files: ``PRAGMA application_id`` is :data:`APPLICATION_ID` and
-``PRAGMA user_version`` is the schema version, both set in the same transaction as the
-DDL, so a file either has both or is untouched.
+``state.py`` holds the seam and the concurrency. Our files carry ``application_id`` =
+:data:`APPLICATION_ID` and ``user_version`` = schema version, both set in the DDL's own
+transaction, so a file has both or is untouched.
 """
 
 from __future__ import annotations
@@ -28,7 +24,7 @@ import orjson
 
 from provisioner.errors import StateError
 from provisioner.identity import RowKey
-from provisioner.lock import pid_alive, read_holder
+from provisioner.lock import live_holder
 from provisioner.models import Outcome, Status
 
 #: "PRVS" in ASCII; any other non-zero value means another application's file.
@@ -474,14 +470,11 @@ class StoreReader:
     def _live_run_seq(self, conn: sqlite3.Connection) -> int | None:
         if self._run_seq is not None:
             return self._run_seq
-        # Read-only (status): the lock file names the live run's process, if there is one.
-        holder = read_holder(self.path)
-        if holder is None or not pid_alive(holder[0]):
-            return None
+        pid = live_holder(self.path)  # read-only (status): the lock names the live run
         row = conn.execute(
-            "SELECT max(seq) FROM runs WHERE pid = ? AND finished_at IS NULL", (holder[0],)
+            "SELECT max(seq) FROM runs WHERE pid = ? AND finished_at IS NULL", (pid,)
         ).fetchone()
-        return None if row is None else row[0]
+        return None if pid is None else row[0]
 
     def _unknown_run(self, run_id: str) -> StateError:
         return StateError(

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from provisioner.errors import StateError, StateLockedError
-from provisioner.lock import RunLock, lock_path_for, pid_alive, read_holder
+from provisioner.lock import RunLock, live_holder, lock_path_for, pid_alive, read_holder
 
 
 def test_holder_text_is_written_and_emptied_on_release(tmp_path: Path) -> None:
@@ -72,9 +72,17 @@ def test_uncreatable_lock_file_is_a_state_error(tmp_path: Path) -> None:
         RunLock.acquire(tmp_path / "s.sqlite3")
 
 
-def test_pid_alive() -> None:
-    """pid_alive is true for this process and false for a reaped child."""
+def test_pid_alive_and_live_holder(tmp_path: Path) -> None:
+    """pid_alive: true for this process, false for a reaped child; live_holder names a live
+    lock owner only."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     assert pid_alive(os.getpid())
     assert not pid_alive(child.pid)
+    state = tmp_path / "s.sqlite3"
+    assert live_holder(state) is None
+    lock_path_for(state).write_bytes(orjson.dumps({"pid": child.pid, "started": "x"}))
+    assert live_holder(state) is None
+    lock = RunLock.acquire(state)
+    assert live_holder(state) == os.getpid()
+    lock.release()
