@@ -7,15 +7,13 @@ same position among that campaign's send_id-less rows: reordering rows of differ
 campaigns, or appending new rows, keeps identities; inserting a send_id-less row for a
 campaign before its existing ones shifts the later ones (documented in the README).
 
-The occurrence counters take memory per distinct campaign id, not per row.
+The occurrence counters and the duplicate check live in ``seen.py``.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-
-from .models import Row
 
 #: (campaign_id, key) where key is "s:<send_id>" or "n:<occurrence>".
 RowKey = tuple[str, str]
@@ -37,22 +35,3 @@ def derive_send_id(prefix: str, campaign_id: str, occurrence: int) -> str:
     assert len(send_id) <= MAX_SEND_ID
     assert send_id.isascii()
     return send_id
-
-
-class Identities:
-    """Gives each valid row its key and the send_id to request, in manifest order."""
-
-    def __init__(self, derive_prefix: str | None = None) -> None:
-        self.derive_prefix = derive_prefix
-        self._occurrences: dict[str, int] = {}
-
-    def assign(self, row: Row) -> tuple[RowKey, str | None, bool]:
-        """(key, send_id to request, whether the send_id was derived) for the next row."""
-        if row.send_id is not None:
-            return (row.campaign_id, "s:" + row.send_id), row.send_id, False
-        n = self._occurrences.get(row.campaign_id, 0) + 1
-        self._occurrences[row.campaign_id] = n
-        if self.derive_prefix is None:
-            return (row.campaign_id, f"n:{n}"), None, False
-        send_id = derive_send_id(self.derive_prefix, row.campaign_id, n)
-        return (row.campaign_id, "s:" + send_id), send_id, True

@@ -26,17 +26,18 @@ from pathlib import Path
 from .client import BrazeClient, Reply, ReplyKind
 from .config import Settings
 from .errors import InDoubt, TransportError
-from .identity import Identities, RowKey
+from .identity import RowKey
 from .limiter import Deferred, Pacer, QuotaBudget
 from .logs import get_logger
 from .manifest import Manifest
 from .models import Outcome, Row, RowError, Status
 from .outcomes import deferred, failed_from_error, failed_in_doubt, final_outcome, skipped
 from .retry import RetryBudget, RetryPolicy, Transient
+from .seen import SeenIndex
 from .sinks import FileSink, OutputFolder, ResultSink
 from .state import SqliteStateStore, StateStore, default_state_path, open_store
 from .stats import RunStats, iso
-from .validation import DuplicateIndex, validate
+from .validation import validate
 
 log = get_logger(__name__)
 
@@ -150,36 +151,40 @@ class Run:
     # -- the reader --------------------------------------------------------------------
     async def read(self, manifest: Manifest) -> None:
         """Stream the manifest into outcomes (invalid, duplicate) and jobs (the queue)."""
-        identities = Identities(self.settings.derive_send_ids)
-        duplicates = DuplicateIndex()
-        batch: list[Job] = []
-        for n, item in enumerate(manifest, 1):
-            if self.drain_abandoned:
-                break
-            if isinstance(item, RowError):
-                self.emit(failed_from_error(item), None)
-                continue
-            checked = validate(item)
-            if isinstance(checked, RowError):
-                self.emit(failed_from_error(checked), None)
-                continue
-            key, send_id, _derived = identities.assign(checked)
-            if send_id is not None:
-                first = duplicates.first_line(checked.campaign_id, send_id, checked.line)
-                if first is not None:
-                    self.emit(_duplicate(checked, send_id, first), key)
-                    continue
-            batch.append(Job(checked, key, send_id))
-            if len(batch) >= _LOOKUP_BATCH:
-                await self.dispatch(batch)
-                batch = []
-            elif n % 256 == 0:
-                # Long stretches of invalid or duplicate rows: let workers and timers run,
-                # and keep the state writer's queue bounded.
-                await self.store.throttle()
-                await asyncio.sleep(0)
-        if batch:
-            await self.dispatch(batch)
+        seen = SeenIndex(self.settings.derive_send_ids)
+        try:
+            rows: list[Row] = []
+            for n, item in enumerate(manifest, 1):
+                if self.drain_abandoned:
+                    break
+                checked = item if isinstance(item, RowError) else validate(item)
+                if isinstance(checked, RowError):
+                    self.emit(failed_from_error(checked), None)
+                else:
+                    rows.append(checked)
+                if len(rows) >= _LOOKUP_BATCH:
+                    await self._identify(seen, rows)
+                    rows = []
+                elif n % 256 == 0:
+                    # Long stretches of invalid rows: let workers and timers run, and keep
+                    # the state writer's queue bounded.
+                    await self.store.throttle()
+                    await asyncio.sleep(0)
+            if rows:
+                await self._identify(seen, rows)
+        finally:
+            seen.close()
+
+    async def _identify(self, seen: SeenIndex, rows: list[Row]) -> None:
+        """Give a batch of valid rows their identities; report repeats, dispatch the rest."""
+        jobs: list[Job] = []
+        for a in seen.assign(rows):
+            if a.duplicate_of is not None and a.send_id is not None:
+                self.emit(_duplicate(a.row, a.send_id, a.duplicate_of), a.key)
+            else:
+                jobs.append(Job(a.row, a.key, a.send_id))
+        if jobs:
+            await self.dispatch(jobs)
 
     async def dispatch(self, batch: list[Job]) -> None:
         """Skip what earlier runs did, report what is in doubt, queue the rest."""
@@ -363,6 +368,14 @@ async def run_pipeline(
     with manifest:
         if store is None:
             store = open_settings_store(settings)
+            if store.took_over_from is not None:
+                pid, started = store.took_over_from
+                log.warning(
+                    "stale_lock_taken_over",
+                    pid=pid,
+                    started=started,
+                    hint="a run died without finishing; this run resumes its work",
+                )
         try:
             return await _run(settings, manifest, folder, store, handle_signals)
         finally:

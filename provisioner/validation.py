@@ -9,7 +9,6 @@ cannot produce a 50 MB message.
 from __future__ import annotations
 
 import re
-from hashlib import blake2b
 
 from provisioner.models import CAMPAIGN_ID, SEND_ID, RawRow, Row, RowError
 
@@ -148,38 +147,3 @@ def validate(raw: RawRow) -> Row | RowError:
             "punctuation, space): replace that character",
         )
     return Row(raw.line, cid, sid, raw.columns)
-
-
-class DuplicateIndex:
-    """Remembers each (campaign_id, send_id) combination and the line it first appeared on.
-
-    Memory: the key is an 8-byte blake2b digest of the pair held as an int, not the strings,
-    so millions of pairs cost roughly 100 bytes each whatever the ids' length. Trade-off:
-    two different pairs share a digest with probability 2^-64 per pair compared; among n
-    pairs the chance of any collision is about n²/2^65 (≈ 7e-7 for 5 million). A collision
-    would report a row as a duplicate of another and not send it, a visible, recoverable
-    outcome (the row is listed in results.jsonl with ``duplicate_of``), never a wrong send.
-
-    Only rows that carry a send_id are combinations; rows without one each get their own
-    identity (see docs/DESIGN.md) and should not be passed here.
-    """
-
-    __slots__ = ("_first",)
-
-    def __init__(self) -> None:
-        """Start with no combination seen."""
-        self._first: dict[int, int] = {}
-
-    def first_line(self, campaign_id: str, send_id: str, line: int) -> int | None:
-        """Return the line the pair was first seen on; None (and remember ``line``) if new."""
-        # The length prefix makes the encoding unambiguous: ("ab", "c") != ("a", "bc").
-        data = f"{len(campaign_id)}:{campaign_id}{send_id}".encode("utf-8", "surrogatepass")
-        key = int.from_bytes(blake2b(data, digest_size=8).digest(), "little")
-        first = self._first.get(key)
-        if first is None:
-            self._first[key] = line
-        return first
-
-    def __len__(self) -> int:
-        """How many distinct combinations have been seen."""
-        return len(self._first)

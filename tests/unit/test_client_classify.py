@@ -6,8 +6,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from provisioner.client import ReplyKind, classify, parse_rate_limit, parse_retry_after
-from provisioner.identity import Identities, derive_send_id
-from provisioner.models import Row
+from provisioner.identity import derive_send_id
 from provisioner.retry import RetryBudget
 
 
@@ -73,19 +72,6 @@ def test_derived_send_ids_are_stable_ascii_and_short() -> None:
     assert len(a) <= 64
     assert a != derive_send_id("mig2026", "campaign-é-1", 2)
     assert len(derive_send_id("p" * 24, "c" * 256, 10**9)) <= 64
-
-
-def test_identities_count_occurrences_per_campaign() -> None:
-    """Rows without send_id are keyed by their occurrence among that campaign's rows."""
-    ids = Identities()
-    rows = [
-        Row(1, "a", None, ()),
-        Row(2, "b", None, ()),
-        Row(3, "a", None, ()),
-        Row(4, "a", "s", ()),
-    ]
-    keys = [ids.assign(r)[0] for r in rows]
-    assert keys == [("a", "n:1"), ("b", "n:1"), ("a", "n:2"), ("a", "s:s")]
 
 
 def test_retry_budget_bounds_retries() -> None:

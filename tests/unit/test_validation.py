@@ -11,7 +11,6 @@ from provisioner.validation import (
     ERROR_CODES,
     MAX_CAMPAIGN_ID,
     MAX_SEND_ID,
-    DuplicateIndex,
     validate,
 )
 
@@ -159,22 +158,3 @@ def test_validate_never_raises_and_never_alters(campaign_id: str, send_id: str |
         assert result.send_id == (send_id or None)
     else:
         assert result.error in ERROR_CODES
-
-
-def test_duplicate_index_reports_first_line() -> None:
-    """The first sight of a pair returns None; later sights return the first line."""
-    index = DuplicateIndex()
-    assert index.first_line("c", "s", 2) is None
-    assert index.first_line("c", "t", 3) is None
-    assert index.first_line("c", "s", 9) == 2
-    assert index.first_line("c", "s", 12) == 2
-    assert len(index) == 2
-
-
-def test_duplicate_index_pair_encoding_is_unambiguous() -> None:
-    """Pairs whose concatenations match are still different pairs."""
-    index = DuplicateIndex()
-    assert index.first_line("ab", "c", 1) is None
-    assert index.first_line("a", "bc", 2) is None
-    assert index.first_line("1:a", "b", 3) is None
-    assert index.first_line("1", ":ab", 4) is None

@@ -1,0 +1,124 @@
+"""What a run has already seen of its manifest: row identities and repeated pairs.
+
+Both need memory per row (a duplicate can repeat a pair from a million lines earlier; an
+occurrence counter is kept per campaign), which would make memory grow with the manifest.
+So they live in a private temporary SQLite database (``sqlite3.connect("")``: on disk,
+deleted when closed) with a small page cache, and are consulted a batch at a time: memory
+stays flat for manifests of any length and the disk holds ~20 bytes a row while it runs.
+
+Duplicates are found by an 8-byte blake2b digest of the (campaign_id, send_id) pair:
+two different pairs collide with probability 2^-64 each; among 5 million pairs the chance
+of any collision is about 7e-7. A collision would report a row as a duplicate of another
+(visible in results.jsonl with ``duplicate_of``), never send a wrong row.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from hashlib import blake2b
+
+from .identity import RowKey, derive_send_id
+from .models import Row
+
+# SQLite's bound-parameter limit is 32766 in the versions Python ships; stay well below.
+_CHUNK = 900
+
+
+@dataclass(frozen=True, slots=True)
+class Assigned:
+    """A valid row's identity in this run."""
+
+    row: Row
+    key: RowKey
+    send_id: str | None  # the send_id to request (the row's or a derived one)
+    duplicate_of: int | None  # the line of the first copy of this pair, if a repeat
+
+
+def pair_digest(campaign_id: str, send_id: str) -> int:
+    """A signed 64-bit digest of the pair (the length prefix keeps ("ab","c") != ("a","bc"))."""
+    data = f"{len(campaign_id)}:{campaign_id}{send_id}".encode("utf-8", "surrogatepass")
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+class SeenIndex:
+    """Assigns row keys, derived send ids and duplicates, batch by batch, in manifest order."""
+
+    def __init__(self, derive_prefix: str | None = None, *, cache_kib: int = 4096) -> None:
+        self.derive_prefix = derive_prefix
+        self._db = sqlite3.connect("", isolation_level=None, check_same_thread=False)
+        for pragma in (
+            f"cache_size=-{cache_kib}",
+            "journal_mode=OFF",
+            "synchronous=OFF",
+            "temp_store=FILE",
+        ):
+            self._db.execute(f"PRAGMA {pragma}")
+        self._db.execute("CREATE TABLE pairs (h INTEGER PRIMARY KEY, line INTEGER NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE occ (campaign_id TEXT PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID"
+        )
+
+    def _fetch(self, sql: str, values: Sequence[object]) -> dict[object, int]:
+        found: dict[object, int] = {}
+        for i in range(0, len(values), _CHUNK):
+            chunk = values[i : i + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._db.execute(sql.format(marks), chunk).fetchall())
+        return found
+
+    def assign(self, rows: Sequence[Row]) -> list[Assigned]:
+        """Identities for ``rows`` (consecutive valid rows of the manifest, in order)."""
+        counts = self._occurrences(rows)
+        out: list[Assigned] = []
+        pending: list[tuple[int, int, int]] = []  # (index into out, digest, line)
+        for row in rows:
+            if row.send_id is not None:
+                key, send_id = (row.campaign_id, "s:" + row.send_id), row.send_id
+            else:
+                n = counts[row.campaign_id] = counts[row.campaign_id] + 1
+                if self.derive_prefix is None:
+                    out.append(Assigned(row, (row.campaign_id, f"n:{n}"), None, None))
+                    continue
+                send_id = derive_send_id(self.derive_prefix, row.campaign_id, n)
+                key = (row.campaign_id, "s:" + send_id)
+            pending.append((len(out), pair_digest(row.campaign_id, send_id), row.line))
+            out.append(Assigned(row, key, send_id, None))
+        self._save_occurrences(counts)
+        if pending:
+            self._mark_duplicates(out, pending)
+        return out
+
+    def _occurrences(self, rows: Sequence[Row]) -> dict[str, int]:
+        campaigns = list({r.campaign_id for r in rows if r.send_id is None})
+        if not campaigns:
+            return {}
+        known = self._fetch("SELECT campaign_id, n FROM occ WHERE campaign_id IN ({})", campaigns)
+        return {c: int(known.get(c, 0)) for c in campaigns}
+
+    def _save_occurrences(self, counts: dict[str, int]) -> None:
+        if counts:
+            self._db.executemany(
+                "INSERT INTO occ VALUES (?, ?)"
+                " ON CONFLICT(campaign_id) DO UPDATE SET n = excluded.n",
+                counts.items(),
+            )
+
+    def _mark_duplicates(self, out: list[Assigned], pending: list[tuple[int, int, int]]) -> None:
+        digests = [d for _, d, _ in pending]
+        first: dict[object, int] = self._fetch("SELECT h, line FROM pairs WHERE h IN ({})", digests)
+        new: list[tuple[int, int]] = []
+        for index, digest, line in pending:
+            earlier = first.get(digest)
+            if earlier is None:
+                first[digest] = line
+                new.append((digest, line))
+            else:
+                a = out[index]
+                out[index] = Assigned(a.row, a.key, a.send_id, earlier)
+        self._db.executemany("INSERT INTO pairs VALUES (?, ?)", new)
+
+    def close(self) -> None:
+        """Drop the temporary database."""
+        self._db.close()
