@@ -37,17 +37,23 @@ class NullStore:
 
     path = Path("/dev/null")
 
-    def begin_run(self, run_id: str, manifest: str, started_at: float,
-                  deferred_header: tuple[str, ...] | None,
-                  settings: Mapping[str, object]) -> None:
+    def begin_run(
+        self,
+        run_id: str,
+        manifest: str,
+        started_at: float,
+        deferred_header: tuple[str, ...] | None,
+        settings: Mapping[str, object],
+    ) -> None:
         """Nothing to record."""
 
     def lookup_many(self, workspace: str, keys: Sequence[RowKey]) -> dict[RowKey, Prior]:
         """Nothing is known."""
         return {}
 
-    async def intent(self, run_id: str, workspace: str, key: RowKey, send_id: str | None,
-                     line: int) -> None:
+    async def intent(
+        self, run_id: str, workspace: str, key: RowKey, send_id: str | None, line: int
+    ) -> None:
         """Nothing to make durable."""
 
     def record(self, run_id: str, workspace: str, key: RowKey | None, outcome: Outcome) -> None:
@@ -59,24 +65,30 @@ class NullStore:
     async def throttle(self) -> None:
         """Nothing pending."""
 
-    def record_quota(self, workspace: str, reset_at: float, limit: int, remaining: int,
-                     spent_delta: int) -> None:
+    def record_quota(
+        self, workspace: str, reset_at: float, limit: int, remaining: int, spent_delta: int
+    ) -> None:
         """Nothing to record."""
 
     def quota_window(self, workspace: str, now: float) -> QuotaWindow | None:
         """No window known."""
         return None
 
-    def finish_run(self, run_id: str, finished_at: float, exit_code: int,
-                   counts: Mapping[str, int], summary: Mapping[str, object]) -> None:
+    def finish_run(
+        self,
+        run_id: str,
+        finished_at: float,
+        exit_code: int,
+        counts: Mapping[str, int],
+        summary: Mapping[str, object],
+    ) -> None:
         """Nothing to record."""
 
     def iter_outcomes(self, run_id: str) -> Iterator[Outcome]:
         """No outcomes."""
         return iter(())
 
-    def run_info(self, run_id: str) -> tuple[RunRecord, tuple[str, ...] | None,
-                                             dict[str, object]]:
+    def run_info(self, run_id: str) -> tuple[RunRecord, tuple[str, ...] | None, dict[str, object]]:
         """No runs."""
         raise KeyError(run_id)
 
@@ -95,9 +107,19 @@ class NullStore:
 def start_sandbox(*extra: str) -> tuple[subprocess.Popen[str], str]:
     """The sandbox in its own process (its CPU is not the client's); returns (proc, url)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "provisioner", "sandbox", "--api-key", KEY,
-         "--daily-quota", "1000000000", *extra],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "provisioner",
+            "sandbox",
+            "--api-key",
+            KEY,
+            "--daily-quota",
+            "1000000000",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     return proc, proc.stdout.readline().strip()
@@ -105,7 +127,7 @@ def start_sandbox(*extra: str) -> tuple[subprocess.Popen[str], str]:
 
 def ledger_total(url: str) -> int:
     """Requests the sandbox has answered so far."""
-    with urllib.request.urlopen(url + "/sandbox/ledger") as resp:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url + "/sandbox/ledger") as resp:
         return int(orjson.loads(resp.read())["requests"]["total"])
 
 
@@ -120,9 +142,15 @@ def write_manifest(path: Path, rows: int) -> None:
 
 def settings(url: str, manifest: Path, work: Path, name: str, concurrency: int) -> Settings:
     return build_settings(
-        manifest=str(manifest), out_dir=work / f"out-{name}",
-        cli={"base_url": url, "rate": 1_000_000.0, "concurrency": concurrency,
-             "state_path": str(work / f"{name}.sqlite3"), "log_level": "warning"},
+        manifest=str(manifest),
+        out_dir=work / f"out-{name}",
+        cli={
+            "base_url": url,
+            "rate": 1_000_000.0,
+            "concurrency": concurrency,
+            "state_path": str(work / f"{name}.sqlite3"),
+            "log_level": "warning",
+        },
         env={"BRAZE_API_KEY": KEY},
     )
 
@@ -144,9 +172,12 @@ def prepopulate(path: Path, rows: int) -> None:
         ws = ApiKey(KEY).label
         for i in range(rows):
             cid, sid = f"c{i:08d}", f"s{i:08d}"
-            store.record("seed-run", ws, (cid, "s:" + sid),
-                         Outcome(i + 2, Status.CREATED, cid, sid, (("campaign_id", cid),
-                                                                   ("send_id", sid))))
+            store.record(
+                "seed-run",
+                ws,
+                (cid, "s:" + sid),
+                Outcome(i + 2, Status.CREATED, cid, sid, (("campaign_id", cid), ("send_id", sid))),
+            )
             if i % 5000 == 0:
                 await store.throttle()
         await store.flush()
@@ -172,29 +203,36 @@ def main() -> int:
             write_manifest(manifest, args.rows)
             t_state, _ = timed_run(settings(url, manifest, work, "state", args.concurrency))
             # A fresh sandbox would forget nothing here: repeats cost the same requests.
-            t_null, _ = timed_run(settings(url, manifest, work, "null", args.concurrency),
-                                  null_store=True)
-            print(f"capacity  {args.rows:,} rows, concurrency {args.concurrency}: "
-                  f"with state {args.rows / t_state:8,.0f} rows/s ({t_state:.1f} s), "
-                  f"without {args.rows / t_null:8,.0f} rows/s ({t_null:.1f} s), "
-                  f"ratio {t_null / t_state:.2f}")
+            t_null, _ = timed_run(
+                settings(url, manifest, work, "null", args.concurrency), null_store=True
+            )
+            print(
+                f"capacity  {args.rows:,} rows, concurrency {args.concurrency}: "
+                f"with state {args.rows / t_state:8,.0f} rows/s ({t_state:.1f} s), "
+                f"without {args.rows / t_null:8,.0f} rows/s ({t_null:.1f} s), "
+                f"ratio {t_null / t_state:.2f}"
+            )
             big = work / "big.csv"
             write_manifest(big, args.skip_rows)
             store_path = work / "skip.sqlite3"
             prepopulate(store_path, args.skip_rows)
             before = ledger_total(url)
             s = settings(url, big, work, "skip", args.concurrency)
-            s = build_settings(manifest=str(big), out_dir=work / "out-skip",
-                               cli={"base_url": url, "state_path": str(store_path),
-                                    "log_level": "warning"},
-                               env={"BRAZE_API_KEY": KEY})
+            s = build_settings(
+                manifest=str(big),
+                out_dir=work / "out-skip",
+                cli={"base_url": url, "state_path": str(store_path), "log_level": "warning"},
+                env={"BRAZE_API_KEY": KEY},
+            )
             t_skip, summary = timed_run(s)
             sent = ledger_total(url) - before
             counts = summary["counts"]
             assert isinstance(counts, dict)
-            print(f"skip      {args.skip_rows:,} rows already created: "
-                  f"{args.skip_rows / t_skip:8,.0f} rows/s ({t_skip:.1f} s), "
-                  f"skipped {counts['skipped']:,}, requests sent {sent}")
+            print(
+                f"skip      {args.skip_rows:,} rows already created: "
+                f"{args.skip_rows / t_skip:8,.0f} rows/s ({t_skip:.1f} s), "
+                f"skipped {counts['skipped']:,}, requests sent {sent}"
+            )
     finally:
         proc.terminate()
         proc.wait()
