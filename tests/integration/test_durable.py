@@ -213,7 +213,7 @@ async def test_kill_9_loop_loses_nothing_and_creates_nothing_twice(
     manifest = write_csv(tmp_path / "m.csv", rows)
     rng = random.Random(20261126)
     # A pace slow enough that 20+ kills land while work remains.
-    args = [*run_args(sandbox.url, tmp_path, str(manifest)), "--concurrency", "16", "--rate", "300"]
+    args = [*run_args(sandbox.url, tmp_path, str(manifest)), "--concurrency", "16", "--rate", "150"]
     kills = 0
     while kills < 22:
         proc = await asyncio.create_subprocess_exec(
