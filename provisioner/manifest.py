@@ -235,6 +235,19 @@ class Manifest:
         """Close what was opened (never the caller's stdin)."""
         self._close()
 
+    def fraction_read(self) -> float | None:
+        """How far through the file the reader is, by bytes (compressed bytes for .gz);
+        None for standard input. Used for the progress events' ETA."""
+        if self.path == "-" or not self._closers:
+            return None
+        raw = self._closers[0]
+        try:
+            size = os.fstat(raw.fileno()).st_size
+            position = raw.tell()
+        except (OSError, ValueError):
+            return None
+        return min(1.0, position / size) if size else None
+
     def _close(self) -> None:
         for closer in reversed(self._closers):
             with contextlib.suppress(Exception):

@@ -109,6 +109,7 @@ class Run:
         self.stop_reason: str | None = None
         self.stop_exit: int | None = None
         self.drain_abandoned = False
+        self.manifest: Manifest | None = None
         self._spent_recorded = 0
 
     # -- stopping ----------------------------------------------------------------------
@@ -151,6 +152,7 @@ class Run:
     # -- the reader --------------------------------------------------------------------
     async def read(self, manifest: Manifest) -> None:
         """Stream the manifest into outcomes (invalid, duplicate) and jobs (the queue)."""
+        self.manifest = manifest
         seen = SeenIndex(self.settings.derive_send_ids)
         try:
             rows: list[Row] = []
@@ -302,9 +304,13 @@ class Run:
             await asyncio.sleep(self.settings.progress_interval)
             elapsed = self.stats.elapsed()
             done = self.stats.rows_done
+            fraction = self.manifest.fraction_read() if self.manifest is not None else None
+            eta = elapsed * (1 - fraction) / fraction if fraction else None
             log.info(
                 "progress",
                 rows_done=done,
+                fraction_read=round(fraction, 4) if fraction is not None else None,
+                eta_s=round(eta) if eta is not None else None,
                 counts=dict(self.stats.counts),
                 rows_per_s=round(done / elapsed, 1) if elapsed else None,
                 requests=self.stats.requests,

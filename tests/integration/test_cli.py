@@ -6,6 +6,7 @@ import asyncio
 import signal
 from pathlib import Path
 
+import orjson
 import pytest
 
 from provisioner.sandbox import FaultRule, Sandbox
@@ -192,3 +193,32 @@ async def test_help_has_examples(command: str) -> None:
     code, out, _ = await provisioner(command, "--help")
     assert code == 0
     assert "example" in out
+
+
+async def test_logs_are_json_lines_with_progress_when_not_a_terminal(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """Off a terminal: JSON lines only, no escape codes, periodic progress with an ETA."""
+    sandbox = await sandbox_factory(latency_ms=20)
+    manifest = write_csv(tmp_path / "m.csv", campaigns(60))
+    config = tmp_path / "c.toml"
+    config.write_text("[run]\nprogress_interval = 0.2\n")
+    code, _, err = await provisioner(
+        *run_args(sandbox.url, tmp_path, str(manifest)),
+        "--config",
+        str(config),
+        "--concurrency",
+        "1",
+    )
+    assert code == 0, err
+    log_lines = [line for line in err.splitlines() if line.startswith("{")]
+    events = [orjson.loads(line) for line in log_lines]
+    assert "\x1b" not in err
+    names = [e["event"] for e in events]
+    assert names[0] == "run_started"
+    assert names[-1] == "run_finished"
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress
+    assert "eta_s" in progress[0]
+    assert "rows_per_s" in progress[0]
+    assert not [e for e in events if "line" in e]  # no per-row events when every row succeeds
