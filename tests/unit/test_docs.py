@@ -1,0 +1,43 @@
+"""The README's option tables and the parser agree, so the documentation cannot drift."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from provisioner.cli import build_parser
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def documented_options(command: str) -> set[str]:
+    """The --options in the first column of the table under `### `provisioner COMMAND``."""
+    text = README.read_text(encoding="utf-8")
+    match = re.search(rf"^### `provisioner {command}\b.*?$(.*?)(?=^### |^## )", text, re.S | re.M)
+    assert match, f"README has no section for provisioner {command}"
+    options: set[str] = set()
+    for line in match.group(1).splitlines():
+        if line.startswith("| `--"):
+            options.add(line.split("`")[1].split()[0])
+    return options
+
+
+def parser_options(command: str) -> set[str]:
+    """The long options the parser accepts for a subcommand (help and version excluded)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {
+        opt
+        for action in sub.choices[command]._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and opt != "--help"
+    }
+
+
+@pytest.mark.parametrize("command", ["run", "export", "status", "sandbox"])
+def test_readme_documents_exactly_the_parsers_options(command: str) -> None:
+    """Every option the parser has is in the README table, and nothing more."""
+    assert documented_options(command) == parser_options(command)
