@@ -52,7 +52,14 @@ class NullStore:
         return {}
 
     async def intent(
-        self, run_id: str, workspace: str, key: RowKey, send_id: str | None, line: int
+        self,
+        run_id: str,
+        workspace: str,
+        key: RowKey,
+        send_id: str | None,
+        line: int,
+        *,
+        wait: bool = True,
     ) -> None:
         """Nothing to make durable."""
 

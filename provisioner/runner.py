@@ -225,7 +225,16 @@ class Run:
     async def provision(self, job: Job) -> Outcome:
         """Create one send id, with the retries, pauses and doubts the policy allows."""
         attempts = [0]
-        await self.store.intent(self.run_id, self.workspace, job.key, job.send_id, job.row.line)
+        # Only a row without a send_id must have its intent on disk before the request
+        # leaves (it could otherwise be created twice); a known send_id is safe to resend.
+        await self.store.intent(
+            self.run_id,
+            self.workspace,
+            job.key,
+            job.send_id,
+            job.row.line,
+            wait=job.send_id is None,
+        )
         try:
             try:
                 reply = await self.attempt(job, attempts)

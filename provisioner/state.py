@@ -67,7 +67,14 @@ class StateStore(Protocol):
     ) -> None: ...
     def lookup_many(self, workspace: str, keys: Sequence[RowKey]) -> dict[RowKey, Prior]: ...
     async def intent(
-        self, run_id: str, workspace: str, key: RowKey, send_id: str | None, line: int
+        self,
+        run_id: str,
+        workspace: str,
+        key: RowKey,
+        send_id: str | None,
+        line: int,
+        *,
+        wait: bool = True,
     ) -> None: ...
     def record(self, run_id: str, workspace: str, key: RowKey | None, outcome: Outcome) -> None: ...
     async def flush(self) -> None: ...
@@ -239,12 +246,27 @@ class SqliteStateStore(schema.StoreReader):
         self._run_id = run_id
 
     async def intent(
-        self, run_id: str, workspace: str, key: RowKey, send_id: str | None, line: int
+        self,
+        run_id: str,
+        workspace: str,
+        key: RowKey,
+        send_id: str | None,
+        line: int,
+        *,
+        wait: bool = True,
     ) -> None:
-        """Record that the request for ``key`` is about to leave; returns once committed."""
+        """Record that the request for ``key`` is about to leave; returns once committed.
+
+        ``wait=False`` is for rows whose send_id is known: resending them is safe, so the
+        intent is only for ``status`` and need not be durable before the request leaves.
+        It is queued like a record (in a group, so it does not force a FULL-sync commit).
+        """
         seq = self._current(run_id)
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         params = (workspace, key[0], key[1], seq, time.time(), send_id, line)
+        if not wait:
+            self._push((_GROUP, "", ((_INTENTS, schema.SQL_INTENT, params),)))
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._push((_INTENTS, schema.SQL_INTENT, params), (_WAIT, "", future))
         await self._settled(future)
 
