@@ -124,6 +124,14 @@ async def test_intent_is_committed_when_its_await_returns(
     assert row == [("in_flight", "a", 7)]
 
 
+async def test_lazy_intent_is_queued_not_awaited(store: SqliteStateStore, path: Path) -> None:
+    """wait=False returns at once; the intent is on disk after the next flush."""
+    await store.intent("run-1", WS, ("c1", "s:b"), "b", 8, wait=False)
+    await store.flush()
+    row = sqlite3.connect(path).execute("SELECT state, send_id, line FROM intents").fetchall()
+    assert row == [("in_flight", "b", 8)]
+
+
 async def test_concurrent_intents_share_commits(store: SqliteStateStore) -> None:
     """Many workers awaiting intents at once are committed in far fewer transactions."""
     commits = 0
