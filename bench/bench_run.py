@@ -23,10 +23,10 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
 from provisioner import logs
+from provisioner.api import run_pipeline
 from provisioner.config import Settings, build_settings
 from provisioner.identity import RowKey
 from provisioner.models import Outcome, Status
-from provisioner.runner import run_pipeline
 from provisioner.state import Prior, QuotaWindow, RunRecord, open_store
 
 KEY = "bench-key"

@@ -256,8 +256,8 @@ def _asyncio_run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .api import run_pipeline
     from .report import human_summary
-    from .runner import run_pipeline
 
     cli = {
         k: getattr(args, k, None)

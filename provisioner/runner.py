@@ -15,13 +15,10 @@ row still ends in exactly one output file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from .client import BrazeClient, Reply, ReplyKind
 from .config import Settings
@@ -31,18 +28,18 @@ from .limiter import Deferred, Pacer, QuotaBudget
 from .logs import get_logger
 from .manifest import Manifest
 from .models import Outcome, Row, RowError, Status
+from .observe import RunObserver, Snapshot
 from .outcomes import deferred, failed_from_error, failed_in_doubt, final_outcome, skipped
 from .retry import RetryBudget, RetryPolicy, Transient
 from .seen import SeenIndex
-from .sinks import FileSink, OutputFolder, ResultSink
-from .state import SqliteStateStore, StateStore, default_state_path, open_store
-from .stats import RunStats, iso
+from .sinks import ResultSink
+from .state import StateStore
+from .stats import RunStats
 from .validation import validate
 
 log = get_logger(__name__)
 
 _LOOKUP_BATCH = 512
-_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,15 +49,6 @@ class Job:
     row: Row
     key: RowKey
     send_id: str | None  # the send_id requested (the row's, or derived); None: Braze picks
-
-
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    """What a finished run returns: its id, exit code and summary document."""
-
-    run_id: str
-    exit_code: int
-    summary: dict[str, object]
 
 
 def new_run_id() -> str:
@@ -306,26 +294,54 @@ class Run:
                 raise Transient(reply=reply)
             return reply
 
-    # -- progress ----------------------------------------------------------------------
-    async def report_progress(self) -> None:
-        """Log a progress event every ``progress_interval`` seconds."""
+    # -- observers ---------------------------------------------------------------------
+    def snapshot(self, *, exit_code: int | None = None) -> Snapshot:
+        """The run's state now, for observers (progress log, display, metrics file)."""
+        elapsed = self.stats.elapsed()
+        done = self.stats.rows_done
+        fraction = self.manifest.fraction_read() if self.manifest is not None else None
+        b = self.budget
+        return Snapshot(
+            run_id=self.run_id,
+            manifest=self.manifest_name,
+            workspace=self.workspace,
+            started_at=self.stats.started_at,
+            elapsed_s=elapsed,
+            rows_done=done,
+            counts={s.value: self.stats.counts.get(s.value, 0) for s in Status},
+            requests=self.stats.requests,
+            retries=self.stats.retries,
+            http_429=self.stats.http_429,
+            http_by_class=dict(self.stats.http_by_class),
+            rows_per_s=round(done / elapsed, 1) if elapsed > 0 else None,
+            fraction_read=fraction,
+            eta_s=elapsed * (1 - fraction) / fraction if fraction else None,
+            quota_limit=b.limit,
+            quota_remaining=b.remaining,
+            quota_reset_at=b.reset_at,
+            paused_until=b.paused_until,
+            finished=exit_code is not None,
+            exit_code=exit_code,
+            errors=dict(self.stats.errors),
+        )
+
+    async def watch(self, observer: RunObserver) -> None:
+        """Feed one observer a snapshot every ``observer.interval`` seconds."""
+        while True:
+            await asyncio.sleep(observer.interval)
+            try:
+                observer.update(self.snapshot())
+            except Exception as exc:  # a display or metrics failure must not stop the run
+                log.warning(
+                    "observer_failed",
+                    observer=type(observer).__name__,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+
+    async def save_quota_periodically(self) -> None:
+        """Persist the quota window for ``provisioner status`` while the run lasts."""
         while True:
             await asyncio.sleep(self.settings.progress_interval)
-            elapsed = self.stats.elapsed()
-            done = self.stats.rows_done
-            fraction = self.manifest.fraction_read() if self.manifest is not None else None
-            eta = elapsed * (1 - fraction) / fraction if fraction else None
-            log.info(
-                "progress",
-                rows_done=done,
-                fraction_read=round(fraction, 4) if fraction is not None else None,
-                eta_s=round(eta) if eta is not None else None,
-                counts=dict(self.stats.counts),
-                rows_per_s=round(done / elapsed, 1) if elapsed else None,
-                requests=self.stats.requests,
-                quota_remaining=self.budget.remaining,
-                paused_until=iso(self.budget.paused_until) if self.budget.paused_until else None,
-            )
             self.save_quota()
 
     def save_quota(self) -> None:
@@ -363,139 +379,3 @@ def _duplicate(row: Row, send_id: str, first: int) -> Outcome:
         columns=row.columns,
         duplicate_of=first,
     )
-
-
-async def run_pipeline(
-    settings: Settings,
-    *,
-    handle_signals: bool = False,
-    store: StateStore | None = None,
-) -> RunResult:
-    """Run the whole pipeline for ``settings`` and return its result.
-
-    Raises ``ManifestError``/``OutputError``/``StateError`` before anything is sent when
-    the manifest, the output folder or the state store cannot be used.
-    """
-    folder = OutputFolder(settings.out_dir)
-    folder.prepare()
-    manifest = Manifest(settings.manifest, settings.manifest_format)
-    own_store = store is None
-    with manifest:
-        if store is None:
-            store = open_settings_store(settings)
-            if store.took_over_from is not None:
-                pid, started = store.took_over_from
-                log.warning(
-                    "stale_lock_taken_over",
-                    pid=pid,
-                    started=started,
-                    hint="a run died without finishing; this run resumes its work",
-                )
-        try:
-            return await _run(settings, manifest, folder, store, handle_signals)
-        finally:
-            if own_store:
-                store.close()
-
-
-def open_settings_store(settings: Settings) -> SqliteStateStore:
-    """Open (and lock) the state store the settings name, or the per-user default.
-
-    Blocking, once per run, before any request: a busy store must stop the run early.
-    """
-    path = Path(settings.state_path).expanduser() if settings.state_path else default_state_path()
-    return open_store(path)
-
-
-async def _run(
-    settings: Settings,
-    manifest: Manifest,
-    folder: OutputFolder,
-    store: StateStore,
-    handle_signals: bool,
-) -> RunResult:
-    run_id = new_run_id()
-    sink = FileSink(folder, deferred_header=manifest.header)
-    async with BrazeClient(
-        settings.base_url,
-        settings.api_key,
-        concurrency=settings.concurrency,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-    ) as client:
-        run = Run(
-            settings,
-            store=store,
-            sink=sink,
-            client=client,
-            run_id=run_id,
-            manifest_name=manifest.display_name,
-        )
-        store.begin_run(
-            run_id, manifest.display_name, run.stats.started_at, manifest.header, settings.public()
-        )
-        log.info(
-            "run_started",
-            run_id=run_id,
-            manifest=manifest.display_name,
-            out=str(settings.out_dir),
-            concurrency=settings.concurrency,
-            rate=settings.rate,
-            quota_cap=settings.quota,
-            workspace=run.workspace,
-        )
-        loop = asyncio.get_running_loop()
-        if handle_signals:
-            for sig, code in _SIGNAL_EXIT.items():
-                loop.add_signal_handler(sig, run.request_stop, "interrupted", code)
-        progress = asyncio.create_task(run.report_progress())
-        workers = [asyncio.create_task(run.work()) for _ in range(settings.concurrency)]
-        try:
-            await run.read(manifest)
-            for _ in workers:
-                await run.queue.put(None)
-            await asyncio.gather(*workers)
-        except BaseException:
-            for task in workers:
-                task.cancel()
-            sink.abort()
-            raise
-        finally:
-            progress.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await progress
-            if handle_signals:
-                for sig in _SIGNAL_EXIT:
-                    loop.remove_signal_handler(sig)
-        run.save_quota()
-        await store.flush()
-        exit_code = run.exit_code()
-        summary = run.stats.summary(
-            run_id=run_id, manifest=manifest.display_name, exit_code=exit_code
-        )
-        summary["out_dir"] = str(settings.out_dir)
-        summary["quota"] = _quota_summary(run.budget)
-        sink.commit(summary)
-        store.finish_run(run_id, time.time(), exit_code, dict(run.stats.counts), summary)
-        log.info(
-            "run_finished",
-            run_id=run_id,
-            exit_code=exit_code,
-            counts=summary["counts"],
-            duration_s=summary["duration_s"],
-            rows_per_s=summary["rows_per_s"],
-        )
-        return RunResult(run_id, exit_code, summary)
-
-
-def _quota_summary(budget: QuotaBudget) -> dict[str, object]:
-    return {
-        "limit": budget.limit,
-        "remaining": budget.remaining,
-        "reset_at": iso(budget.reset_at) if budget.reset_at else None,
-        "spent_this_window": budget.spent,
-        "cap": budget.cap,
-        "deferred_until": iso(budget.deferred.resume_at)
-        if budget.deferred is not None and budget.deferred.resume_at
-        else None,
-    }

@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from provisioner.runner import run_pipeline
+from provisioner.api import run_pipeline
 from provisioner.sandbox import FaultRule, Sandbox
 from tests.conftest import SandboxFactory
 

@@ -1,0 +1,209 @@
+"""Running the pipeline from code: the CLI and orchestrators (Airflow, Dagster, Prefect)
+use the same two entry points.
+
+::
+
+    from provisioner.api import build_settings, run
+
+    settings = build_settings(manifest="campaigns.csv", out_dir="out/", cli={"quota": 80})
+    result = run(settings)            # blocking; `await run_async(settings)` in a loop
+    if result.exit_code not in (0, 3):
+        raise RuntimeError(result.summary)
+
+Errors are the project's own (``provisioner.errors``): ``ManifestError``, ``OutputError``,
+``ConfigError``, ``StateError``, ``StateLockedError``, all ``ProvisionerError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .client import BrazeClient
+from .config import Settings, build_settings
+from .limiter import QuotaBudget
+from .logs import get_logger
+from .manifest import Manifest
+from .observe import ProgressLog, RunObserver
+from .runner import Run, new_run_id
+from .sinks import FileSink, OutputFolder
+from .state import SqliteStateStore, StateStore, default_state_path, open_store
+from .stats import iso
+
+__all__ = ["RunResult", "Settings", "build_settings", "run", "run_async", "run_pipeline"]
+
+log = get_logger(__name__)
+
+_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What a finished run returns: its id, exit code and summary document."""
+
+    run_id: str
+    exit_code: int
+    summary: dict[str, object]
+
+
+async def run_pipeline(
+    settings: Settings,
+    *,
+    handle_signals: bool = False,
+    store: StateStore | None = None,
+    observers: Sequence[RunObserver] = (),
+) -> RunResult:
+    """Run the whole pipeline for ``settings`` and return its result.
+
+    Raises ``ManifestError``/``OutputError``/``StateError`` before anything is sent when
+    the manifest, the output folder or the state store cannot be used.
+    """
+    folder = OutputFolder(settings.out_dir)
+    folder.prepare()
+    manifest = Manifest(settings.manifest, settings.manifest_format)
+    own_store = store is None
+    with manifest:
+        if store is None:
+            store = open_settings_store(settings)
+            if store.took_over_from is not None:
+                pid, started = store.took_over_from
+                log.warning(
+                    "stale_lock_taken_over",
+                    pid=pid,
+                    started=started,
+                    hint="a run died without finishing; this run resumes its work",
+                )
+        try:
+            return await _run(settings, manifest, folder, store, handle_signals, observers)
+        finally:
+            if own_store:
+                store.close()
+
+
+def open_settings_store(settings: Settings) -> SqliteStateStore:
+    """Open (and lock) the state store the settings name, or the per-user default.
+
+    Blocking, once per run, before any request: a busy store must stop the run early.
+    """
+    path = Path(settings.state_path).expanduser() if settings.state_path else default_state_path()
+    return open_store(path)
+
+
+async def _run(
+    settings: Settings,
+    manifest: Manifest,
+    folder: OutputFolder,
+    store: StateStore,
+    handle_signals: bool,
+    observers: Sequence[RunObserver],
+) -> RunResult:
+    run_id = new_run_id()
+    sink = FileSink(folder, deferred_header=manifest.header)
+    async with BrazeClient(
+        settings.base_url,
+        settings.api_key,
+        concurrency=settings.concurrency,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+    ) as client:
+        run = Run(
+            settings,
+            store=store,
+            sink=sink,
+            client=client,
+            run_id=run_id,
+            manifest_name=manifest.display_name,
+        )
+        store.begin_run(
+            run_id, manifest.display_name, run.stats.started_at, manifest.header, settings.public()
+        )
+        log.info(
+            "run_started",
+            run_id=run_id,
+            manifest=manifest.display_name,
+            out=str(settings.out_dir),
+            concurrency=settings.concurrency,
+            rate=settings.rate,
+            quota_cap=settings.quota,
+            workspace=run.workspace,
+        )
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig, code in _SIGNAL_EXIT.items():
+                loop.add_signal_handler(sig, run.request_stop, "interrupted", code)
+        watchers = [ProgressLog(settings.progress_interval), *observers]
+        background = [asyncio.create_task(run.watch(o)) for o in watchers]
+        background.append(asyncio.create_task(run.save_quota_periodically()))
+        workers = [asyncio.create_task(run.work()) for _ in range(settings.concurrency)]
+        try:
+            await run.read(manifest)
+            for _ in workers:
+                await run.queue.put(None)
+            await asyncio.gather(*workers)
+        except BaseException:
+            for task in workers:
+                task.cancel()
+            sink.abort()
+            raise
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            if handle_signals:
+                for sig in _SIGNAL_EXIT:
+                    loop.remove_signal_handler(sig)
+        run.save_quota()
+        await store.flush()
+        exit_code = run.exit_code()
+        summary = run.stats.summary(
+            run_id=run_id, manifest=manifest.display_name, exit_code=exit_code
+        )
+        summary["out_dir"] = str(settings.out_dir)
+        summary["quota"] = _quota_summary(run.budget)
+        sink.commit(summary)
+        final = run.snapshot(exit_code=exit_code)
+        for observer in observers:
+            try:
+                observer.close(final)
+            except Exception as exc:  # the outputs are written; report, do not fail the run
+                log.warning(
+                    "observer_failed",
+                    observer=type(observer).__name__,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+        store.finish_run(run_id, time.time(), exit_code, dict(run.stats.counts), summary)
+        log.info(
+            "run_finished",
+            run_id=run_id,
+            exit_code=exit_code,
+            counts=summary["counts"],
+            duration_s=summary["duration_s"],
+            rows_per_s=summary["rows_per_s"],
+        )
+        return RunResult(run_id, exit_code, summary)
+
+
+def _quota_summary(budget: QuotaBudget) -> dict[str, object]:
+    return {
+        "limit": budget.limit,
+        "remaining": budget.remaining,
+        "reset_at": iso(budget.reset_at) if budget.reset_at else None,
+        "spent_this_window": budget.spent,
+        "cap": budget.cap,
+        "deferred_until": iso(budget.deferred.resume_at)
+        if budget.deferred is not None and budget.deferred.resume_at
+        else None,
+    }
+
+
+#: The documented async name of ``run_pipeline``.
+run_async = run_pipeline
+
+
+def run(settings: Settings, *, observers: Sequence[RunObserver] = ()) -> RunResult:
+    """Run the pipeline to the end in a new event loop (for code that is not async)."""
+    return asyncio.run(run_pipeline(settings, observers=observers))
