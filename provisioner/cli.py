@@ -25,6 +25,7 @@ from .config import build_settings
 from .errors import ProvisionerError, StateError
 
 if TYPE_CHECKING:
+    from .observe import RunObserver
     from .state import SqliteStateStore
 
 T = TypeVar("T")
@@ -137,6 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--derive-send-ids",
         metavar="PREFIX",
         help="give rows without a send_id a stable one: nothing is ever in doubt",
+    )
+    run.add_argument(
+        "--metrics-file",
+        metavar="PATH",
+        help="write Prometheus metrics here (node_exporter textfile collector)",
+    )
+    run.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="live progress display on stderr (auto: when it is a terminal)",
     )
     _log_options(run)
 
@@ -274,13 +286,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "manifest_format",
             "force",
             "retry_in_doubt",
+            "metrics_file",
         )
     }
     settings = build_settings(
         manifest=args.manifest, out_dir=args.out, cli=cli, env=os.environ, config_path=args.config
     )
     logs.configure(settings.log_format, settings.log_level)
-    result = _asyncio_run(run_pipeline(settings, handle_signals=True))
+    observers: list[RunObserver] = []
+    if args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty()):
+        from .display import TerminalDisplay
+
+        observers.append(TerminalDisplay())
+    result = _asyncio_run(run_pipeline(settings, handle_signals=True, observers=observers))
     print(human_summary(result.summary, settings.out_dir), file=sys.stderr)
     return result.exit_code
 

@@ -108,6 +108,8 @@ KEYS: tuple[Key, ...] = (
         doc="full-jitter backoff: largest sleep in seconds"),
     Key("run", "derive_send_ids", str, None, "PROVISIONER_DERIVE_SEND_IDS",
         doc="give rows without a send_id a deterministic one with this prefix"),
+    Key("run", "metrics_file", str, None, "PROVISIONER_METRICS_FILE",
+        doc="Prometheus textfile to write during and after the run"),
     Key("state", "path", str, None, "PROVISIONER_STATE",
         doc="state store file (default: $XDG_STATE_HOME/provisioner/state.sqlite3)"),
     Key("log", "format", str, None, "PROVISIONER_LOG_FORMAT", choices=("json", "console"),
@@ -147,6 +149,7 @@ class Settings:
     log_level: str = "info"
     config_path: Path | None = None
     state_path: str | None = None
+    metrics_file: str | None = None
     derive_send_ids: str | None = None
     force: bool = False
     retry_in_doubt: bool = False
@@ -178,6 +181,7 @@ _FIELD_FOR = {
     ("retry", "backoff_base"): "retry_backoff_base",
     ("retry", "backoff_cap"): "retry_backoff_cap",
     ("run", "derive_send_ids"): "derive_send_ids",
+    ("run", "metrics_file"): "metrics_file",
     ("state", "path"): "state_path",
     ("log", "format"): "log_format",
     ("log", "level"): "log_level",

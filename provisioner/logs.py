@@ -26,14 +26,25 @@ def _json_dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time, so that the terminal display
+    (which redirects stderr while it draws) can place log lines above itself."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog for the whole process.
 
     ``fmt`` is "json" or "console"; None picks console on a terminal and JSON elsewhere.
     """
-    stream = stream or sys.stderr
+    tty = (stream or sys.stderr).isatty()
     if fmt is None:
-        fmt = "console" if stream.isatty() else "json"
+        fmt = "console" if tty else "json"
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -45,11 +56,11 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
             structlog.processors.JSONRenderer(serializer=_json_dumps),
         ]
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=stream.isatty()))
+        processors.append(structlog.dev.ConsoleRenderer(colors=tty))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        logger_factory=structlog.PrintLoggerFactory(file=stream or _CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 
