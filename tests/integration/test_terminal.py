@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import pty
-import subprocess
 import time
 
 from rich.console import Console
@@ -60,11 +59,10 @@ async def test_pseudo_terminal_run_shows_the_display(
     sandbox = await sandbox_factory(latency_ms=30)
     manifest = write_csv(tmp / "m.csv", campaigns(40))
     master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [PYTHON, "-m", "provisioner", *run_args(sandbox.url, tmp, str(manifest)),
-         "--concurrency", "2"],
-        stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=cli_env({"COLUMNS": "120"}),
-        cwd=ROOT,
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "provisioner", *run_args(sandbox.url, tmp, str(manifest)),
+        "--concurrency", "2", stdin=asyncio.subprocess.DEVNULL, stdout=slave, stderr=slave,
+        env=cli_env({"COLUMNS": "120"}), cwd=ROOT,
     )  # fmt: skip
     os.close(slave)
     chunks: list[bytes] = []
@@ -79,7 +77,7 @@ async def test_pseudo_terminal_run_shows_the_display(
             break
         chunks.append(data)
     os.close(master)
-    assert proc.wait(timeout=30) == 0
+    assert await asyncio.wait_for(proc.wait(), 30) == 0
     out = b"".join(chunks).decode("utf-8", "replace")
     assert "rows/s" in out
     assert "created" in out
