@@ -49,6 +49,22 @@ class RunResult:
     exit_code: int
     summary: dict[str, object]
 
+    @property
+    def counts(self) -> dict[str, int]:
+        """Rows by final status: created, duplicate, skipped, failed, deferred."""
+        counts = self.summary.get("counts", {})
+        return dict(counts) if isinstance(counts, dict) else {}
+
+    @property
+    def succeeded(self) -> bool:
+        """Every row provisioned (exit code 0)."""
+        return self.exit_code == 0
+
+    @property
+    def needs_rerun(self) -> bool:
+        """Rows wait for a later run: deferred by quota (3) or interrupted (130/143)."""
+        return self.exit_code in (3, 130, 143)
+
 
 async def run_pipeline(
     settings: Settings,
