@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,17 @@ _NEXT_STEP = {
     "then run the same command again",
     "interrupted": "the run was interrupted: run the same command again to finish",
 }
+
+
+def _friendly_time(value: object) -> str:
+    """An ISO time from summary.json as "2026-11-27 00:00 UTC" (or a phrase if unknown)."""
+    if not isinstance(value, str):
+        return "at the next quota reset"
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return value
+    return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
 def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:
@@ -45,10 +57,10 @@ def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:
     if deferred:
         reasons: Mapping[str, int] = summary.get("deferred_reasons", {})
         quota: Mapping[str, Any] = summary.get("quota", {}) or {}
-        resume = quota.get("deferred_until") or quota.get("reset_at") or "at the next reset"
+        resume = _friendly_time(quota.get("deferred_until") or quota.get("reset_at"))
         for reason, n in reasons.items():
             step = _NEXT_STEP.get(reason, "run the same command again later")
-            lines.append(f"  {n} rows deferred ({reason}): " + step.format(resume=resume))
+            lines.append(f"  {n} rows deferred by {reason}: " + step.format(resume=resume))
     return "\n".join(lines)
 
 

@@ -1,0 +1,42 @@
+"""The end-of-run summary a person reads: counts, files, and what to do next."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from provisioner.report import human_summary
+
+
+def test_summary_says_when_deferred_rows_can_run() -> None:
+    """Deferred rows: the reason, when the next window opens, and to run again then."""
+    text = human_summary(
+        {"run_id": "r", "exit_code": 3, "duration_s": 1.0,
+         "counts": {"created": 100, "deferred": 12}, "deferred_reasons": {"quota": 12},
+         "quota": {"deferred_until": "2026-11-27T00:00:00.050Z"}},
+        Path("out"),
+    )  # fmt: skip
+    assert "12 rows deferred by quota" in text
+    assert "2026-11-27 00:00 UTC" in text
+    assert "run the same command again" in text
+    assert "out/results.jsonl" in text
+
+
+def test_summary_names_the_most_common_failures() -> None:
+    """Failed rows: where to look and the most common error codes first."""
+    text = human_summary(
+        {"run_id": "r", "exit_code": 1, "duration_s": 1.0, "counts": {"failed": 3},
+         "errors": {"invalid_campaign_id": 2, "too_long": 1}},
+        Path("out"),
+    )  # fmt: skip
+    assert "3 rows failed: see failures.jsonl; most common: invalid_campaign_id (2)" in text
+
+
+def test_summary_warns_about_rows_in_doubt() -> None:
+    """Rows in doubt: tell the person to check the dashboard before --retry-in-doubt."""
+    text = human_summary(
+        {"run_id": "r", "exit_code": 1, "duration_s": 1.0, "counts": {"failed": 1},
+         "errors": {"in_doubt": 1}},
+        Path("out"),
+    )  # fmt: skip
+    assert "dashboard" in text
+    assert "--retry-in-doubt" in text
