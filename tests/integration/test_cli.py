@@ -150,10 +150,12 @@ async def test_key_never_appears_anywhere(sandbox_factory: SandboxFactory, tmp_p
     assert all(SECRET not in text for text in texts)
 
 
-async def test_sigterm_finishes_in_flight_and_writes_outputs(
-    sandbox_factory: SandboxFactory, tmp_path: Path
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+async def test_signal_finishes_in_flight_and_writes_outputs(
+    sandbox_factory: SandboxFactory, tmp_path: Path, sig: signal.Signals, code: int
 ) -> None:
-    """SIGTERM: stop taking rows, finish in-flight requests, write the outputs, exit 143."""
+    """SIGTERM/SIGINT: stop taking rows, finish in-flight requests, write the outputs,
+    exit 143/130; the next run finishes the work without creating anything twice."""
     sandbox = await sandbox_factory(latency_ms=50, daily_quota=1000)
     manifest = write_csv(tmp_path / "m.csv", campaigns(400))
     proc = await asyncio.create_subprocess_exec(
@@ -172,11 +174,11 @@ async def test_sigterm_finishes_in_flight_and_writes_outputs(
         if len(sandbox.ledger.created) >= 8:
             break
         await asyncio.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = await proc.communicate()
-    assert proc.returncode == 143, err.decode()
+    assert proc.returncode == code, err.decode()
     results, failures, deferred, summary = outputs(tmp_path / "out")
-    assert summary["exit_code"] == 143
+    assert summary["exit_code"] == code
     assert_invariant(tmp_path / "out", 400)
     assert not failures  # in-flight requests finished: nothing in doubt
     assert len(results) == len(sandbox.ledger.created)

@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-import pytest
 
 from provisioner.api import run_pipeline
 from provisioner.sandbox import FaultRule, Sandbox
@@ -253,30 +252,3 @@ async def test_kill_9_loop_loses_nothing_and_creates_nothing_twice(
     ledger = {e.campaign_id: e.send_id for e in sandbox.ledger.created}
     assert all(ledger[c] == s for c, s in ok.items())  # reported ids are the created ones
     assert summary["rows_total"] == len(rows)
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT])
-async def test_sigint_exits_130(sandbox_factory: SandboxFactory, tmp_path: Path, sig: int) -> None:
-    """SIGINT behaves like SIGTERM with exit code 130."""
-    sandbox = await sandbox_factory(latency_ms=50, daily_quota=1000)
-    manifest = write_csv(tmp_path / "m.csv", campaigns(300))
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "provisioner",
-        *run_args(sandbox.url, tmp_path, str(manifest)),
-        "--concurrency",
-        "4",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env=cli_env(),
-        cwd=ROOT,
-    )
-    for _ in range(200):
-        if sandbox.ledger.created:
-            break
-        await asyncio.sleep(0.05)
-    proc.send_signal(sig)
-    await proc.communicate()
-    assert proc.returncode == 130
-    assert_invariant(tmp_path / "out", 300)
