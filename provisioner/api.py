@@ -28,6 +28,7 @@ from .config import Settings, build_settings
 from .limiter import QuotaBudget
 from .logs import get_logger
 from .manifest import Manifest
+from .metrics import MetricsFile, check_metrics_path
 from .observe import ProgressLog, RunObserver
 from .runner import Run, new_run_id
 from .sinks import FileSink, OutputFolder
@@ -80,6 +81,7 @@ async def run_pipeline(
     """
     folder = OutputFolder(settings.out_dir)
     folder.prepare()
+    observers = [*observers, *metrics_observers(settings)]
     manifest = Manifest(settings.manifest, settings.manifest_format)
     own_store = store is None
     with manifest:
@@ -98,6 +100,16 @@ async def run_pipeline(
         finally:
             if own_store:
                 store.close()
+
+
+def metrics_observers(settings: Settings) -> list[RunObserver]:
+    """The metrics file observer when --metrics-file is set, its path checked now: a bad
+    path stops the run before any request is sent."""
+    if not settings.metrics_file:
+        return []
+    path = Path(settings.metrics_file).expanduser()
+    check_metrics_path(path)
+    return [MetricsFile(path, interval=min(15.0, settings.progress_interval))]
 
 
 def open_settings_store(settings: Settings) -> SqliteStateStore:

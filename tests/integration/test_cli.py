@@ -224,3 +224,32 @@ async def test_logs_are_json_lines_with_progress_when_not_a_terminal(
     assert "eta_s" in progress[0]
     assert "rows_per_s" in progress[0]
     assert not [e for e in events if "line" in e]  # no per-row events when every row succeeds
+
+
+async def test_metrics_file_from_the_command_line(sandbox: Sandbox, tmp_path: Path) -> None:
+    """--metrics-file writes a Prometheus textfile whose row counts match summary.json."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    manifest = write_csv(tmp_path / "m.csv", [*campaigns(5), ("", "x")])
+    metrics = tmp_path / "provisioner.prom"
+    code, _, err = await provisioner(
+        *run_args(sandbox.url, tmp_path, str(manifest)), "--metrics-file", str(metrics)
+    )
+    assert code == 1, err
+    families = {f.name: f for f in text_string_to_metric_families(metrics.read_text())}
+    rows = {s.labels["status"]: s.value for s in families["provisioner_rows"].samples}
+    _, _, _, summary = outputs(tmp_path / "out")
+    assert rows == {k: float(v) for k, v in summary["counts"].items()}
+
+
+async def test_unwritable_metrics_path_exits_2_before_sending(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A --metrics-file in a folder that does not exist stops the run before any request."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(2))
+    code, _, err = await provisioner(
+        *run_args(sandbox.url, tmp_path, str(manifest)),
+        "--metrics-file", str(tmp_path / "no" / "such" / "m.prom"),
+    )  # fmt: skip
+    assert code == 2, err
+    assert sandbox.ledger.total == 0
