@@ -98,6 +98,7 @@ class Run:
         self.stop_exit: int | None = None
         self.drain_abandoned = False
         self.manifest: Manifest | None = None
+        self.rows_read = 0
         self._spent_recorded = 0
 
     # -- stopping ----------------------------------------------------------------------
@@ -145,6 +146,7 @@ class Run:
         try:
             rows: list[Row] = []
             for n, item in enumerate(manifest, 1):
+                self.rows_read = n
                 if self.drain_abandoned:
                     break
                 checked = item if isinstance(item, RowError) else validate(item)
@@ -299,7 +301,10 @@ class Run:
         """The run's state now, for observers (progress log, display, metrics file)."""
         elapsed = self.stats.elapsed()
         done = self.stats.rows_done
-        fraction = self.manifest.fraction_read() if self.manifest is not None else None
+        read = self.manifest.fraction_read() if self.manifest is not None else None
+        # The reader runs ahead of the workers (a whole small file is read at once), so the
+        # share of the file read is scaled by the share of the rows read that are done.
+        fraction = None if read is None else read * done / max(1, self.rows_read)
         b = self.budget
         return Snapshot(
             run_id=self.run_id,
