@@ -43,3 +43,12 @@ format: $(DEVSTAMP)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+
+## Benchmarks against three baseline clients, one table (see BENCHMARKS.md); several minutes.
+.PHONY: bench bench-quick
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py
+
+## The same scenarios at reduced sizes, under a minute.
+bench-quick: $(STAMP)
+	$(BIN)/python bench/bench.py --quick
