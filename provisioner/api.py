@@ -17,6 +17,7 @@ Errors are the project's own (``provisioner.errors``): ``ManifestError``, ``Outp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Sequence
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from .client import BrazeClient
 from .config import Settings, build_settings
-from .limiter import QuotaBudget
+from .lane import Lane
 from .logs import get_logger
 from .manifest import Manifest
 from .metrics import MetricsFile, check_metrics_path
@@ -131,18 +132,26 @@ async def _run(
 ) -> RunResult:
     run_id = new_run_id()
     sink = FileSink(folder, deferred_header=manifest.header)
-    async with BrazeClient(
-        settings.base_url,
-        settings.api_key,
-        concurrency=settings.concurrency,
-        connect_timeout=settings.connect_timeout,
-        read_timeout=settings.read_timeout,
-    ) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        lanes: dict[str, Lane] = {}
+        for ws in settings.workspaces:
+            client = await stack.enter_async_context(
+                BrazeClient(
+                    ws.base_url,
+                    ws.api_key,
+                    concurrency=ws.concurrency or settings.concurrency,
+                    connect_timeout=settings.connect_timeout,
+                    read_timeout=settings.read_timeout,
+                )
+            )
+            lanes[ws.name] = Lane(ws, settings, client)
+            lanes[ws.name].seed_quota(store)
         run = Run(
             settings,
             store=store,
             sink=sink,
-            client=client,
+            lanes=lanes,
+            default_lane=settings.default_workspace,
             run_id=run_id,
             manifest_name=manifest.display_name,
         )
@@ -157,7 +166,7 @@ async def _run(
             concurrency=settings.concurrency,
             rate=settings.rate,
             quota_cap=settings.quota,
-            workspace=run.workspace,
+            workspaces={name: lane.label for name, lane in lanes.items()},
         )
         loop = asyncio.get_running_loop()
         if handle_signals:
@@ -166,11 +175,16 @@ async def _run(
         watchers = [ProgressLog(settings.progress_interval), *observers]
         background = [asyncio.create_task(run.watch(o)) for o in watchers]
         background.append(asyncio.create_task(run.save_quota_periodically()))
-        workers = [asyncio.create_task(run.work()) for _ in range(settings.concurrency)]
+        workers = [
+            asyncio.create_task(run.work(lane))
+            for lane in lanes.values()
+            for _ in range(lane.concurrency)
+        ]
         try:
             await run.read(manifest)
-            for _ in workers:
-                await run.queue.put(None)
+            for lane in lanes.values():
+                for _ in range(lane.concurrency):
+                    await lane.queue.put(None)
             await asyncio.gather(*workers)
         except BaseException:
             for task in workers:
@@ -191,7 +205,19 @@ async def _run(
             run_id=run_id, manifest=manifest.display_name, exit_code=exit_code
         )
         summary["out_dir"] = str(settings.out_dir)
-        summary["quota"] = _quota_summary(run.budget)
+        summary["quota"] = run.default.summary()
+        summary["workspaces"] = [lane.summary() for lane in lanes.values()]
+        for lane in lanes.values():
+            if lane.deferred_rows and lane.budget.deferred is not None:
+                log.warning(
+                    "rows_deferred",
+                    workspace=lane.label,
+                    rows=lane.deferred_rows,
+                    next_window_at=iso(lane.budget.deferred.resume_at)
+                    if lane.budget.deferred.resume_at
+                    else None,
+                    windows_needed=lane.windows_needed(),
+                )
         sink.commit(summary)
         final = run.snapshot(exit_code=exit_code)
         for observer in observers:
@@ -213,19 +239,6 @@ async def _run(
             rows_per_s=summary["rows_per_s"],
         )
         return RunResult(run_id, exit_code, summary)
-
-
-def _quota_summary(budget: QuotaBudget) -> dict[str, object]:
-    return {
-        "limit": budget.limit,
-        "remaining": budget.remaining,
-        "reset_at": iso(budget.reset_at) if budget.reset_at else None,
-        "spent_this_window": budget.spent,
-        "cap": budget.cap,
-        "deferred_until": iso(budget.deferred.resume_at)
-        if budget.deferred is not None and budget.deferred.resume_at
-        else None,
-    }
 
 
 #: The documented async name of ``run_pipeline``.

@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .workspaces import DEFAULT_NAME as DEFAULT_WORKSPACE
+from .workspaces import RawWorkspace, WorkspaceSettings, default_name, parse_workspaces
 
 DEFAULT_BASE_URL = "https://rest.iad-01.braze.com"
 DEFAULT_KEY_ENV = "BRAZE_API_KEY"
@@ -153,12 +155,21 @@ class Settings:
     derive_send_ids: str | None = None
     force: bool = False
     retry_in_doubt: bool = False
+    workspaces: tuple[WorkspaceSettings, ...] = ()
+    default_workspace: str = DEFAULT_WORKSPACE
 
     def public(self) -> dict[str, object]:
         """The settings as plain data without the key, for summaries and the state store."""
         out: dict[str, object] = {}
         for f in fields(self):
             if f.name == "api_key":
+                continue
+            if f.name == "workspaces":
+                out[f.name] = [
+                    {"name": w.name, "base_url": w.base_url, "quota": w.quota, "rate": w.rate,
+                     "concurrency": w.concurrency, "label": w.api_key.label}
+                    for w in self.workspaces
+                ]  # fmt: skip
                 continue
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, Path) else value
@@ -189,7 +200,9 @@ _FIELD_FOR = {
 
 
 def load_config_file(path: Path) -> dict[tuple[str, str], object]:
-    """Read a TOML config into {(section, key): value}, refusing unknown keys and secrets."""
+    """Read a TOML config into {(section, key): value}, refusing unknown keys and secrets.
+
+    ``[[workspaces]]`` tables come back checked under the key ("workspaces", "")."""
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
@@ -198,6 +211,8 @@ def load_config_file(path: Path) -> dict[tuple[str, str], object]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
     values: dict[tuple[str, str], object] = {}
+    if "workspaces" in data:
+        values[("workspaces", "")] = parse_workspaces(data.pop("workspaces"), path)
     for section, table in data.items():
         if not isinstance(table, dict):
             raise ConfigError(
@@ -356,11 +371,18 @@ def build_settings(
         if field_name:
             merged[field_name] = value
     base_url = check_base_url(str(merged.pop("base_url")))
-    api_key = load_api_key(
-        env,
-        str(raw[("braze", "api_key_env")]),
-        _str_or_none(raw[("braze", "api_key_file")]),
+    declared_any = bool(from_file.get(("workspaces", "")))
+    # With declared workspaces each carries its own key; the [braze] one is optional then.
+    key_var = str(raw[("braze", "api_key_env")])
+    key_file = _str_or_none(raw[("braze", "api_key_file")])
+    api_key = (
+        None
+        if declared_any and not (env.get(key_var) or key_file)
+        else load_api_key(env, key_var, key_file)
     )
+    declared = from_file.get(("workspaces", ""), ())
+    assert isinstance(declared, tuple)
+    workspaces = _workspaces(declared, base_url, api_key, merged, cli, env)
     prefix = merged.get("derive_send_ids")
     if prefix is not None:
         check_send_id_prefix(prefix)
@@ -368,15 +390,58 @@ def build_settings(
     settings = Settings(
         manifest=manifest,
         out_dir=Path(out_dir),
-        api_key=api_key,
+        api_key=api_key or workspaces_default_key(workspaces, declared),
         base_url=base_url,
         manifest_format=str(fmt) if fmt else None,
         config_path=path,
         force=bool(cli.get("force")),
         retry_in_doubt=bool(cli.get("retry_in_doubt")),
+        workspaces=workspaces,
+        default_workspace=default_name(workspaces, declared),
         **merged,
     )
     return settings
+
+
+def _workspaces(
+    declared: tuple[RawWorkspace, ...],
+    base_url: str,
+    api_key: ApiKey | None,
+    merged: Mapping[str, Any],
+    cli: Mapping[str, object],
+    env: Mapping[str, str],
+) -> tuple[WorkspaceSettings, ...]:
+    """The run's workspaces: the declared ones (flags override their values), or one."""
+    if not declared:
+        assert api_key is not None
+        return (WorkspaceSettings(DEFAULT_WORKSPACE, base_url, api_key),)
+    out = []
+    for w in declared:
+        key = load_api_key(env, w.api_key_env or "", w.api_key_file)
+        out.append(
+            WorkspaceSettings(
+                name=w.name,
+                base_url=check_base_url(w.base_url) if w.base_url else base_url,
+                api_key=key,
+                quota=_flag_or(cli.get("quota"), w.quota),
+                rate=_flag_or(cli.get("rate"), w.rate),
+                concurrency=_flag_or(cli.get("concurrency"), w.concurrency),
+            )
+        )
+    return tuple(out)
+
+
+def _flag_or(flag: object, own: Any) -> Any:
+    """A command-line value applies to every workspace; else the workspace's own."""
+    return own if flag is None else flag
+
+
+def workspaces_default_key(
+    workspaces: tuple[WorkspaceSettings, ...], declared: tuple[RawWorkspace, ...]
+) -> ApiKey:
+    """The default workspace's key (``Settings.api_key`` for single-workspace callers)."""
+    name = default_name(workspaces, declared)
+    return next(w.api_key for w in workspaces if w.name == name)
 
 
 def _str_or_none(value: object) -> str | None:

@@ -268,6 +268,20 @@ class QuotaBudget:
         if created and self.remaining is not None:
             self.remaining -= 1
 
+    def seed(self, reset_at: float, limit: int, remaining: int, spent: int) -> None:
+        """Start from a window an earlier run saw (the state store), if it is still open:
+        a restart within the window neither bursts nor forgets what was spent."""
+        if reset_at <= self._clock():
+            return
+        self.known = True
+        self.reset_at = reset_at
+        self.limit = limit
+        self.remaining = remaining
+        self.spent = spent
+        log.info(
+            "quota_window_resumed", limit=limit, remaining=remaining, spent=spent, reset=reset_at
+        )
+
     async def settle_unknown(self) -> None:
         """Account a request whose fate is unknown (it may have created): count it as spent
         so the operator cap stays safe; the server's next headers correct the rest."""

@@ -47,6 +47,8 @@ class Row:
     campaign_id: str
     send_id: str | None
     columns: Columns
+    #: The manifest's ``workspace`` column (None: the default workspace).
+    workspace: str | None = None
 
     def extra(self) -> Columns:
         """The pass-through columns (all but campaign_id and send_id)."""

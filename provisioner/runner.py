@@ -1,15 +1,15 @@
 """The pipeline: manifest -> validation -> state lookup -> workers -> outputs and state.
 
 One reader task streams the manifest, validates rows, finds duplicates and rows already
-done, and feeds a bounded queue; a fixed pool of ``concurrency`` worker coroutines (cheaper
-per request than a task per row, see engineering-notes) sends them through the pacer and
-the quota budget; every row's outcome goes to the sink (the four output files) and to the
-state store. Memory does not grow with the manifest: the queue is bounded and nothing
-keeps rows once they are written.
+done, and feeds each workspace's lane (``lane.py``): a bounded queue and a fixed pool of
+worker coroutines (cheaper per request than a task per row, see engineering-notes) that
+send through the lane's breaker, quota budget and pacer. Every row's outcome goes to the
+sink (the four output files) and to the state store. Memory does not grow with the
+manifest: queues are bounded and nothing keeps rows once they are written.
 
-When the run must stop early (key refused, quota deferred, SIGTERM/SIGINT), workers stop
-taking rows and the reader drains the rest of the manifest into ``deferred.csv``, so every
-row still ends in exactly one output file.
+When a lane must stop (key refused, quota beyond --max-wait, an outage), or the whole run
+(SIGTERM/SIGINT), workers stop taking rows and the rest is drained into ``deferred.csv``,
+so every row still ends in exactly one output file.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
-from .client import BrazeClient, Reply, ReplyKind
+from .client import Reply, ReplyKind
 from .config import Settings
 from .errors import InDoubt, TransportError
 from .identity import RowKey
-from .limiter import Deferred, Pacer, QuotaBudget
+from .lane import Job, Lane
+from .limiter import Deferred
 from .logs import get_logger
 from .manifest import Manifest
 from .models import Outcome, Row, RowError, Status
@@ -42,22 +42,13 @@ log = get_logger(__name__)
 _LOOKUP_BATCH = 512
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
-    """A valid row on its way to Braze."""
-
-    row: Row
-    key: RowKey
-    send_id: str | None  # the send_id requested (the row's, or derived); None: Braze picks
-
-
 def new_run_id() -> str:
     """A sortable, unique run id such as ``20261126T061500Z-3f9a1c``."""
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
 
 
 class Run:
-    """One run of the pipeline. Use ``run_pipeline`` rather than this class directly."""
+    """One run of the pipeline. Use ``api.run_pipeline`` rather than this class directly."""
 
     def __init__(
         self,
@@ -65,7 +56,8 @@ class Run:
         *,
         store: StateStore,
         sink: ResultSink,
-        client: BrazeClient,
+        lanes: dict[str, Lane],
+        default_lane: str,
         run_id: str,
         manifest_name: str,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -73,18 +65,11 @@ class Run:
         self.settings = settings
         self.store = store
         self.sink = sink
-        self.client = client
+        self.lanes = lanes
+        self.default = lanes[default_lane]
         self.run_id = run_id
         self.manifest_name = manifest_name
-        self.workspace = settings.api_key.label
         self.stats = RunStats()
-        self.pacer = Pacer(settings.rate)
-        self.budget = QuotaBudget(
-            default_limit=settings.default_quota,
-            default_window=settings.default_window,
-            cap=settings.quota,
-            max_wait=settings.max_wait,
-        )
         self.policy = RetryPolicy(
             attempts=settings.retry_attempts,
             max_time=settings.retry_max_time,
@@ -93,17 +78,16 @@ class Run:
         )
         self.retry_budget = RetryBudget()
         self._sleep = sleep
-        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=settings.concurrency * 4)
         self.stop_reason: str | None = None
         self.stop_exit: int | None = None
         self.drain_abandoned = False
         self.manifest: Manifest | None = None
         self.rows_read = 0
-        self._spent_recorded = 0
+        self._scoped = len(lanes) > 1
 
     # -- stopping ----------------------------------------------------------------------
     def request_stop(self, reason: str, exit_code: int | None = None) -> None:
-        """Stop taking rows; the rest is deferred with ``reason``."""
+        """Stop taking rows in every lane (a signal); the rest is deferred with ``reason``."""
         if self.stop_reason is None:
             self.stop_reason = reason
             self.stop_exit = exit_code
@@ -113,17 +97,15 @@ class Run:
             self.drain_abandoned = True
             log.warning("drain_abandoned", run_id=self.run_id)
 
-    def _deferral_reason(self) -> str | None:
-        if self.stop_reason is not None:
-            return self.stop_reason
-        d = self.budget.deferred
-        return d.reason if d is not None else None
+    def _deferral_reason(self, lane: Lane) -> str | None:
+        return self.stop_reason or lane.deferral_reason()
 
     # -- outcomes ----------------------------------------------------------------------
-    def emit(self, outcome: Outcome, key: RowKey | None) -> None:
+    def emit(self, outcome: Outcome, key: RowKey | None, lane: Lane | None = None) -> None:
         """Send one final outcome to the outputs, the state store and the counters."""
+        lane = lane or self.default
         self.sink.write(outcome)
-        self.store.record(self.run_id, self.workspace, key, outcome)
+        self.store.record(self.run_id, lane.label, key, outcome)
         self.stats.counts[outcome.status.value] += 1
         if outcome.status is Status.FAILED:
             self.stats.errors[outcome.error or "unknown"] += 1
@@ -137,10 +119,11 @@ class Run:
             )
         elif outcome.status is Status.DEFERRED:
             self.stats.deferred_reasons[outcome.reason or "unknown"] += 1
+            lane.deferred_rows += 1
 
     # -- the reader --------------------------------------------------------------------
     async def read(self, manifest: Manifest) -> None:
-        """Stream the manifest into outcomes (invalid, duplicate) and jobs (the queue)."""
+        """Stream the manifest into outcomes (invalid, duplicate) and jobs (the lanes)."""
         self.manifest = manifest
         seen = SeenIndex(self.settings.derive_send_ids)
         try:
@@ -152,6 +135,8 @@ class Run:
                 checked = item if isinstance(item, RowError) else validate(item)
                 if isinstance(checked, RowError):
                     self.emit(failed_from_error(checked), None)
+                elif checked.workspace is not None and checked.workspace not in self.lanes:
+                    self.emit(_unknown_workspace(checked, sorted(self.lanes)), None)
                 else:
                     rows.append(checked)
                 if len(rows) >= _LOOKUP_BATCH:
@@ -167,69 +152,71 @@ class Run:
         finally:
             seen.close()
 
+    def lane_of(self, row: Row) -> Lane:
+        """The lane (workspace) a valid row goes to."""
+        return self.lanes[row.workspace] if row.workspace is not None else self.default
+
     async def _identify(self, seen: SeenIndex, rows: list[Row]) -> None:
         """Give a batch of valid rows their identities; report repeats, dispatch the rest."""
-        jobs: list[Job] = []
-        for a in seen.assign(rows):
+        scopes = [self.lane_of(r).name for r in rows] if self._scoped else None
+        by_lane: dict[str, list[Job]] = {}
+        for a in seen.assign(rows, scopes):
+            lane = self.lane_of(a.row)
             if a.duplicate_of is not None and a.send_id is not None:
-                self.emit(_duplicate(a.row, a.send_id, a.duplicate_of), a.key)
+                self.emit(_duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
             else:
-                jobs.append(Job(a.row, a.key, a.send_id))
-        if jobs:
-            await self.dispatch(jobs)
+                by_lane.setdefault(lane.name, []).append(Job(a.row, a.key, a.send_id))
+        for name, jobs in by_lane.items():
+            await self.dispatch(self.lanes[name], jobs)
 
-    async def dispatch(self, batch: list[Job]) -> None:
+    async def dispatch(self, lane: Lane, batch: list[Job]) -> None:
         """Skip what earlier runs did, report what is in doubt, queue the rest."""
         # Backpressure: a run that only skips can outpace the writer thread; keep its
         # queue (and so memory) bounded.
         await self.store.throttle()
-        priors = self.store.lookup_many(self.workspace, [job.key for job in batch])
+        priors = self.store.lookup_many(lane.label, [job.key for job in batch])
         for job in batch:
             prior = priors.get(job.key)
             if prior is not None and not self.settings.force:
                 if prior.kind == "created":
-                    self.emit(skipped(job.row, job.send_id, prior), job.key)
+                    self.emit(skipped(job.row, job.send_id, prior), job.key, lane)
                     continue
                 if job.send_id is None and not self.settings.retry_in_doubt:
-                    self.emit(failed_in_doubt(job.row, prior=prior), job.key)
+                    self.emit(failed_in_doubt(job.row, prior=prior), job.key, lane)
                     continue
-            reason = self._deferral_reason()
+            reason = self._deferral_reason(lane)
             if reason is not None:
-                self.emit(deferred(job.row, job.send_id, reason), job.key)
+                self.emit(deferred(job.row, job.send_id, reason), job.key, lane)
                 continue
-            await self.queue.put(job)
+            await lane.queue.put(job)
 
     # -- the workers -------------------------------------------------------------------
-    async def work(self) -> None:
-        """Take jobs until the sentinel; each ends in exactly one outcome."""
+    async def work(self, lane: Lane) -> None:
+        """Take the lane's jobs until the sentinel; each ends in exactly one outcome."""
         while True:
-            job = await self.queue.get()
+            job = await lane.queue.get()
             if job is None:
                 return
-            reason = self._deferral_reason()
+            reason = self._deferral_reason(lane)
             if reason is not None:
-                self.emit(deferred(job.row, job.send_id, reason), job.key)
+                self.emit(deferred(job.row, job.send_id, reason), job.key, lane)
                 continue
-            self.emit(await self.provision(job), job.key)
+            self.emit(await self.provision(lane, job), job.key, lane)
 
-    async def provision(self, job: Job) -> Outcome:
+    async def provision(self, lane: Lane, job: Job) -> Outcome:
         """Create one send id, with the retries, pauses and doubts the policy allows."""
         attempts = [0]
         # Only a row without a send_id must have its intent on disk before the request
         # leaves (it could otherwise be created twice); a known send_id is safe to resend.
         await self.store.intent(
-            self.run_id,
-            self.workspace,
-            job.key,
-            job.send_id,
-            job.row.line,
+            self.run_id, lane.label, job.key, job.send_id, job.row.line,
             wait=job.send_id is None,
-        )
+        )  # fmt: skip
         try:
             try:
-                reply = await self.attempt(job, attempts)
+                reply = await self.attempt(lane, job, attempts)
             except Transient as first:
-                reply = await self._retry(job, attempts, first)
+                reply = await self._retry(lane, job, attempts, first)
         except Deferred as exc:
             return deferred(job.row, job.send_id, exc.reason)
         except Transient as exc:
@@ -237,10 +224,12 @@ class Run:
         except InDoubt as exc:
             return failed_in_doubt(job.row, attempts=attempts[0], detail=str(exc))
         if reply.kind is ReplyKind.KEY_REFUSED:
-            self.request_stop("key_refused", 4)
-            await self.budget.defer("key_refused")
+            lane.stop("key_refused", 4)
+            await lane.budget.defer("key_refused")
             log.error(
                 "key_refused",
+                workspace=lane.label,
+                name=lane.name,
                 http_status=reply.status,
                 message=reply.message,
                 hint=_KEY_HINTS.get(reply.status, ""),
@@ -248,7 +237,7 @@ class Run:
             return deferred(job.row, job.send_id, "key_refused")
         return final_outcome(job.row, job.send_id, attempts[0], reply, None)
 
-    async def _retry(self, job: Job, attempts: list[int], first: Transient) -> Reply:
+    async def _retry(self, lane: Lane, job: Job, attempts: list[int], first: Transient) -> Reply:
         pending: Transient | None = first
         async for attempt in self.policy.retrying(self.retry_budget, sleep=self._sleep):
             with attempt:
@@ -256,44 +245,48 @@ class Run:
                     exc, pending = pending, None
                     raise exc
                 self.stats.retries += 1
-                return await self.attempt(job, attempts)
+                return await self.attempt(lane, job, attempts)
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
-    async def attempt(self, job: Job, attempts: list[int]) -> Reply:
+    async def attempt(self, lane: Lane, job: Job, attempts: list[int]) -> Reply:
         """Send one request for the job; 429s pause and resend here, not as retries."""
         while True:
-            await self.budget.acquire()
-            await self.pacer.wait()
-            if self.stop_reason == "key_refused":
-                await self.budget.cancel()
-                raise Deferred("key_refused", None)
+            probe = await lane.breaker.allow()
+            await lane.budget.acquire()
+            await lane.pacer.wait()
+            if lane.stop_reason is not None or self.stop_reason == "key_refused":
+                await lane.budget.cancel()
+                raise Deferred(lane.stop_reason or "key_refused", None)
             attempts[0] += 1
             self.stats.requests += 1
             self.retry_budget.note_request()
             try:
-                reply = await self.client.create(job.row.campaign_id, job.send_id)
+                reply = await lane.client.create(job.row.campaign_id, job.send_id)
             except TransportError as exc:
+                lane.breaker.failure(probe)
                 if isinstance(exc, InDoubt):
-                    await self.budget.settle_unknown()
+                    await lane.budget.settle_unknown()
                     if job.send_id is None:
                         raise  # resending could create a second id
-                else:
-                    await self.budget.cancel()
+                else:  # ConnectFailed: never reached the server, spent nothing
+                    await lane.budget.cancel()
                 raise Transient(error=exc) from exc
             self.stats.note_status(reply.status)
             self.stats.latency.add(reply.latency_ms)
             limited = reply.kind is ReplyKind.RATE_LIMITED
-            await self.budget.observe(
+            await lane.budget.observe(
                 reply.rate_limit,
                 created=reply.kind in (ReplyKind.CREATED, ReplyKind.QUEUED),
                 rate_limited=limited,
                 retry_after=reply.retry_after,
             )
+            if reply.kind is ReplyKind.SERVER_ERROR:
+                lane.breaker.failure(probe)
+                raise Transient(reply=reply)
+            lane.breaker.success(probe)
             if limited:
                 self.stats.http_429 += 1
                 continue
-            if reply.kind is ReplyKind.SERVER_ERROR:
-                raise Transient(reply=reply)
             return reply
 
     # -- observers ---------------------------------------------------------------------
@@ -305,11 +298,12 @@ class Run:
         # The reader runs ahead of the workers (a whole small file is read at once), so the
         # share of the file read is scaled by the share of the rows read that are done.
         fraction = None if read is None else read * done / max(1, self.rows_read)
-        b = self.budget
+        b = self.default.budget
+        paused = [lane.budget.paused_until for lane in self.lanes.values()]
         return Snapshot(
             run_id=self.run_id,
             manifest=self.manifest_name,
-            workspace=self.workspace,
+            workspace=self.default.label,
             started_at=self.stats.started_at,
             elapsed_s=elapsed,
             rows_done=done,
@@ -324,7 +318,7 @@ class Run:
             quota_limit=b.limit,
             quota_remaining=b.remaining,
             quota_reset_at=b.reset_at,
-            paused_until=b.paused_until,
+            paused_until=max((p for p in paused if p is not None), default=None),
             finished=exit_code is not None,
             exit_code=exit_code,
             errors=dict(self.stats.errors),
@@ -344,23 +338,22 @@ class Run:
                 )
 
     async def save_quota_periodically(self) -> None:
-        """Persist the quota window for ``provisioner status`` while the run lasts."""
+        """Persist the quota windows for the next run and ``status`` while the run lasts."""
         while True:
-            await asyncio.sleep(self.settings.progress_interval)
+            await asyncio.sleep(min(5.0, self.settings.progress_interval))
             self.save_quota()
 
     def save_quota(self) -> None:
-        """Persist the current window's figures for ``provisioner status``."""
-        b = self.budget
-        if b.known and b.reset_at is not None and b.limit is not None and b.remaining is not None:
-            delta = b.spent - self._spent_recorded
-            self.store.record_quota(self.workspace, b.reset_at, b.limit, b.remaining, max(0, delta))
-            self._spent_recorded = b.spent
+        """Persist every lane's current window."""
+        for lane in self.lanes.values():
+            lane.save_quota(self.store)
 
     def exit_code(self) -> int:
         """0 all provisioned, 1 failures, 3 deferred, 4 key refused, 130/143 signals."""
         if self.stop_exit is not None:
             return self.stop_exit
+        if any(lane.stop_exit == 4 for lane in self.lanes.values()):
+            return 4
         if self.stats.counts.get(Status.FAILED.value):
             return 1
         if self.stats.counts.get(Status.DEFERRED.value):
@@ -373,6 +366,20 @@ _KEY_HINTS = {
     403: "the key lacks the sends.id.create permission, or the plan does not allow it",
     404: "the key is unknown to this instance: check the base URL (rest.iad-0N, fra-0N ...)",
 }
+
+
+def _unknown_workspace(row: Row, known: list[str]) -> Outcome:
+    return Outcome(
+        line=row.line,
+        status=Status.FAILED,
+        campaign_id=row.campaign_id,
+        send_id=row.send_id,
+        columns=row.columns,
+        error="unknown_workspace",
+        field="workspace",
+        message=f"workspace {row.workspace!r} is not declared in the config "
+        f"(declared: {', '.join(known)}): fix the manifest or add a [[workspaces]] table",
+    )
 
 
 def _duplicate(row: Row, send_id: str, first: int) -> Outcome:

@@ -68,30 +68,38 @@ class SeenIndex:
             found.update(self._db.execute(sql.format(marks), chunk).fetchall())
         return found
 
-    def assign(self, rows: Sequence[Row]) -> list[Assigned]:
-        """Identities for ``rows`` (consecutive valid rows of the manifest, in order)."""
-        counts = self._occurrences(rows)
+    def assign(self, rows: Sequence[Row], scopes: Sequence[str] | None = None) -> list[Assigned]:
+        """Identities for ``rows`` (consecutive valid rows of the manifest, in order).
+
+        ``scopes`` names each row's workspace when there are several: the same pair in two
+        workspaces is two combinations, and occurrences are counted per workspace.
+        """
+        scoped = [
+            r.campaign_id if not scopes or not scopes[i] else f"{scopes[i]}\x00{r.campaign_id}"
+            for i, r in enumerate(rows)
+        ]
+        counts = self._occurrences(rows, scoped)
         out: list[Assigned] = []
         pending: list[tuple[int, int, int]] = []  # (index into out, digest, line)
-        for row in rows:
+        for row, scope in zip(rows, scoped, strict=True):
             if row.send_id is not None:
                 key, send_id = (row.campaign_id, "s:" + row.send_id), row.send_id
             else:
-                n = counts[row.campaign_id] = counts[row.campaign_id] + 1
+                n = counts[scope] = counts[scope] + 1
                 if self.derive_prefix is None:
                     out.append(Assigned(row, (row.campaign_id, f"n:{n}"), None, None))
                     continue
                 send_id = derive_send_id(self.derive_prefix, row.campaign_id, n)
                 key = (row.campaign_id, "s:" + send_id)
-            pending.append((len(out), pair_digest(row.campaign_id, send_id), row.line))
+            pending.append((len(out), pair_digest(scope, send_id), row.line))
             out.append(Assigned(row, key, send_id, None))
         self._save_occurrences(counts)
         if pending:
             self._mark_duplicates(out, pending)
         return out
 
-    def _occurrences(self, rows: Sequence[Row]) -> dict[str, int]:
-        campaigns = list({r.campaign_id for r in rows if r.send_id is None})
+    def _occurrences(self, rows: Sequence[Row], scoped: list[str]) -> dict[str, int]:
+        campaigns = list({c for r, c in zip(rows, scoped, strict=True) if r.send_id is None})
         if not campaigns:
             return {}
         known = self._fetch("SELECT campaign_id, n FROM occ WHERE campaign_id IN ({})", campaigns)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from provisioner.models import CAMPAIGN_ID, SEND_ID, RawRow, Row, RowError
+from provisioner.models import CAMPAIGN_ID, SEND_ID, WORKSPACE, RawRow, Row, RowError
 
 ERROR_CODES: frozenset[str] = frozenset(
     {
@@ -76,11 +76,14 @@ def validate(raw: RawRow) -> Row | RowError:
     """Check a parsed record against Braze's rules; return a sendable Row or a RowError."""
     campaign_id: object = _MISSING
     send_id: object = None
+    workspace: object = None
     for name, value in raw.columns:
         if name == CAMPAIGN_ID:
             campaign_id = value
         elif name == SEND_ID:
             send_id = value
+        elif name == WORKSPACE:
+            workspace = value
     cid = campaign_id if isinstance(campaign_id, str) else None
     sid = send_id if isinstance(send_id, str) and send_id else None
 
@@ -146,4 +149,11 @@ def validate(raw: RawRow) -> Row | RowError:
             f"({_echo(sid)}); Braze allows only printable ASCII (letters, digits, "
             "punctuation, space): replace that character",
         )
-    return Row(raw.line, cid, sid, raw.columns)
+    if workspace is not None and not isinstance(workspace, str):
+        return error(
+            "wrong_type",
+            WORKSPACE,
+            f"workspace is {_kind(workspace)}, not a string: write the workspace's name as "
+            "the config declares it",
+        )
+    return Row(raw.line, cid, sid, raw.columns, workspace or None)

@@ -119,15 +119,47 @@ async def test_5xx_is_retried_then_succeeds(sandbox: Sandbox, tmp_path: Path) ->
 
 
 async def test_5xx_forever_fails_after_capped_attempts(sandbox: Sandbox, tmp_path: Path) -> None:
-    """Persistent 500s: a retryable server_error failure after exactly --attempts requests."""
-    sandbox.add_faults([FaultRule(action="status", status=500)])
-    manifest = write_csv(tmp_path / "m.csv", campaigns(2))
+    """One campaign always answered 500: a retryable server_error after exactly --attempts
+    requests; the other rows are created."""
+    sandbox.add_faults([FaultRule(action="status", status=500, campaign_id="c000001")])
+    manifest = write_csv(tmp_path / "m.csv", campaigns(6))
     result = await run_pipeline(settings_for(sandbox.url, tmp_path, manifest))
     assert result.exit_code == 1
-    _, failures, _, summary = outputs(tmp_path / "out")
-    assert {f["error"] for f in failures} == {"server_error"}
-    assert all(f["retryable"] and f["attempts"] == 5 for f in failures)
+    results, failures, _, summary = outputs(tmp_path / "out")
+    assert [(f["campaign_id"], f["error"], f["attempts"]) for f in failures] == [
+        ("c000001", "server_error", 5)
+    ]
+    assert failures[0]["retryable"]
+    assert len(results) == 5
     assert summary["requests"] == 10
+
+
+async def test_outage_beyond_max_wait_defers_the_rest(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Every request answered 503: the breaker opens, probes, and after --max-wait the rows
+    are deferred as an outage (not failed), with a bounded number of requests."""
+    sandbox.add_faults([FaultRule(action="status", status=503)])
+    manifest = write_csv(tmp_path / "m.csv", campaigns(40))
+    result = await run_pipeline(
+        settings_for(sandbox.url, tmp_path, manifest, max_wait=1.5, concurrency=4)
+    )
+    _, failures, _deferred, summary = outputs(tmp_path / "out")
+    assert result.exit_code == 3
+    assert not failures
+    assert summary["deferred_reasons"] == {"outage": 40}
+    assert summary["requests"] <= 5 + 4 + 3  # threshold, in flight when it opened, probes
+    assert summary["quota"]["breaker_opened"] == 1
+
+
+async def test_short_outage_is_ridden_out(sandbox: Sandbox, tmp_path: Path) -> None:
+    """An outage shorter than --max-wait: the breaker probes until Braze answers, then every
+    row is created."""
+    sandbox.add_faults([FaultRule(action="status", status=503, times=6)])
+    manifest = write_csv(tmp_path / "m.csv", campaigns(20))
+    result = await run_pipeline(
+        settings_for(sandbox.url, tmp_path, manifest, max_wait=20, concurrency=4)
+    )
+    assert result.exit_code == 0
+    assert len(sandbox.ledger.created) == 20
 
 
 async def test_drop_after_send_without_send_id_is_in_doubt(
@@ -233,10 +265,12 @@ async def test_unexpected_429_pauses_not_fails(
     assert summary["http_429"] >= 1
 
 
-async def test_server_down_fails_with_connection_error(tmp_path: Path) -> None:
-    """Nothing listening: rows fail as connection_failed (retryable) after capped retries."""
-    manifest = write_csv(tmp_path / "m.csv", campaigns(2))
-    result = await run_pipeline(settings_for("http://127.0.0.1:9", tmp_path, manifest))
-    assert result.exit_code == 1
-    _, failures, _, _ = outputs(tmp_path / "out")
-    assert {f["error"] for f in failures} == {"connection_failed"}
+async def test_server_down_defers_as_an_outage(tmp_path: Path) -> None:
+    """Nothing listening: connections refused, the breaker opens, and after --max-wait the
+    rows are deferred (reason outage), not failed."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(5))
+    result = await run_pipeline(settings_for("http://127.0.0.1:9", tmp_path, manifest, max_wait=1))
+    assert result.exit_code == 3
+    _, failures, _deferred, summary = outputs(tmp_path / "out")
+    assert not failures
+    assert summary["deferred_reasons"] == {"outage": 5}

@@ -1,0 +1,92 @@
+"""The circuit breaker on a fake clock: opens, probes alone, closes, defers an outage."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from provisioner.breaker import Breaker
+from provisioner.limiter import Deferred
+
+
+class Clock:
+    """Monotonic time that jumps to a sleeper's target when it wakes."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        target = self.now + delay
+        await asyncio.sleep(0)
+        self.now = max(self.now, target)
+
+
+def breaker(clock: Clock, **kw: float) -> Breaker:
+    return Breaker(workspace="ws-test", threshold=3, clock=clock, sleep=clock.sleep, **kw)
+
+
+async def test_closed_breaker_lets_everything_through() -> None:
+    """Below the threshold of consecutive failures nothing waits."""
+    clock = Clock()
+    b = breaker(clock)
+    b.failure()
+    b.failure()
+    b.success()
+    b.failure()
+    assert await b.allow() is False
+    assert not b.is_open
+
+
+async def test_opens_after_threshold_then_one_probe() -> None:
+    """After 3 consecutive failures requests wait; after the cool-down one probe goes."""
+    clock = Clock()
+    b = breaker(clock)
+    for _ in range(3):
+        b.failure()
+    assert b.is_open
+    first = asyncio.create_task(b.allow())
+    second = asyncio.create_task(b.allow())
+    await asyncio.sleep(0.01)
+    assert first.done()
+    assert first.result() is True
+    assert not second.done()  # everyone else waits for the probe's verdict
+    b.success(probe=True)
+    assert await asyncio.wait_for(second, 1) is False
+    assert not b.is_open
+
+
+async def test_failed_probe_doubles_the_cool_down() -> None:
+    """A failed probe re-opens the breaker for twice as long."""
+    clock = Clock()
+    b = breaker(clock)
+    for _ in range(3):
+        b.failure()
+    assert await b.allow() is True
+    b.failure(probe=True)
+    assert b.cool_down == 2.0
+    start = clock.now
+    assert await b.allow() is True
+    assert clock.now - start == pytest.approx(2.0)
+
+
+async def test_outage_longer_than_max_wait_defers() -> None:
+    """When the breaker has been open longer than max_wait, allow() raises Deferred."""
+    clock = Clock()
+    b = breaker(clock, max_wait=5.0)
+    for _ in range(3):
+        b.failure()
+
+    async def probe_until_deferred() -> None:
+        while True:
+            assert await b.allow() is True
+            b.failure(probe=True)
+
+    with pytest.raises(Deferred) as info:
+        await probe_until_deferred()
+    assert info.value.reason == "outage"
+    with pytest.raises(Deferred):
+        await b.allow()
