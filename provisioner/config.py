@@ -88,6 +88,10 @@ KEYS: tuple[Key, ...] = (
         doc="requests per second, paced evenly"),
     Key("run", "quota", int, None, "PROVISIONER_QUOTA", 1, 1_000_000_000,
         doc="cap on creations per quota window, below the server's limit"),
+    Key("run", "pace", str, "asap", "PROVISIONER_PACE", choices=("asap", "even"),
+        doc="asap: as fast as rate and quota allow; even: spread the quota over the window"),
+    Key("run", "pace_span", float, None, None, 1, 31_622_400,
+        doc="with pace = even: spread over this many seconds (default: until the reset)"),
     Key("run", "max_wait", float, 300.0, "PROVISIONER_MAX_WAIT", 0, 604800,
         doc="longest pause for a rate-limit reset before deferring the rest (seconds)"),
     Key("run", "default_quota", int, 100, None, 1, 1_000_000_000,
@@ -138,6 +142,8 @@ class Settings:
     rate: float = 50.0
     quota: int | None = None
     max_wait: float = 300.0
+    pace: str = "asap"
+    pace_span: float | None = None
     default_quota: int = 100
     default_window: int = 86400
     connect_timeout: float = 5.0
@@ -182,6 +188,8 @@ _FIELD_FOR = {
     ("run", "rate"): "rate",
     ("run", "quota"): "quota",
     ("run", "max_wait"): "max_wait",
+    ("run", "pace"): "pace",
+    ("run", "pace_span"): "pace_span",
     ("run", "default_quota"): "default_quota",
     ("run", "default_window"): "default_window",
     ("run", "connect_timeout"): "connect_timeout",

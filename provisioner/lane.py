@@ -16,7 +16,7 @@ from .breaker import Breaker
 from .client import BrazeClient
 from .config import Settings
 from .identity import RowKey
-from .limiter import Pacer, QuotaBudget
+from .limiter import Pacer, QuotaBudget, Spreader
 from .logs import get_logger
 from .models import Row
 from .state import StateStore
@@ -50,6 +50,9 @@ class Lane:
             max_wait=settings.max_wait,
         )
         self.breaker = Breaker(workspace=self.label, max_wait=settings.max_wait)
+        self.spreader = (
+            Spreader(self.budget, settings.pace_span) if settings.pace == "even" else None
+        )
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.concurrency * 4)
         self.stop_reason: str | None = None
         self.stop_exit: int | None = None

@@ -54,6 +54,53 @@ class Pacer:
         await self._limiter.acquire()
 
 
+class Spreader:
+    """``pace = "even"``: spread the quota left in the window evenly over time.
+
+    Each request waits for its slot: the time left (until the window's reset, or the
+    configured span if shorter) divided by the requests the budget still allows. Spending
+    100 a day this way sends one request every ~15 minutes instead of 100 at midnight,
+    which leaves room for other clients and spreads Braze's load. Before the window is
+    known (the probe) there is nothing to spread.
+    """
+
+    def __init__(
+        self,
+        budget: QuotaBudget,
+        span: float | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.budget = budget
+        self.span = span
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = asyncio.Lock()
+        self._last: float | None = None
+
+    def interval(self, now: float) -> float:
+        """Seconds between requests now (0 while the window is unknown)."""
+        b = self.budget
+        if not b.known or b.reset_at is None or b.remaining is None:
+            return 0.0
+        horizon = max(0.0, b.reset_at - now)
+        if self.span is not None:
+            horizon = min(horizon, self.span)
+        allowed = b.remaining if b.cap is None else min(b.remaining, b.cap - b.spent)
+        return horizon / max(1, allowed)
+
+    async def wait(self) -> None:
+        """Wait for this request's slot; slots are handed out one at a time."""
+        async with self._lock:
+            now = self._clock()
+            # The step is measured from the previous request, with the budget as it is now.
+            slot = now if self._last is None else max(now, self._last + self.interval(now))
+            if slot > now:
+                await self._sleep(slot - now)
+            self._last = slot
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimit:
     """The ``X-RateLimit-*`` headers of one response (any of them may be missing)."""

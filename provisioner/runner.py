@@ -253,6 +253,9 @@ class Run:
         while True:
             probe = await lane.breaker.allow()
             await lane.budget.acquire()
+            if lane.spreader is not None:
+                # After acquire: the window is known by then (the probe has answered).
+                await lane.spreader.wait()
             await lane.pacer.wait()
             if lane.stop_reason is not None or self.stop_reason == "key_refused":
                 await lane.budget.cancel()

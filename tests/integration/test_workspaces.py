@@ -125,3 +125,20 @@ async def test_breaker_isolated_per_workspace(
     assert len(results) == 21
     assert summary["deferred_reasons"].get("outage", 0) + len(failures) == 20
     assert result.exit_code in (1, 3)
+
+
+async def test_even_pace_spreads_creations_over_the_window(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """pace=even with 3 creations left in a 4-second window: no burst, spread to the reset."""
+    sandbox = await sandbox_factory(daily_quota=4, window_seconds=4)
+    manifest = write_csv(tmp_path / "m.csv", campaigns(4))
+    result = await run_pipeline(
+        settings_for(sandbox.url, tmp_path, manifest, pace="even", max_wait=10)
+    )
+    assert result.exit_code == 0
+    at = sorted(e.at for e in sandbox.ledger.created)
+    window_end = (int(at[0]) // 4 + 1) * 4
+    gaps = [b - a for a, b in zip(at, at[1:], strict=False) if b < window_end]
+    expected = (window_end - at[0]) / 3  # the probe, then 3 left over the time to the reset
+    assert all(gap > expected * 0.5 for gap in gaps), (gaps, expected)

@@ -181,3 +181,30 @@ async def test_pacer_first_acquisition_is_immediate() -> None:
     """The pacer lets the first request through without waiting for a period."""
     pacer = Pacer(rate=1.0)
     await asyncio.wait_for(pacer.wait(), 0.5)
+
+
+async def test_even_pace_spreads_what_is_left_until_the_reset() -> None:
+    """pace=even: 10 requests left and 100 s to the reset: one request every 10 s."""
+    from provisioner.limiter import Spreader
+
+    clock = FakeClock()
+    b = budget(clock)
+    await b.acquire()
+    await b.observe(RateLimit(100, 10, clock.now + 100), created=True)
+    spreader = Spreader(b, clock=clock, sleep=clock.sleep)
+    start = clock.now
+    for _ in range(3):
+        await spreader.wait()
+    # 10 s, then 90 s left for the same 10 requests: 9 s (nothing was observed meanwhile)
+    assert clock.now - start == pytest.approx(19.0, rel=0.01)
+
+
+async def test_even_pace_honours_a_shorter_span() -> None:
+    """pace_span shorter than the window: the quota is spread over the span instead."""
+    from provisioner.limiter import Spreader
+
+    clock = FakeClock()
+    b = budget(clock)
+    await b.acquire()
+    await b.observe(RateLimit(100, 10, clock.now + 10_000), created=True)
+    assert Spreader(b, span=50, clock=clock, sleep=clock.sleep).interval(clock.now) == 5.0
