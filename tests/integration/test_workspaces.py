@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,6 @@ async def test_even_pace_spreads_creations_over_the_window(
     assert result.exit_code == 0
     at = sorted(e.at for e in sandbox.ledger.created)
     window_end = (int(at[0]) // 4 + 1) * 4
-    gaps = [b - a for a, b in zip(at, at[1:], strict=False) if b < window_end]
+    gaps = [b - a for a, b in itertools.pairwise(at) if b < window_end]
     expected = (window_end - at[0]) / 3  # the probe, then 3 left over the time to the reset
     assert all(gap > expected * 0.5 for gap in gaps), (gaps, expected)
