@@ -122,5 +122,11 @@ class Breaker:
             )
         self._wake()
 
+    def interrupt(self, reason: str) -> None:
+        """Stop waiting for the outage to end (a signal): waiters raise ``Deferred``."""
+        if self.deferred is None:
+            self.deferred = Deferred(reason, None)
+        self._wake()
+
     def _wake(self) -> None:
         self._changed.set()

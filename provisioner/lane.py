@@ -66,6 +66,16 @@ class Lane:
             self.stop_exit = exit_code
             log.warning("workspace_stopping", workspace=self.label, name=self.name, reason=reason)
 
+    def interrupt(self, reason: str) -> None:
+        """Wake every wait of this lane (quota pause, even pace, outage) so that a signal
+        takes effect at once; the lane's remaining rows are deferred with ``reason``."""
+        self.budget.interrupt(reason)
+        # Workers blocked on the budget's condition need a notify, which needs its lock.
+        self._wakeup = asyncio.ensure_future(self.budget.defer(reason))
+        self.breaker.interrupt(reason)
+        if self.spreader is not None:
+            self.spreader.interrupt(reason)
+
     def deferral_reason(self) -> str | None:
         """Why this lane's rows are deferred now, or None while it is sending."""
         if self.stop_reason is not None:

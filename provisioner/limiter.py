@@ -33,6 +33,22 @@ RESET_MARGIN = 0.05
 UNKNOWN_RESET_PAUSE = 60.0
 
 
+async def sleep_unless(
+    sleep: Callable[[float], Awaitable[None]], delay: float, stop: asyncio.Event
+) -> None:
+    """Sleep ``delay`` seconds, or less if ``stop`` is set meanwhile (a SIGTERM must not
+    wait out a quota pause of several minutes)."""
+    if stop.is_set():
+        return
+    sleeper = asyncio.ensure_future(sleep(delay))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        stopper.cancel()
+
+
 class Pacer:
     """An even pace of ``rate`` acquisitions per second, without aiolimiter's burst."""
 
@@ -78,6 +94,8 @@ class Spreader:
         self._sleep = sleep
         self._lock = asyncio.Lock()
         self._last: float | None = None
+        self._stopping = asyncio.Event()
+        self.stop_reason: str | None = None
 
     def interval(self, now: float) -> float:
         """Seconds between requests now (0 while the window is unknown)."""
@@ -97,8 +115,15 @@ class Spreader:
             # The step is measured from the previous request, with the budget as it is now.
             slot = now if self._last is None else max(now, self._last + self.interval(now))
             if slot > now:
-                await self._sleep(slot - now)
+                await sleep_unless(self._sleep, slot - now, self._stopping)
+                if self._stopping.is_set():
+                    raise Deferred(self.stop_reason or "interrupted", None)
             self._last = slot
+
+    def interrupt(self, reason: str) -> None:
+        """Cut a wait for a slot short (a signal, a refused key)."""
+        self.stop_reason = reason
+        self._stopping.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +185,7 @@ class QuotaBudget:
         self._deferred: Deferred | None = None
         self.http_429 = 0
         self.headers_missing_logged = False
+        self._stopping = asyncio.Event()
 
     # -- what may be sent ------------------------------------------------------------
     def _available(self) -> int:
@@ -210,7 +236,7 @@ class QuotaBudget:
         delay = self.paused_until - now
         self._cond.release()
         try:
-            await self._sleep(delay)
+            await sleep_unless(self._sleep, delay, self._stopping)
         finally:
             await self._cond.acquire()
 
@@ -347,10 +373,15 @@ class QuotaBudget:
 
     async def defer(self, reason: str) -> None:
         """Make every waiting and later ``acquire`` raise ``Deferred`` (e.g. key refused)."""
+        self.interrupt(reason)
         async with self._cond:
-            if self._deferred is None:
-                self._deferred = Deferred(reason, None)
             self._cond.notify_all()
+
+    def interrupt(self, reason: str) -> None:
+        """``defer`` for synchronous callers (a signal handler): also cuts a pause short."""
+        if self._deferred is None:
+            self._deferred = Deferred(reason, None)
+        self._stopping.set()
 
     @property
     def deferred(self) -> Deferred | None:

@@ -92,6 +92,8 @@ class Run:
             self.stop_reason = reason
             self.stop_exit = exit_code
             log.warning("run_stopping", reason=reason, run_id=self.run_id)
+            for lane in self.lanes.values():
+                lane.interrupt(reason)
         elif reason == "interrupted" and self.stop_reason == "interrupted":
             # A second signal: stop draining the manifest; in-flight requests still finish.
             self.drain_abandoned = True
@@ -225,6 +227,7 @@ class Run:
             return failed_in_doubt(job.row, attempts=attempts[0], detail=str(exc))
         if reply.kind is ReplyKind.KEY_REFUSED:
             lane.stop("key_refused", 4)
+            lane.interrupt("key_refused")
             await lane.budget.defer("key_refused")
             log.error(
                 "key_refused",

@@ -253,3 +253,29 @@ async def test_unwritable_metrics_path_exits_2_before_sending(
     )  # fmt: skip
     assert code == 2, err
     assert sandbox.ledger.total == 0
+
+
+async def test_sigterm_during_a_quota_pause_stops_at_once(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """SIGTERM while paused for a quota reset ends the pause: exit 143 within seconds."""
+    import time
+
+    sandbox = await sandbox_factory(daily_quota=2, window_seconds=60)
+    manifest = write_csv(tmp_path / "m.csv", campaigns(10))
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "provisioner", *run_args(sandbox.url, tmp_path, str(manifest)),
+        "--max-wait", "120", stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, env=cli_env(), cwd=ROOT,
+    )  # fmt: skip
+    for _ in range(200):
+        if len(sandbox.ledger.created) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # now paused until the window resets (up to a minute away)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 143, err.decode()
+    assert time.monotonic() - sent < 10
+    assert_invariant(tmp_path / "out", 10)
