@@ -35,6 +35,7 @@ class Tally:
     rate_limited: int = 0
     other: int = 0
     not_sent: int = 0  # (c) after its first 429: the rows it gives up on
+    errors: int = 0  # connection errors and timeouts: counted, never raised
 
 
 def read_rows(manifest: Path, limit: int | None = None) -> Iterator[tuple[str, str]]:
@@ -59,12 +60,21 @@ def _session(key: str, concurrency: int) -> aiohttp.ClientSession:
 async def _post(
     session: aiohttp.ClientSession, url: str, campaign_id: str, send_id: str, tally: Tally
 ) -> int:
-    """One create request; the body is always read so the connection goes back to the pool."""
+    """One create request; the body is always read so the connection goes back to the pool.
+
+    A transport error is counted, not raised: an exception escaping ``gather`` would make
+    asyncio cancel (c)'s hundreds of thousands of waiting tasks, which takes minutes
+    (cancelled waiters make ``Semaphore`` scan its queue), and the figure would be lost.
+    """
     body = orjson.dumps({"campaign_id": campaign_id, "send_id": send_id})
-    async with session.post(url, data=body, allow_redirects=False) as resp:
-        raw = await resp.read()
-        status = resp.status
     tally.rows += 1
+    try:
+        async with session.post(url, data=body, allow_redirects=False) as resp:
+            raw = await resp.read()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError):
+        tally.errors += 1
+        return 0
     if status == 201 and orjson.loads(raw).get("send_id"):
         tally.created += 1
     elif status == 429:

@@ -12,6 +12,7 @@ import os
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -174,24 +175,41 @@ class ChildResult:
     stdout: str
 
 
-def run_child(args: list[str], *, env: dict[str, str], stderr_path: Path) -> ChildResult:
+def run_child(
+    args: list[str], *, env: dict[str, str], stderr_path: Path, timeout: float
+) -> ChildResult:
     """Run a child to the end and read its peak RSS from ``wait4``.
 
     ``wait4`` gives this one child's rusage; ``RUSAGE_CHILDREN`` would report the largest
     of all children so far, so a small run after a big one would inherit the big figure.
+    A child still running after ``timeout`` seconds is killed (exit code -9) so that one
+    stuck measurement cannot hold the whole benchmark.
     """
     start = time.perf_counter()
     with stderr_path.open("w") as err:
         proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=err, env=env, cwd=ROOT, text=True
         )
-        assert proc.stdout is not None
-        out = proc.stdout.read()  # small (the children print a line or nothing)
-        _, status, usage = os.wait4(proc.pid, 0)
+        watchdog = threading.Timer(timeout, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            out = proc.stdout.read()  # small (the children print a line or nothing)
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            watchdog.cancel()
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     seconds = time.perf_counter() - start
     # ru_maxrss is in KiB on Linux.
     return ChildResult(proc.returncode, seconds, usage.ru_maxrss / 1024, out)
+
+
+def tail(path: Path, lines: int = 3) -> str:
+    """The last lines of a child's stderr, to say why it failed."""
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def child_env() -> dict[str, str]:
