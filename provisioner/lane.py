@@ -48,6 +48,7 @@ class Lane:
             default_window=settings.default_window,
             cap=ws.quota if ws.quota is not None else settings.quota,
             max_wait=settings.max_wait,
+            tail=self.concurrency,
         )
         self.breaker = Breaker(workspace=self.label, max_wait=settings.max_wait)
         self.spreader = (

@@ -165,11 +165,13 @@ class QuotaBudget:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_pause: Callable[[float, str], None] | None = None,
+        tail: int = 0,
     ) -> None:
         self.default_limit = default_limit
         self.default_window = default_window
         self.cap = cap
         self.max_wait = max_wait
+        self.tail = tail
         self._clock = clock
         self._sleep = sleep
         self._on_pause = on_pause
@@ -220,7 +222,11 @@ class QuotaBudget:
                     if self.in_flight == 0:
                         self.in_flight += 1
                         return
-                elif self._available() > 0:
+                elif self._available() > 0 and (
+                    self.in_flight == 0 or (self.remaining or 0) > self.tail
+                ):
+                    # In the window's last `tail` requests, one at a time: another client
+                    # may have spent them, and only one request may then meet a 429.
                     self.in_flight += 1
                     return
                 elif self.in_flight == 0:
@@ -287,20 +293,29 @@ class QuotaBudget:
                 self._pause_started = None  # the server answered: a pause chain is over
             else:
                 self.http_429 += 1
-                if rate_limit is not None and rate_limit.complete:
-                    self.remaining = 0
+                complete = rate_limit is not None and rate_limit.complete
+                stale = complete and rate_limit is not None and (rate_limit.reset or 0) <= now
+                until: float | None
+                if stale:
+                    # The 429 was for a window that has closed since: nothing to wait for;
+                    # the next request probes the new window.
+                    until = now + retry_after if retry_after is not None else None
                 else:
-                    # A 429 that does not say its window: after the pause, probe again.
-                    self.known = False
-                    self.reset_at = None
-                    self.remaining = None
-                if retry_after is not None:
-                    until = now + retry_after
-                elif self.reset_at is not None and self.reset_at > now:
-                    until = self.reset_at + RESET_MARGIN
-                else:
-                    until = now + UNKNOWN_RESET_PAUSE
-                self._pause(until, "http_429")
+                    if complete:
+                        self.remaining = 0
+                    else:
+                        # A 429 that does not say its window: after the pause, probe again.
+                        self.known = False
+                        self.reset_at = None
+                        self.remaining = None
+                    if retry_after is not None:
+                        until = now + retry_after
+                    elif self.reset_at is not None and self.reset_at > now:
+                        until = self.reset_at + RESET_MARGIN
+                    else:
+                        until = now + UNKNOWN_RESET_PAUSE
+                if until is not None:
+                    self._pause(until, "http_429")
             self._cond.notify_all()
 
     def _observe_headers(self, rl: RateLimit, now: float) -> None:

@@ -208,3 +208,17 @@ async def test_even_pace_honours_a_shorter_span() -> None:
     await b.acquire()
     await b.observe(RateLimit(100, 10, clock.now + 10_000), created=True)
     assert Spreader(b, span=50, clock=clock, sleep=clock.sleep).interval(clock.now) == 5.0
+
+
+async def test_429_from_a_window_that_has_closed_does_not_pause() -> None:
+    """A late 429 whose Reset is already past: no pause, the next request probes."""
+    clock = FakeClock()
+    b = budget(clock, max_wait=5)
+    await b.acquire()
+    await b.observe(RateLimit(10, 5, clock.now + 1), created=True)
+    await b.acquire()
+    clock.now += 2  # the window closed while the request was in flight
+    await b.observe(RateLimit(10, 0, clock.now - 1), created=False, rate_limited=True)
+    assert b.paused_until is None
+    assert b.deferred is None
+    await b.acquire()  # the probe of the new window
