@@ -36,6 +36,7 @@ class Tally:
     other: int = 0
     not_sent: int = 0  # (c) after its first 429: the rows it gives up on
     errors: int = 0  # connection errors and timeouts: counted, never raised
+    first_error: str = ""  # the first one's type, to say what went wrong
 
 
 def read_rows(manifest: Path, limit: int | None = None) -> Iterator[tuple[str, str]]:
@@ -72,8 +73,9 @@ async def _post(
         async with session.post(url, data=body, allow_redirects=False) as resp:
             raw = await resp.read()
             status = resp.status
-    except (aiohttp.ClientError, TimeoutError):
+    except (aiohttp.ClientError, TimeoutError) as exc:
         tally.errors += 1
+        tally.first_error = tally.first_error or type(exc).__name__
         return 0
     if status == 201 and orjson.loads(raw).get("send_id"):
         tally.created += 1

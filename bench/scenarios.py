@@ -318,6 +318,8 @@ def _gather_rss(rows: int, work: Path) -> tuple[float, str]:
         f"(c) {rows:,} rows: {tally['created']:,} created, {tally['not_sent']:,} given up, "
         f"{tally['errors']} errors in {child.seconds:.1f} s, peak RSS {child.peak_rss_mb:.0f} MB"
     )
+    if tally["errors"]:
+        note += f" (errors: {tally['first_error']})"
     return child.peak_rss_mb, note
 
 
