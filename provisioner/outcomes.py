@@ -190,3 +190,30 @@ def final_outcome(
     else:
         msg = f"unexpected answer {reply.status} ({reply.message}); report it with the run id"
     return _failed(row, send_id, attempts, reply, "unexpected_response", msg, retryable=False)
+
+
+def unknown_workspace(row: Row, known: list[str]) -> Outcome:
+    """A row naming a workspace the config does not declare: never sent."""
+    return Outcome(
+        line=row.line,
+        status=Status.FAILED,
+        campaign_id=row.campaign_id,
+        send_id=row.send_id,
+        columns=row.columns,
+        error="unknown_workspace",
+        field="workspace",
+        message=f"workspace {row.workspace!r} is not declared in the config "
+        f"(declared: {', '.join(known)}): fix the manifest or add a [[workspaces]] table",
+    )
+
+
+def duplicate(row: Row, send_id: str, first: int) -> Outcome:
+    """A later copy of a pair already in this manifest: sent once, for the first copy."""
+    return Outcome(
+        line=row.line,
+        status=Status.DUPLICATE,
+        campaign_id=row.campaign_id,
+        send_id=send_id,
+        columns=row.columns,
+        duplicate_of=first,
+    )

@@ -29,7 +29,15 @@ from .logs import get_logger
 from .manifest import Manifest
 from .models import Outcome, Row, RowError, Status
 from .observe import RunObserver, Snapshot
-from .outcomes import deferred, failed_from_error, failed_in_doubt, final_outcome, skipped
+from .outcomes import (
+    deferred,
+    duplicate,
+    failed_from_error,
+    failed_in_doubt,
+    final_outcome,
+    skipped,
+    unknown_workspace,
+)
 from .retry import RetryBudget, RetryPolicy, Transient
 from .seen import SeenIndex
 from .sinks import ResultSink
@@ -138,7 +146,7 @@ class Run:
                 if isinstance(checked, RowError):
                     self.emit(failed_from_error(checked), None)
                 elif checked.workspace is not None and checked.workspace not in self.lanes:
-                    self.emit(_unknown_workspace(checked, sorted(self.lanes)), None)
+                    self.emit(unknown_workspace(checked, sorted(self.lanes)), None)
                 else:
                     rows.append(checked)
                 if len(rows) >= _LOOKUP_BATCH:
@@ -165,7 +173,7 @@ class Run:
         for a in seen.assign(rows, scopes):
             lane = self.lane_of(a.row)
             if a.duplicate_of is not None and a.send_id is not None:
-                self.emit(_duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
+                self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
             else:
                 by_lane.setdefault(lane.name, []).append(Job(a.row, a.key, a.send_id))
         for name, jobs in by_lane.items():
@@ -372,28 +380,3 @@ _KEY_HINTS = {
     403: "the key lacks the sends.id.create permission, or the plan does not allow it",
     404: "the key is unknown to this instance: check the base URL (rest.iad-0N, fra-0N ...)",
 }
-
-
-def _unknown_workspace(row: Row, known: list[str]) -> Outcome:
-    return Outcome(
-        line=row.line,
-        status=Status.FAILED,
-        campaign_id=row.campaign_id,
-        send_id=row.send_id,
-        columns=row.columns,
-        error="unknown_workspace",
-        field="workspace",
-        message=f"workspace {row.workspace!r} is not declared in the config "
-        f"(declared: {', '.join(known)}): fix the manifest or add a [[workspaces]] table",
-    )
-
-
-def _duplicate(row: Row, send_id: str, first: int) -> Outcome:
-    return Outcome(
-        line=row.line,
-        status=Status.DUPLICATE,
-        campaign_id=row.campaign_id,
-        send_id=send_id,
-        columns=row.columns,
-        duplicate_of=first,
-    )
