@@ -3,12 +3,13 @@
 Used by the integration tests, ``make run``, the benchmarks and by users rehearsing a
 migration: real sockets, Braze's documented answers (401/400/413/429/201, rate-limit
 headers on every answer for a known key), a per-key quota over fixed epoch-aligned
-windows, an in-memory ledger of what was created, and deterministic fault injection
-(``sandbox_faults``). See ``docs/sandbox.md`` for the user-facing description.
+windows, an in-memory ledger of what was created, deterministic fault injection
+(``sandbox_faults``) and run-time modes: a shared consumer, omitted or garbled headers,
+outages (``sandbox_modes``). See ``docs/sandbox.md`` for the user-facing description.
 
 The create handler is the hot path (benchmarks push ~10k requests/s through it): no
-per-request logging, no access log, orjson, and header values recomputed only when a
-window rolls over.
+per-request logging, no access log, orjson, header values recomputed only when a
+window rolls over, and one comparison each for the modes when they are off.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ import secrets
 import signal
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 
-import orjson
 from aiohttp import web
 
 from provisioner.errors import UsageError
@@ -32,11 +32,23 @@ from provisioner.sandbox_faults import (
     ERROR_MESSAGES,
     FaultBook,
     FaultRule,
+    Invalid,
+    Ledger,
+    LedgerEntry,
+    WindowFigures,
     answer_fault,
     json_response,
-    json_type,
     load_faults,
-    rules_from_document,
+    parse_create_body,
+)
+from provisioner.sandbox_modes import (
+    MODE_FIELDS,
+    Modes,
+    Outage,
+    Workspace,
+    add_admin_routes,
+    check_modes,
+    refuse_connection,
 )
 
 __all__ = [
@@ -44,8 +56,10 @@ __all__ = [
     "FaultRule",
     "Ledger",
     "LedgerEntry",
+    "Outage",
     "Sandbox",
     "SandboxConfig",
+    "WindowFigures",
     "build_app",
     "load_faults",
     "serve",
@@ -54,8 +68,6 @@ __all__ = [
 
 #: Braze answers 413 above 4 MB.
 MAX_BODY_BYTES = 4 * 1024 * 1024
-#: Braze's identifier rule: "all ASCII characters and at most 64 characters long".
-SEND_ID_MAX_CHARS = 64
 
 _RANDOM_ERRORS = (500, 502, 503)
 
@@ -63,6 +75,10 @@ _RANDOM_ERRORS = (500, 502, 503)
 def workspace_label(key: str) -> str:
     """A stable name for the workspace of an API key that does not reveal the key."""
     return "ws-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +98,12 @@ class SandboxConfig:
     seed: int | None = None
     repeat_counts: bool = False
     faults: tuple[FaultRule, ...] = ()
+    shared_consumer: int = 0
+    shared_at: float = 0.0
+    shared_span: float = 0.0
+    headers: str = "normal"
+    garble: tuple[str, ...] = ()
+    outages: tuple[Outage, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -100,97 +122,12 @@ class SandboxConfig:
             raise UsageError(f"--latency-ms must be a finite number >= 0, got {self.latency_ms}")
         if not 0.0 <= self.error_rate <= 1.0:
             raise UsageError(f"--error-rate must be between 0 and 1, got {self.error_rate}")
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """One creation as the server saw it; ``at`` is the sandbox clock (epoch seconds)."""
-
-    workspace: str
-    campaign_id: str
-    send_id: str
-    at: float
-
-
-@dataclass(slots=True)
-class Ledger:
-    """What the sandbox created and how it answered ``/sends/id/create``.
-
-    ``by_status`` counts answers by status code as a string, plus ``"dropped"`` for
-    connections closed without an answer; ``total`` is the sum of all of them.
-    """
-
-    created: list[LedgerEntry] = field(default_factory=list)
-    by_status: dict[str, int] = field(default_factory=dict)
-    total: int = 0
-
-    def count(self, status: int | str) -> int:
-        """How many requests got this status (or ``"dropped"``)."""
-        return self.by_status.get(str(status), 0)
-
-    def to_dict(self) -> dict[str, object]:
-        """The document served at ``GET /sandbox/ledger``."""
-        # Entries stay dataclasses: orjson writes them as objects keyed by field name.
-        return {
-            "created": self.created,
-            "requests": {"total": self.total, "by_status": dict(self.by_status)},
-        }
-
-    def _answered(self, key: str) -> None:
-        self.total += 1
-        self.by_status[key] = self.by_status.get(key, 0) + 1
-
-
-class _Workspace:
-    """Per-key state: the current window's usage and the combinations created."""
-
-    __slots__ = ("combos", "label", "reset", "used", "window")
-
-    def __init__(self, key: str) -> None:
-        self.label = workspace_label(key)
-        self.window = -1
-        self.used = 0
-        self.reset = "0"
-        self.combos: set[tuple[str, str]] = set()
-
-
-class _Invalid:
-    __slots__ = ("errors",)
-
-    def __init__(self, errors: list[str]) -> None:
-        self.errors = errors
-
-
-def _parse_create_body(raw: bytes) -> tuple[str, str | None] | _Invalid:
-    """(campaign_id, send_id or None) from a request body, or the errors naming fields."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _Invalid(["body: is not valid JSON"])
-    if not isinstance(doc, dict):
-        return _Invalid([f"body: expected a JSON object, got {json_type(doc)}"])
-    errors: list[str] = []
-    campaign_id = doc.get("campaign_id")
-    if campaign_id is None:
-        errors.append("campaign_id: is required")
-    elif not isinstance(campaign_id, str):
-        errors.append(f"campaign_id: must be a string, got {json_type(campaign_id)}")
-    elif not campaign_id:
-        errors.append("campaign_id: must not be empty")
-    send_id = doc.get("send_id")
-    if send_id is None or send_id == "":
-        send_id = None  # Braze's "optional": null and "" both mean "generate one"
-    elif not isinstance(send_id, str):
-        errors.append(f"send_id: must be a string, got {json_type(send_id)}")
-    elif not send_id.isascii():
-        errors.append("send_id: must be all ASCII characters")
-    elif len(send_id) > SEND_ID_MAX_CHARS:
-        errors.append(
-            f"send_id: must be at most {SEND_ID_MAX_CHARS} characters, got {len(send_id)}"
-        )
-    if errors or not isinstance(campaign_id, str):
-        return _Invalid(errors)
-    return campaign_id, send_id if isinstance(send_id, str) else None
+        try:
+            check_modes(*(getattr(self, f) for f in MODE_FIELDS), name=_flag)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if self.garble and self.headers != "garble":
+            raise UsageError(f"--garble needs --headers garble, not --headers {self.headers}")
 
 
 class _Service:
@@ -208,16 +145,21 @@ class _Service:
         self._latency = config.latency_ms / 1000.0
         self._error_rate = config.error_rate
         self._repeat_counts = config.repeat_counts
-        self._by_key = {key: _Workspace(key) for key in config.api_keys}
+        self._by_key = {key: Workspace(workspace_label(key)) for key in config.api_keys}
         # Exact header values looked up first: the common case skips parsing.
         self._by_header = {f"Bearer {key}": ws for key, ws in self._by_key.items()}
         # Random per instance so that ids from two sandboxes (or restarts) do not collide.
         self._id_prefix = "sbx_" + secrets.token_hex(4)
         self._next_id = 0
+        self.modes = Modes(config, started_at=clock())
+
+    async def on_startup(self, app: web.Application) -> None:
+        """Outages are relative to the start: place them when the sandbox starts serving."""
+        self.modes.anchor(self._clock())
 
     # -- helpers -------------------------------------------------------------------
 
-    def _authenticate(self, header: str | None) -> _Workspace | str:
+    def _authenticate(self, header: str | None) -> Workspace | str:
         """The workspace of the Authorization header, or why it is refused."""
         if header is None:
             return "Invalid API key: missing Authorization header"
@@ -230,28 +172,43 @@ class _Service:
             return "Invalid API key: expected 'Authorization: Bearer <key>'"
         return self._by_key.get(token) or "Invalid API key: unknown key"
 
-    def _roll(self, ws: _Workspace) -> float:
-        """Move the workspace into the current window; returns the clock reading."""
-        now = self._clock()
+    def _roll(self, ws: Workspace, now: float) -> None:
+        """Move the workspace into the window of ``now`` and let the shared consumer act."""
         window = int(now // self._window)
         if window != ws.window:
             ws.window = window
             ws.used = 0
-            ws.reset = str((window + 1) * self._window)
-        return now
+            ws.shared_done = 0
+            start = window * self._window
+            ws.reset = str(start + self._window)
+            ws.figures = self.ledger._window(ws.label, start, start + self._window, self._quota)
+        if ws.shared_done < self.modes.shared_consumer:
+            self.modes.settle_shared(ws, now, self._quota)
 
-    def _headers(self, ws: _Workspace) -> dict[str, str]:
-        return {
-            "X-RateLimit-Limit": self._limit,
-            "X-RateLimit-Remaining": str(max(0, self._quota - ws.used)),
-            "X-RateLimit-Reset": ws.reset,
-        }
+    def settled_ledger(self) -> Ledger:
+        """The ledger with the shared consumer's spending brought up to now, so that it
+        shows in windows where no request of ours arrived yet."""
+        if self.modes.shared_consumer:
+            now = self._clock()
+            for ws in self._by_key.values():
+                self._roll(ws, now)
+        return self.ledger
+
+    def _headers(self, ws: Workspace, exhausted: bool = False) -> dict[str, str] | None:
+        remaining = 0 if exhausted else max(0, self._quota - ws.used)
+        if self.modes.header_mode == "normal":
+            return {
+                "X-RateLimit-Limit": self._limit,
+                "X-RateLimit-Remaining": str(remaining),
+                "X-RateLimit-Reset": ws.reset,
+            }
+        return self.modes.odd_headers(self._limit, remaining, ws.reset, ws.window * self._window)
 
     def _reply(
         self,
         status: int,
         payload: dict[str, object],
-        ws: _Workspace | None,
+        ws: Workspace | None,
     ) -> web.Response:
         self.ledger._answered(str(status))
         return json_response(status, payload, self._headers(ws) if ws is not None else None)
@@ -266,11 +223,17 @@ class _Service:
         """Braze's create-send-id endpoint, with quota, repeats, ledger and faults."""
         if self._latency:
             await asyncio.sleep(self._latency)
-        auth = self._authenticate(request.headers.get("Authorization"))
-        ws = auth if isinstance(auth, _Workspace) else None
         # One clock reading per request: it places the request in its window and
         # timestamps a creation, so headers and ledger always agree.
-        now = self._roll(ws) if ws is not None else 0.0
+        now = self._clock()
+        if now < self.modes.horizon:  # an outage is under way or still to come
+            outage = self.modes.outage_at(now)
+            if outage is not None:
+                return self._outage(request, outage, now)
+        auth = self._authenticate(request.headers.get("Authorization"))
+        ws = auth if isinstance(auth, Workspace) else None
+        if ws is not None:
+            self._roll(ws, now)
         if self._error_rate and self.rng.random() < self._error_rate:
             status = self.rng.choice(_RANDOM_ERRORS)
             return self._reply(status, {"message": ERROR_MESSAGES[status]}, ws)
@@ -287,23 +250,24 @@ class _Service:
             # The client went away mid-body (killed, timed out): nothing to answer or log.
             self.ledger._answered("dropped")
             raise asyncio.CancelledError from None
-        parsed = _parse_create_body(raw)
-        if isinstance(parsed, _Invalid):
+        parsed = parse_create_body(raw)
+        if isinstance(parsed, Invalid):
             message = "Invalid request: " + parsed.errors[0]
             return self._reply(400, {"message": message, "errors": parsed.errors}, ws)
         campaign_id, send_id = parsed
 
         rule = self.faults.pick(campaign_id) if self.faults else None
         if rule is not None and not rule.creates:
-            self.ledger._answered(rule.outcome)
-            return await answer_fault(rule, request, self._headers(ws), None)
+            return await self._fault(rule, request, ws, None)
 
         if send_id is not None and not self._repeat_counts and (campaign_id, send_id) in ws.combos:
             pass  # a repeat: same answer, no quota, no new ledger entry
         elif ws.used >= self._quota:
+            ws.figures.http_429 += 1
             return self._reply(429, {"message": "Rate limit exceeded"}, ws)
         else:
             ws.used += 1
+            ws.figures.ours += 1
             if send_id is None:
                 send_id = self._new_send_id()
             ws.combos.add((campaign_id, send_id))
@@ -311,42 +275,37 @@ class _Service:
 
         if rule is None:
             return self._reply(201, {"message": "success", "send_id": send_id}, ws)
-        self.ledger._answered(rule.outcome)
-        return await answer_fault(rule, request, self._headers(ws), send_id)
+        return await self._fault(rule, request, ws, send_id)
 
-    def _too_large(self, ws: _Workspace) -> web.Response:
+    async def _fault(
+        self, rule: FaultRule, request: web.Request, ws: Workspace, send_id: str | None
+    ) -> web.StreamResponse:
+        outcome = rule.outcome
+        self.ledger._answered(outcome)
+        if outcome == "429":
+            ws.figures.http_429 += 1
+        # A 429 says the quota is gone, whatever the real count: Remaining 0.
+        headers = self._headers(ws, exhausted=outcome == "429")
+        return await answer_fault(rule, request, headers, send_id)
+
+    def _outage(self, request: web.Request, mode: str, now: float) -> web.StreamResponse:
+        """The answer while an outage is under way: nothing is read, checked or created."""
+        auth = self._authenticate(request.headers.get("Authorization"))
+        if isinstance(auth, Workspace):  # only to count it in its workspace's window
+            self._roll(auth, now)
+            auth.figures.outage += 1
+        if mode == "refuse":
+            self.ledger._answered("refused")
+            refuse_connection(request)
+            # Never written: the transport is gone, which aiohttp takes quietly.
+            return web.Response(status=204)
+        # No rate-limit headers: the front door answers, the service behind it (which
+        # knows the quota) is down.
+        return self._reply(503, {"message": ERROR_MESSAGES[503]}, None)
+
+    def _too_large(self, ws: Workspace) -> web.Response:
         message = f"Payload too large: request bodies are limited to {MAX_BODY_BYTES} bytes"
         return self._reply(413, {"message": message}, ws)
-
-    # -- admin endpoints -------------------------------------------------------------
-
-    async def ledger_view(self, request: web.Request) -> web.Response:
-        """GET /sandbox/ledger."""
-        return json_response(200, self.ledger.to_dict(), None)
-
-    async def health(self, request: web.Request) -> web.Response:
-        """GET /sandbox/health."""
-        return json_response(200, {"ok": True}, None)
-
-    async def add_faults(self, request: web.Request) -> web.Response:
-        """POST /sandbox/faults: append rules given as ``{"rules": [...]}``."""
-        try:
-            rules = rules_from_document(orjson.loads(await request.read()))
-        except orjson.JSONDecodeError:
-            return _admin_error("the body is not valid JSON")
-        except ValueError as exc:
-            return _admin_error(str(exc))
-        self.faults.add(rules)
-        return json_response(200, {"rules": len(self.faults)}, None)
-
-    async def clear_faults(self, request: web.Request) -> web.Response:
-        """DELETE /sandbox/faults: forget every rule."""
-        self.faults.clear()
-        return json_response(200, {"rules": 0}, None)
-
-
-def _admin_error(message: str) -> web.Response:
-    return json_response(400, {"message": message}, None)
 
 
 _SERVICE = web.AppKey("sandbox_service", _Service)
@@ -359,10 +318,8 @@ def build_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time) 
     app = web.Application(client_max_size=MAX_BODY_BYTES + 1)
     app[_SERVICE] = service
     app.router.add_post("/sends/id/create", service.create)
-    app.router.add_get("/sandbox/ledger", service.ledger_view)
-    app.router.add_get("/sandbox/health", service.health)
-    app.router.add_post("/sandbox/faults", service.add_faults)
-    app.router.add_delete("/sandbox/faults", service.clear_faults)
+    add_admin_routes(app, service.modes, service.faults, service.settled_ledger, clock)
+    app.on_startup.append(service.on_startup)
     return app
 
 
@@ -396,8 +353,26 @@ class Sandbox:
 
     @property
     def ledger(self) -> Ledger:
-        """The live ledger (the same object ``GET /sandbox/ledger`` serialises)."""
-        return self._service.ledger
+        """The live ledger (the same object ``GET /sandbox/ledger`` serialises), with the
+        shared consumer's spending brought up to now."""
+        return self._service.settled_ledger()
+
+    @property
+    def modes(self) -> dict[str, object]:
+        """The modes in force, as ``GET /sandbox/modes`` shows them."""
+        return self._service.modes.to_dict(self._service._clock())
+
+    def set_modes(self, **changes: object) -> None:
+        """Change modes like ``POST /sandbox/modes``; ValueError (nothing changed) if bad."""
+        self._service.modes.update(changes)
+
+    def start_outage(self, seconds: float, mode: str = "5xx") -> None:
+        """An outage of ``seconds`` starting now, like ``POST /sandbox/outage``."""
+        self._service.modes.add_outage(self._service._clock(), seconds, mode)
+
+    def end_outages(self) -> None:
+        """End the outage under way and cancel those to come (``DELETE /sandbox/outage``)."""
+        self._service.modes.end_outages(self._service._clock())
 
     def add_faults(self, rules: Iterable[FaultRule]) -> None:
         """Append fault rules after the existing ones."""

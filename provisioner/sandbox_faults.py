@@ -1,4 +1,5 @@
-"""Fault rules for the sandbox: what a rule is, how rules are read, which one applies.
+"""How the sandbox reads a create request, spoils its answer and records it: the body's
+rules, fault rules (what a rule is, how rules are read, which one applies) and the ledger.
 
 Kept apart from ``sandbox.py`` so that the server module stays about serving; the public
 names (``FaultRule``, ``load_faults``) are re-exported there.
@@ -10,7 +11,7 @@ import asyncio
 import math
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import orjson
@@ -51,6 +52,8 @@ ERROR_MESSAGES = {
     504: "Gateway Timeout",
 }
 _JSON = "application/json"
+#: Braze's identifier rule: "all ASCII characters and at most 64 characters long".
+SEND_ID_MAX_CHARS = 64
 _SLOW_BODY_CHUNKS = 4
 
 
@@ -181,6 +184,118 @@ def json_type(value: object) -> str:
     return "object"
 
 
+class Invalid:
+    """Why a create body was refused: one message per bad field, each starting with it."""
+
+    __slots__ = ("errors",)
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+
+
+def parse_create_body(raw: bytes) -> tuple[str, str | None] | Invalid:
+    """(campaign_id, send_id or None) from a request body, or the errors naming fields."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return Invalid(["body: is not valid JSON"])
+    if not isinstance(doc, dict):
+        return Invalid([f"body: expected a JSON object, got {json_type(doc)}"])
+    errors: list[str] = []
+    campaign_id = doc.get("campaign_id")
+    if campaign_id is None:
+        errors.append("campaign_id: is required")
+    elif not isinstance(campaign_id, str):
+        errors.append(f"campaign_id: must be a string, got {json_type(campaign_id)}")
+    elif not campaign_id:
+        errors.append("campaign_id: must not be empty")
+    send_id = doc.get("send_id")
+    if send_id is None or send_id == "":
+        send_id = None  # Braze's "optional": null and "" both mean "generate one"
+    elif not isinstance(send_id, str):
+        errors.append(f"send_id: must be a string, got {json_type(send_id)}")
+    elif not send_id.isascii():
+        errors.append("send_id: must be all ASCII characters")
+    elif len(send_id) > SEND_ID_MAX_CHARS:
+        errors.append(
+            f"send_id: must be at most {SEND_ID_MAX_CHARS} characters, got {len(send_id)}"
+        )
+    if errors or not isinstance(campaign_id, str):
+        return Invalid(errors)
+    return campaign_id, send_id if isinstance(send_id, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """One creation as the server saw it; ``at`` is the sandbox clock (epoch seconds)."""
+
+    workspace: str
+    campaign_id: str
+    send_id: str
+    at: float
+
+
+@dataclass(slots=True)
+class WindowFigures:
+    """One workspace's quota window: ``ours`` creations by the clients of the sandbox,
+    ``other`` by the shared consumer, ``http_429`` answers to our clients, and
+    ``outage`` creates answered by an outage (503 or reset)."""
+
+    workspace: str
+    window_start: int
+    window_end: int
+    quota: int
+    ours: int = 0
+    other: int = 0
+    http_429: int = 0
+    outage: int = 0
+
+
+@dataclass(slots=True)
+class Ledger:
+    """What the sandbox created and how it answered ``/sends/id/create``.
+
+    ``by_status`` counts answers by status code as a string, plus ``"dropped"`` for
+    connections a fault closed and ``"refused"`` for those an outage reset; ``total`` is
+    the sum of all of them. ``windows`` holds per-window figures by (workspace, start).
+    """
+
+    created: list[LedgerEntry] = field(default_factory=list)
+    by_status: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+    windows: dict[tuple[str, int], WindowFigures] = field(default_factory=dict)
+
+    def count(self, status: int | str) -> int:
+        """How many requests got this status (or ``"dropped"``, ``"refused"``)."""
+        return self.by_status.get(str(status), 0)
+
+    def window_figures(self, workspace: str | None = None) -> list[WindowFigures]:
+        """Per-window figures, oldest window first, of one workspace or of all."""
+        return sorted(
+            (w for w in self.windows.values() if workspace is None or w.workspace == workspace),
+            key=lambda w: (w.window_start, w.workspace),
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """The document served at ``GET /sandbox/ledger``."""
+        # Entries stay dataclasses: orjson writes them as objects keyed by field name.
+        return {
+            "created": self.created,
+            "requests": {"total": self.total, "by_status": dict(self.by_status)},
+            "windows": self.window_figures(),
+        }
+
+    def _answered(self, key: str) -> None:
+        self.total += 1
+        self.by_status[key] = self.by_status.get(key, 0) + 1
+
+    def _window(self, workspace: str, start: int, end: int, quota: int) -> WindowFigures:
+        figures = self.windows.get((workspace, start))
+        if figures is None:
+            figures = self.windows[workspace, start] = WindowFigures(workspace, start, end, quota)
+        return figures
+
+
 class _Slot:
     """A rule and how many more times it may apply (None = unlimited)."""
 
@@ -237,12 +352,13 @@ def json_response(
 
 
 async def answer_fault(
-    rule: FaultRule, request: web.Request, headers: dict[str, str], send_id: str | None
+    rule: FaultRule, request: web.Request, headers: dict[str, str] | None, send_id: str | None
 ) -> web.StreamResponse:
     """The answer to a request hit by ``rule``, once the server has created (or not).
 
-    ``headers`` are the rate-limit headers as they stand after the request; ``send_id``
-    is the id created, None for the actions that create nothing.
+    ``headers`` are the rate-limit headers to send (None: none), which the server
+    builds, Remaining 0 included for a 429; ``send_id`` is the id created, None for the
+    actions that create nothing.
     """
     action = rule.action
     if action in ("drop_before", "drop_after"):
@@ -253,8 +369,6 @@ async def answer_fault(
         return web.Response(status=204)
     if action in ("status", "rate_limit"):
         status = 429 if action == "rate_limit" else rule.status
-        if status == 429:
-            headers["X-RateLimit-Remaining"] = "0"
         message = ERROR_MESSAGES.get(status, f"Sandbox fault: HTTP {status}")
         return json_response(status, {"message": message}, headers)
     if action == "queued":
