@@ -158,11 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=fmt,
         description=(
             "Serve POST /sends/id/create as Braze documents it, with a "
-            "quota, rate-limit headers, fault injection and a ledger at "
-            "GET /sandbox/ledger. Prints its URL as the first line."
+            "quota, rate-limit headers, fault injection, a shared-quota consumer, "
+            "outages and a ledger at GET /sandbox/ledger. Prints its URL as the "
+            "first line. See docs/sandbox.md."
         ),
-        epilog="example:\n  provisioner sandbox --port 8080 --api-key k1 "
-        "--daily-quota 50 --window-seconds 10\n",
+        epilog="examples:\n  provisioner sandbox --port 8080 --api-key k1 "
+        "--daily-quota 50 --window-seconds 10\n"
+        "  provisioner sandbox --daily-quota 10 --window-seconds 2 --shared-consumer 4 "
+        "--headers garble --outage 5:3:refuse\n",
     )
     sandbox.add_argument("--host", default="127.0.0.1", help="address to listen on")
     sandbox.add_argument("--port", type=_positive_int, default=0, help="port (0: a free one)")
@@ -202,6 +205,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="a repeated combination counts and is recorded again",
     )
     sandbox.add_argument("--faults", metavar="FILE", help="JSON file of fault rules")
+    sandbox.add_argument(
+        "--shared-consumer",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="another client takes N of each window's quota, per key (default 0: none)",
+    )
+    sandbox.add_argument(
+        "--shared-at",
+        type=_number,
+        default=0.0,
+        metavar="F",
+        help="fraction of the window at which it takes them (default 0: at its start)",
+    )
+    sandbox.add_argument(
+        "--shared-span",
+        type=_number,
+        default=0.0,
+        metavar="W",
+        help="spread them evenly over this fraction of the window (default 0: all at once)",
+    )
+    sandbox.add_argument(
+        "--headers",
+        choices=("normal", "omit", "garble"),
+        default=None,
+        help="rate-limit headers: normal (default), omit, or garble (see --garble)",
+    )
+    sandbox.add_argument(
+        "--garble",
+        action="append",
+        choices=("empty", "negative", "past_reset", "text"),
+        metavar="VARIANT",
+        help="with --headers garble, use only this variant (repeatable; implies "
+        "--headers garble; default: all of empty, negative, past_reset, text)",
+    )
+    sandbox.add_argument(
+        "--outage",
+        action="append",
+        dest="outages",
+        metavar="START:DURATION[:MODE]",
+        help="seconds after start, for how long; MODE 5xx (default: every create gets 503) "
+        "or refuse (connections reset); repeatable",
+    )
     export = sub.add_parser(
         "export",
         help="write a run's output files again from the state store",
@@ -304,8 +350,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from .errors import UsageError
     from .sandbox import SandboxConfig, load_faults, serve
+    from .sandbox_modes import parse_outage
 
+    outages = []
+    for text in args.outages or ():
+        try:
+            outages.append(parse_outage(text))
+        except ValueError as exc:
+            raise UsageError(f"--outage: {exc}") from None
+    # --garble alone is a request for garbled headers: no need to say --headers too.
+    headers = args.headers or ("garble" if args.garble else "normal")
     config = SandboxConfig(
         host=args.host,
         port=args.port,
@@ -317,6 +373,12 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         seed=args.seed,
         repeat_counts=args.repeat_counts,
         faults=load_faults(args.faults) if args.faults else (),
+        shared_consumer=args.shared_consumer,
+        shared_at=args.shared_at,
+        shared_span=args.shared_span,
+        headers=headers,
+        garble=tuple(args.garble or ()),
+        outages=tuple(outages),
     )
     serve(config)
     return 0

@@ -1,23 +1,31 @@
 """The sandbox's run-time modes over real sockets: the shared consumer, omitted and garbled
-rate-limit headers, outages and their admin endpoints.
+rate-limit headers, outages, their admin endpoints and their command-line flags.
 
-Windows are short and driven by a settable clock, so that nothing here sleeps.
+Windows are short and driven by a settable clock, so that nothing here sleeps except the
+two tests that check the real clock and the command line end to end.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import sys
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from provisioner import cli
 from provisioner.errors import UsageError
 from provisioner.sandbox import FaultRule, Sandbox, SandboxConfig, workspace_label
-from provisioner.sandbox_modes import GARBLE_VARIANTS, Outage, parse_outage
+from provisioner.sandbox_modes import GARBLE_VARIANTS, HEADER_MODES, Outage, parse_outage
 from tests.conftest import SandboxFactory
 from tests.integration.test_sandbox import KEY, RATE_HEADERS, Answer, FakeClock, post
 
+ROOT = Path(__file__).resolve().parents[2]
 #: Start of a 2-second window: T0 // 2 * 2 == T0.
 T0 = 1_000_000.0
 
@@ -333,7 +341,7 @@ async def test_python_api_mirrors_the_admin_endpoints(
         sandbox.set_modes(headers="loud")
 
 
-# -- configuration -------------------------------------------------
+# -- configuration and the command line -------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -358,3 +366,97 @@ def test_parse_outage_rejects_bad_specs(text: str) -> None:
     """--outage values that are not START>=0:DURATION>0[:5xx|refuse] are refused."""
     with pytest.raises(ValueError, match=r"START|start|duration|mode"):
         parse_outage(text)
+
+
+def test_cli_flags_become_sandbox_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new flags parse into SandboxConfig; --garble alone implies --headers garble."""
+    seen: list[SandboxConfig] = []
+    monkeypatch.setattr("provisioner.sandbox.serve", seen.append)
+    args = ["sandbox", "--shared-consumer", "3", "--shared-at", "0.25", "--shared-span", "0.5"]
+    args += ["--garble", "text", "--garble", "empty", "--outage", "1:2", "--outage", "4:0.5:refuse"]
+    assert cli.main(args) == 0
+    [config] = seen
+    assert (config.shared_consumer, config.shared_at, config.shared_span) == (3, 0.25, 0.5)
+    assert (config.headers, config.garble) == ("garble", ("text", "empty"))
+    assert config.outages == (Outage(1.0, 2.0, "5xx"), Outage(4.0, 0.5, "refuse"))
+    assert cli.main(["sandbox", "--headers", "omit"]) == 0
+    assert (seen[1].headers, seen[1].garble, seen[1].outages) == ("omit", (), ())
+
+
+@pytest.mark.parametrize(
+    "args", [["--outage", "soon"], ["--headers", "normal", "--garble", "text"]]
+)
+def test_cli_refuses_bad_mode_flags(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    """A bad --outage, or --garble with other headers, exits 2 with a message naming it."""
+    monkeypatch.setattr("provisioner.sandbox.serve", lambda config: None)
+    assert cli.main(["sandbox", *args]) == 2
+    assert args[-2] in capsys.readouterr().err
+
+
+def test_cli_choices_match_the_sandbox() -> None:
+    """The parser's --headers and --garble choices are the sandbox's own lists."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    actions = {a.dest: a for a in sub.choices["sandbox"]._actions}
+    assert tuple(actions["headers"].choices or ()) == HEADER_MODES
+    assert tuple(actions["garble"].choices or ()) == GARBLE_VARIANTS
+
+
+async def _run(*args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "provisioner",
+        "sandbox",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+
+
+async def test_help_lists_the_mode_flags() -> None:
+    """`provisioner sandbox --help` shows every mode flag."""
+    proc = await _run("--help")
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0
+    for flag in ("--shared-consumer", "--shared-at", "--shared-span", "--headers", "--garble"):
+        assert flag in out.decode()
+    assert "--outage START:DURATION[:MODE]" in out.decode()
+
+
+async def test_subprocess_serves_the_modes_on_the_real_clock(
+    http: aiohttp.ClientSession,
+) -> None:
+    """`provisioner sandbox` with mode flags serves them, and its outage ends on the real clock."""
+    proc = await _run(
+        "--daily-quota", "10", "--shared-consumer", "4", "--headers", "garble",
+        "--garble", "past_reset", "--outage", "0:0.6:5xx",
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode().strip()
+        started = time.monotonic()
+        async with http.get(f"{url}/sandbox/modes") as resp:
+            doc = await resp.json()
+        assert (doc["shared_consumer"], doc["headers"], doc["garble"]) == (
+            4,
+            "garble",
+            ["past_reset"],
+        )
+        assert doc["outages"][0]["end"] - doc["outages"][0]["start"] == pytest.approx(0.6)
+        auth = {"Authorization": "Bearer sandbox-key"}
+        body = {"campaign_id": "c"}
+        url += "/sends/id/create"
+        async with http.post(url, json=body, headers=auth) as resp:
+            assert resp.status == 503 or time.monotonic() - started >= 0.6
+        await asyncio.sleep(max(0.0, 0.65 - (time.monotonic() - started)))
+        async with http.post(url, json=body, headers=auth) as resp:
+            assert resp.status == 201
+            assert resp.headers["X-RateLimit-Remaining"] == "5"  # 10 - 4 theirs - 1 ours
+            assert int(resp.headers["X-RateLimit-Reset"]) < time.time()
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
