@@ -252,3 +252,33 @@ async def test_kill_9_loop_loses_nothing_and_creates_nothing_twice(
     ledger = {e.campaign_id: e.send_id for e in sandbox.ledger.created}
     assert all(ledger[c] == s for c, s in ok.items())  # reported ids are the created ones
     assert summary["rows_total"] == len(rows)
+
+
+async def test_validate_forecasts_without_sending(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`provisioner validate`: invalid rows, duplicates, rows done, to send and windows
+    needed (quota 4 per window), with nothing sent; exit 1 because of the invalid row."""
+    write_csv(tmp_path / "m.csv", campaigns(3))
+    await run_pipeline(settings_for(sandbox.url, tmp_path, tmp_path / "m.csv"))
+    total = sandbox.ledger.total
+    write_csv(tmp_path / "m.csv", [*campaigns(12), ("", "x"), ("c000001", "s000001")])
+    code, out, err = await provisioner(
+        "validate", str(tmp_path / "m.csv"), "--state", str(tmp_path / "state.sqlite3"),
+        "--quota", "4", "--json",
+    )  # fmt: skip
+    assert code == 1, err
+    report = orjson.loads(out)
+    assert report["rows"] == 14
+    assert report["invalid"] == 1
+    assert report["invalid_examples"] == ["line 14: empty_field"]
+    assert report["duplicates"] == 1
+    assert report["already_provisioned"] == 3
+    assert report["to_send"] == 9
+    # the first run's window knows 97 left; the cap of 4 per window leaves 1 in this one
+    assert report["workspaces"][0]["windows_needed"] == 3
+    assert sandbox.ledger.total == total  # nothing sent
+    clean = write_csv(tmp_path / "clean.csv", campaigns(2))
+    code, text, _ = await provisioner(
+        "validate", str(clean), "--state", str(tmp_path / "state.sqlite3")
+    )
+    assert code == 0
+    assert "already provisioned: 2" in text

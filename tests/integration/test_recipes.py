@@ -31,7 +31,7 @@ import orjson
 import pytest
 import yaml
 
-from provisioner.cli import build_parser
+from provisioner.cli_args import build_parser
 from provisioner.config import build_settings
 from provisioner.sandbox import Sandbox
 

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from provisioner import cli
+from provisioner import cli, cli_args
 from provisioner.errors import UsageError
 from provisioner.sandbox import FaultRule, Sandbox, SandboxConfig, workspace_label
 from provisioner.sandbox_modes import GARBLE_VARIANTS, HEADER_MODES, Outage, parse_outage
@@ -397,7 +397,7 @@ def test_cli_refuses_bad_mode_flags(
 
 def test_cli_choices_match_the_sandbox() -> None:
     """The parser's --headers and --garble choices are the sandbox's own lists."""
-    parser = cli.build_parser()
+    parser = cli_args.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     actions = {a.dest: a for a in sub.choices["sandbox"]._actions}
     assert tuple(actions["headers"].choices or ()) == HEADER_MODES

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.cli import build_parser
+from provisioner.cli_args import build_parser
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -37,7 +37,7 @@ def parser_options(command: str) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("command", ["run", "export", "status", "sandbox"])
+@pytest.mark.parametrize("command", ["run", "export", "status", "validate", "sandbox"])
 def test_readme_documents_exactly_the_parsers_options(command: str) -> None:
     """Every option the parser has is in the README table, and nothing more."""
     assert documented_options(command) == parser_options(command)
