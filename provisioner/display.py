@@ -53,15 +53,17 @@ def render(snapshot: Snapshot, now: float) -> RenderableType:
         counts.append(f"{s.counts.get(status, 0):,}", style=style)
         counts.append("   ")
     lines: list[RenderableType] = [head, bar, counts]
-    if s.quota_limit is not None:
-        resets = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(s.quota_reset_at or 0))
+    quotas = s.quotas or (
+        {s.workspace: (s.quota_remaining, s.quota_limit, s.quota_reset_at or 0)}
+        if s.quota_limit is not None and s.quota_remaining is not None
+        else {}
+    )
+    for workspace, (remaining, limit, reset_at) in quotas.items():
+        resets = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(reset_at))
         lines.append(
-            Text(
-                f"  quota {s.workspace}: {s.quota_remaining:,} of {s.quota_limit:,} left, "
-                f"resets {resets}",
-                style="dim",
-            )
-        )
+            Text(f"  quota {workspace}: {remaining:,} of {limit:,} left, resets {resets}",
+                 style="dim")
+        )  # fmt: skip
     if s.paused_until is not None and s.paused_until > now and not s.finished:
         lines.append(
             Text(

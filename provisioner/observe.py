@@ -41,6 +41,8 @@ class Snapshot:
     finished: bool = False
     exit_code: int | None = None
     errors: dict[str, int] = field(default_factory=dict)
+    #: Every workspace's window: label -> (remaining, limit, reset epoch), when known.
+    quotas: dict[str, tuple[int, int, float]] = field(default_factory=dict)
 
 
 class RunObserver(Protocol):

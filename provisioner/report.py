@@ -16,6 +16,8 @@ _NEXT_STEP = {
     "again then (rows already created are skipped)",
     "rate_limited": "Braze kept answering 429 past --max-wait; the next window opens {resume}: "
     "run the same command again then",
+    "outage": "Braze was unavailable for longer than --max-wait: run the same command again "
+    "later (nothing was lost)",
     "key_refused": "Braze refused the API key: fix the key or its sends.id.create permission, "
     "then run the same command again",
     "interrupted": "the run was interrupted: run the same command again to finish",
@@ -61,6 +63,12 @@ def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:
         for reason, n in reasons.items():
             step = _NEXT_STEP.get(reason, "run the same command again later")
             lines.append(f"  {n} rows deferred by {reason}: " + step.format(resume=resume))
+        needed = [w for w in summary.get("workspaces", []) or [] if w.get("windows_needed")]
+        for w in needed:
+            lines.append(
+                f"  workspace {w.get('name')} ({w.get('workspace')}): {w.get('deferred_rows')} "
+                f"deferred rows need {w['windows_needed']} more quota window(s)"
+            )
     return "\n".join(lines)
 
 

@@ -336,6 +336,13 @@ class Run:
             finished=exit_code is not None,
             exit_code=exit_code,
             errors=dict(self.stats.errors),
+            quotas={
+                lane.label: (lane.budget.remaining, lane.budget.limit, lane.budget.reset_at)
+                for lane in self.lanes.values()
+                if lane.budget.remaining is not None
+                and lane.budget.limit is not None
+                and lane.budget.reset_at is not None
+            },
         )
 
     async def watch(self, observer: RunObserver) -> None:

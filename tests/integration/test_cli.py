@@ -189,7 +189,7 @@ async def test_signal_finishes_in_flight_and_writes_outputs(
     assert len(sandbox.ledger.created) == 400
 
 
-@pytest.mark.parametrize("command", ["run", "sandbox"])
+@pytest.mark.parametrize("command", ["run", "sandbox", "export", "status", "validate"])
 async def test_help_has_examples(command: str) -> None:
     """Every command's --help shows at least one example."""
     code, out, _ = await provisioner(command, "--help")

@@ -84,3 +84,10 @@ async def test_pseudo_terminal_run_shows_the_display(
     assert "\x1b[" in out  # drawn with terminal control sequences
     assert "finished with exit code 0" in out  # the human summary
     assert "outputs:" in out
+
+
+def test_display_shows_quota_left_per_workspace() -> None:
+    """With several workspaces the display has one quota line each."""
+    text = text_of(snap(quotas={"ws-us": (40, 100, 86400.0), "ws-eu": (3, 50, 86400.0)}))
+    assert "quota ws-us: 40 of 100 left" in text
+    assert "quota ws-eu: 3 of 50 left" in text

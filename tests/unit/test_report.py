@@ -40,3 +40,15 @@ def test_summary_warns_about_rows_in_doubt() -> None:
     )  # fmt: skip
     assert "dashboard" in text
     assert "--retry-in-doubt" in text
+
+
+def test_summary_says_how_many_windows_deferred_rows_need() -> None:
+    """Per workspace: how many more quota windows the deferred rows need."""
+    text = human_summary(
+        {"run_id": "r", "exit_code": 3, "duration_s": 1.0, "counts": {"deferred": 250},
+         "deferred_reasons": {"quota": 250}, "quota": {"reset_at": "2026-11-27T00:00:00Z"},
+         "workspaces": [{"name": "us", "workspace": "ws-1", "deferred_rows": 250,
+                         "windows_needed": 3}]},
+        Path("out"),
+    )  # fmt: skip
+    assert "workspace us (ws-1): 250 deferred rows need 3 more quota window(s)" in text
