@@ -21,7 +21,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
-from scenarios import FULL, QUICK, Line, run_all
+from memory_scenario import memory
+from scenarios import (
+    FULL,
+    QUICK,
+    Line,
+    Sizes,
+    capacity,
+    incremental_skip,
+    latency_bound,
+    quota_precision,
+)
 from support import ROOT, has_uvloop
 
 from provisioner import logs
@@ -100,6 +110,16 @@ def table(lines: list[Line]) -> list[str]:
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return [fmt(rows[0]), rule, *(fmt(row) for row in rows[1:])]
+
+
+def run_all(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> list[Line]:
+    """Every scenario in the issue's order; uvloop's line only when it is importable."""
+    lines = capacity(sizes, work, uvloop_installed=uvloop_installed)
+    lines.append(latency_bound(sizes, work))
+    lines.append(quota_precision(sizes, work))
+    lines.append(memory(sizes, work, uvloop_installed=uvloop_installed))
+    lines.append(incremental_skip(sizes, work))
+    return lines
 
 
 def main() -> int:

@@ -1,14 +1,14 @@
-"""The five scenarios of issue 6 (and uvloop's effect), each returning table lines.
+"""Scenarios 1, 2, 3 and 5 of issue 6 (4 is in ``memory_scenario.py``) and uvloop's
+effect, each returning table lines.
 
-Every measured run gets a fresh sandbox process: the sandbox's ledger grows with each
-creation and its garbage collector slows down with it, so a client measured later
-would otherwise meet a slower server than one measured earlier.
+Every measured run gets a fresh sandbox process: the sandbox keeps every creation in its
+ledger and its set of combinations, so a client measured later would otherwise meet a
+server holding more state than one measured earlier.
 """
 
 from __future__ import annotations
 
 import gc
-import sys
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -17,17 +17,12 @@ from typing import Any
 
 import baselines
 import bench_run
-import orjson
 from support import (
     KEY,
-    ROOT,
     Measure,
     SandboxProcess,
-    child_env,
     measured,
-    run_child,
     run_loop,
-    tail,
     write_manifest,
 )
 
@@ -38,7 +33,6 @@ CONCURRENCY = 64
 LATENCY_S = 0.05
 QUOTA = 50
 WINDOW_S = 2
-MEMORY_QUOTA = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +48,13 @@ class Sizes:
     gather_memory: tuple[int, ...]
     skip: int
     repeats: int  # scenario 1 keeps the best of this many runs of each client
+    memory_repeats: int  # scenario 4 runs each size this many times
 
 
 FULL = Sizes(100_000, 10_000, 10_000, 100, 4.5, (1_000_000, 5_000_000),
-             (100_000, 250_000, 500_000), 1_000_000, 2)  # fmt: skip
-QUICK = Sizes(20_000, 2_000, 2_000, 40, 2.5, (100_000, 300_000),
-              (50_000, 150_000), 100_000, 1)  # fmt: skip
+             (100_000, 250_000, 500_000), 1_000_000, 3, 2)  # fmt: skip
+QUICK = Sizes(20_000, 2_000, 2_000, 20, 2.5, (100_000, 300_000),
+              (50_000, 150_000), 100_000, 1, 1)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -142,67 +137,73 @@ def _timed(rows: int, make: Factory, *, uvloop: bool = False, latency_ms: int = 
 
 
 def _capacity_runs(
-    sizes: Sizes, work: Path, clients: tuple[str, ...], *, uvloop: bool
-) -> tuple[dict[str, Measure], list[str]]:
-    """Scenario 1's runs: the best of ``sizes.repeats`` runs of each client, interleaved
-    so that a slow spell of the machine does not fall on one client only."""
-    loop = "uvloop" if uvloop else "asyncio"
-    best: dict[str, Measure] = {}
+    sizes: Sizes, work: Path, runs: list[tuple[str, bool]]
+) -> dict[tuple[str, bool], Measure]:
+    """Scenario 1's runs: the best of ``sizes.repeats`` runs of each (client, uvloop)
+    pair. Each repeat runs every pair once, so that a busy spell of the (shared) machine
+    spreads over all clients and both loops instead of falling on one of them."""
+    best: dict[tuple[str, bool], Measure] = {}
     for rep in range(sizes.repeats):
-        for who in clients:
-            tag = f"cap-{loop}-{rep}-{who.strip('()')}"
+        for who, uvloop in runs:
+            tag = f"cap-{rep}-{'uv' if uvloop else 'aio'}-{who.strip('()')}"
             manifest = write_manifest(work / f"{tag}.csv", sizes.capacity, tag)
             m = _timed(sizes.capacity, _client(who, manifest, work, tag), uvloop=uvloop)
             manifest.unlink()
-            if who not in best or m.rows_per_s > best[who].rows_per_s:
-                best[who] = m
-    notes = [f"{who} on {loop}: {m.describe()}" for who, m in best.items()]
-    return best, notes
+            key = (who, uvloop)
+            if key not in best or m.rows_per_s > best[key].rows_per_s:
+                best[key] = m
+    return best
 
 
-def capacity(sizes: Sizes, work: Path) -> tuple[Line, dict[str, Measure]]:
+def capacity(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> list[Line]:
     """Scenario 1: latency 0, quota not binding: the client's own cost per row decides.
 
-    Returns the line and the figures (the uvloop line compares itself with them).
+    With uvloop importable, a second line: the provisioner and (b) again on uvloop, each
+    one's gain over its own figure on asyncio's loop, and their ratio on uvloop.
     """
-    best, notes = _capacity_runs(sizes, work, ("provisioner", "(b)", "(c)"), uvloop=False)
+    runs = [("provisioner", False), ("(b)", False), ("(c)", False)]
+    if uvloop_installed:
+        runs += [("provisioner", True), ("(b)", True)]
+    best = _capacity_runs(sizes, work, runs)
     manifest = write_manifest(work / "cap-seq.csv", sizes.sequential, "cap-seq")
     seq = _timed(sizes.sequential, _client("(a)", manifest, work, "cap-seq"))
+    prov, pool, gath = best["provisioner", False], best["(b)", False], best["(c)", False]
+    notes = [f"{who} on asyncio: {m.describe()}" for (who, uv), m in best.items() if not uv]
     notes.append(f"(a) on {sizes.sequential:,} rows: {seq.describe()}")
-    prov, pool, gath = best["provisioner"], best["(b)"], best["(c)"]
     ratio = prov.rows_per_s / pool.rows_per_s
-    line = Line(
-        f"1. Capacity, {sizes.capacity:,} rows, latency 0, concurrency {CONCURRENCY}",
-        rate(prov),
-        rate(seq),
-        rate(pool),
-        rate(gath),
-        f"{ratio:.2f} × (b); {prov.rows_per_s / seq.rows_per_s:.1f} × (a); "
-        f"{prov.rows_per_s / gath.rows_per_s:.2f} × (c)",
-        "≥ 0.80 × (b)",
-        ratio >= 0.80 and not prov.warnings,
-        notes,
-    )
-    return line, best
-
-
-def capacity_uvloop(sizes: Sizes, work: Path, on_asyncio: dict[str, Measure]) -> Line:
-    """Scenario 1 again on uvloop, for the provisioner and (b): each one's gain over its
-    own figure on asyncio's loop, and their ratio on uvloop."""
-    best, notes = _capacity_runs(sizes, work, ("provisioner", "(b)"), uvloop=True)
-    prov, pool = best["provisioner"], best["(b)"]
+    lines = [
+        Line(
+            f"1. Capacity, {sizes.capacity:,} rows, latency 0, concurrency {CONCURRENCY}",
+            rate(prov),
+            rate(seq),
+            rate(pool),
+            rate(gath),
+            f"{ratio:.2f} × (b); {prov.rows_per_s / seq.rows_per_s:.1f} × (a); "
+            f"{prov.rows_per_s / gath.rows_per_s:.2f} × (c)",
+            "≥ 0.80 × (b)",
+            ratio >= 0.80 and not prov.warnings,
+            notes,
+        )
+    ]
+    if not uvloop_installed:
+        return lines
 
     def gain(who: str) -> str:
-        return f" ({best[who].rows_per_s / on_asyncio[who].rows_per_s - 1:+.0%} vs asyncio)"
+        change = best[who, True].rows_per_s / best[who, False].rows_per_s - 1
+        return f"{rate(best[who, True])} ({change:+.0%} vs asyncio)"
 
-    return Line(
-        "1u. Capacity as 1, on uvloop",
-        rate(prov) + gain("provisioner"),
-        pool=rate(pool) + gain("(b)"),
-        ratio=f"{prov.rows_per_s / pool.rows_per_s:.2f} × (b) on uvloop",
-        target="report only",
-        notes=notes,
+    uv_prov, uv_pool = best["provisioner", True], best["(b)", True]
+    lines.append(
+        Line(
+            "1u. Capacity as 1, on uvloop",
+            gain("provisioner"),
+            pool=gain("(b)"),
+            ratio=f"{uv_prov.rows_per_s / uv_pool.rows_per_s:.2f} × (b) on uvloop",
+            target="report only",
+            notes=[f"{who} on uvloop: {m.describe()}" for (who, uv), m in best.items() if uv],
+        )
     )
+    return lines
 
 
 def latency_bound(sizes: Sizes, work: Path) -> Line:
@@ -272,101 +273,6 @@ def quota_precision(sizes: Sizes, work: Path) -> Line:
     )
 
 
-def _provisioner_rss(url: str, rows: int, work: Path) -> tuple[float, str]:
-    """Peak RSS (MB) of ``provisioner run`` over a generated manifest, in a child process
-    (so the peak is its own), and a note on what it did."""
-    tag = f"mem{rows}"
-    manifest = write_manifest(work / f"{tag}.csv", rows, tag)
-    args = [sys.executable, "-m", "provisioner", "run", str(manifest), "--out",
-            str(work / f"out-{tag}"), "--base-url", url, "--quota", str(MEMORY_QUOTA),
-            "--max-wait", "0", "--rate", "1000000", "--concurrency", str(CONCURRENCY),
-            "--state", str(work / f"{tag}.sqlite3"), "--progress", "never",
-            "--log-format", "json", "--log-level", "warning"]  # fmt: skip
-    stderr = work / f"{tag}.stderr"
-    # A generous bound: ~25 s per million rows measured; a stuck run must not hang the bench.
-    child = run_child(args, env=child_env(), stderr_path=stderr, timeout=60 + rows / 5_000)
-    manifest.unlink()  # 100 MB at 5M rows: do not keep it while the next one is written
-    if child.exit_code != 3:  # 3: rows deferred by the cap, as intended
-        why = f"exit {child.exit_code}: {tail(stderr)}"
-        return child.peak_rss_mb, f"WARNING: provisioner {rows:,} rows: {why}"
-    summary = orjson.loads((work / f"out-{tag}" / "summary.json").read_bytes())
-    counts = summary["counts"]
-    note = (
-        f"provisioner {rows:,} rows: exit {child.exit_code}, {counts.get('created', 0):,} created, "
-        f"{counts.get('deferred', 0):,} deferred in {child.seconds:.1f} s "
-        f"({rows / child.seconds:,.0f} rows/s), peak RSS {child.peak_rss_mb:.0f} MB"
-    )
-    return child.peak_rss_mb, note
-
-
-def _gather_rss(rows: int, work: Path) -> tuple[float, str]:
-    """Peak RSS (MB) of baseline (c) over ``rows`` rows in a child process, against a
-    sandbox whose quota is the provisioner's cap (it stops sending at the first 429)."""
-    tag = f"gmem{rows}"
-    manifest = write_manifest(work / f"{tag}.csv", rows, tag)
-    with SandboxProcess(quota=str(MEMORY_QUOTA)) as sb:
-        args = [sys.executable, str(ROOT / "bench" / "baselines.py"), "gather", sb.url, KEY,
-                str(manifest), str(CONCURRENCY)]  # fmt: skip
-        stderr = work / f"{tag}.stderr"
-        child = run_child(args, env=child_env(), stderr_path=stderr, timeout=60 + rows / 5_000)
-    manifest.unlink()
-    if child.exit_code != 0:
-        why = f"exit {child.exit_code}: {tail(stderr)}"
-        return child.peak_rss_mb, f"WARNING: (c) {rows:,} rows: {why}"
-    tally = orjson.loads(child.stdout)
-    note = (
-        f"(c) {rows:,} rows: {tally['created']:,} created, {tally['not_sent']:,} given up, "
-        f"{tally['errors']} errors in {child.seconds:.1f} s, peak RSS {child.peak_rss_mb:.0f} MB"
-    )
-    if tally["errors"]:
-        note += f" (errors: {tally['first_error']})"
-    return child.peak_rss_mb, note
-
-
-def memory(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> Line:
-    """Scenario 4: peak RSS of whole runs as the manifest grows.
-
-    The cap (``--quota 1000 --max-wait 0``) keeps the run short: after 1,000 creations
-    every row is deferred, but the reader, validation, identities, state and the output
-    files still handle each one. (c) gets the same quota from its sandbox.
-    """
-    small, big = sizes.memory
-    notes: list[str] = []
-    with SandboxProcess() as sb:
-        rss_small, note = _provisioner_rss(sb.url, small, work)
-        notes.append(note)
-        rss_big, note = _provisioner_rss(sb.url, big, work)
-        notes.append(note)
-    gathered = []
-    for rows in sizes.gather_memory:
-        rss, note = _gather_rss(rows, work)
-        gathered.append((rows, rss))
-        notes.append(note)
-    (g0, r0), (g1, r1) = gathered[0], gathered[-1]
-    per_100k = (r1 - r0) / (g1 - g0) * 100_000
-    notes.append(
-        f"(c) grows ~{per_100k:.0f} MB per 100,000 rows: ~{r0 + per_100k * (big - g0) / 1e5:,.0f}"
-        f" MB at {big:,} rows (extrapolated, not run)"
-    )
-    if uvloop_installed:
-        notes.append("the provisioner CLI ran on uvloop (installed); (c) on asyncio's loop")
-    # "No growth" as an absolute bound: the peak wobbles by a few MB from run to run
-    # (allocator, when a sample lands), and 10 MB over 4M more rows would still catch
-    # anything kept per row from 2.5 bytes up; (c) keeps ~1,700 bytes per row.
-    growth = rss_big - rss_small
-    per_row = growth * 2**20 / (big - small)
-    c_per_row = (r1 - r0) * 2**20 / (g1 - g0)
-    return Line(
-        f"4. Memory, {small:,} and {big:,} rows (quota cap {MEMORY_QUOTA:,})",
-        f"peak {rss_small:.0f} MB @{small / 1e6:g}M, {rss_big:.0f} MB @{big / 1e6:g}M",
-        gather=f"{r0:.0f} MB @{g0 / 1e3:g}k → {r1:.0f} MB @{g1 / 1e3:g}k",
-        ratio=f"{growth:+.0f} MB, {per_row:+.1f} B/extra row; (c) {c_per_row:+,.0f} B/row",
-        target="≤ 150 MB; growth ≤ 10 MB",
-        met=rss_big <= 150 and growth <= 10 and not any("WARNING" in n for n in notes),
-        notes=notes,
-    )
-
-
 def incremental_skip(sizes: Sizes, work: Path) -> Line:
     """Scenario 5: every row was created by an earlier run (the store is filled as
     ``bench_run.prepopulate`` does); the run must skip them all and send nothing."""
@@ -395,16 +301,3 @@ def incremental_skip(sizes: Sizes, work: Path) -> Line:
         m.rows_per_s >= 200_000 and sent == 0 and skipped == n,
         notes,
     )
-
-
-def run_all(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> list[Line]:
-    """Every scenario in order; uvloop's line only when it is importable."""
-    first, on_asyncio = capacity(sizes, work)
-    lines = [first]
-    if uvloop_installed:
-        lines.append(capacity_uvloop(sizes, work, on_asyncio))
-    lines.append(latency_bound(sizes, work))
-    lines.append(quota_precision(sizes, work))
-    lines.append(memory(sizes, work, uvloop_installed=uvloop_installed))
-    lines.append(incremental_skip(sizes, work))
-    return lines
