@@ -38,7 +38,8 @@ def _provisioner_rss(url: str, rows: int, work: Path, rep: int) -> tuple[float, 
     note = (
         f"provisioner {rows:,} rows: {counts.get('created', 0):,} created, "
         f"{counts.get('deferred', 0):,} deferred in {child.seconds:.1f} s "
-        f"({rows / child.seconds:,.0f} rows/s), peak RSS {child.peak_rss_mb:.0f} MB"
+        f"({rows / child.seconds:,.0f} rows/s), peak RSS {child.peak_rss_mb:.0f} MB "
+        f"reached at {child.peak_at:.1f} s"
     )
     return child.peak_rss_mb, note
 
@@ -60,7 +61,8 @@ def _gather_rss(rows: int, work: Path) -> tuple[float, str]:
     tally = orjson.loads(child.stdout)
     note = (
         f"(c) {rows:,} rows: {tally['created']:,} created, {tally['not_sent']:,} given up, "
-        f"{tally['errors']} errors in {child.seconds:.1f} s, peak RSS {child.peak_rss_mb:.0f} MB"
+        f"{tally['errors']} errors in {child.seconds:.1f} s, peak RSS {child.peak_rss_mb:.0f} MB "
+        f"reached at {child.peak_at:.1f} s"
     )
     if tally["errors"]:
         note += f" (errors: {tally['first_error']})"
@@ -75,10 +77,10 @@ def memory(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> Line:
     files still handle each one. (c) gets the same quota from its sandbox.
 
     The peak reported against the 150 MB target is the highest of all runs; the growth is
-    the lowest peak at the big size minus the lowest at the small one. The state store
-    queues up to 50,000 writes for its writer thread, so a run whose writer fell behind
-    (another process took the CPU) peaks ~10-15 MB higher without keeping anything per
-    row: the lowest of ``sizes.memory_repeats`` runs is the one that says what grows.
+    the lowest peak at the big size minus the lowest at the small one. One 5M run once
+    peaked 12 MB above its 1M run while others at the same code stayed flat (60 MB from
+    the fourth second to the end), so a single run can mislead about growth; each note
+    says when its peak was reached, which tells a start-up peak from growth.
     """
     small, big = sizes.memory
     notes: list[str] = []

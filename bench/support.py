@@ -195,6 +195,7 @@ class ChildResult:
     exit_code: int
     seconds: float
     peak_rss_mb: float
+    peak_at: float  # seconds into the run when the peak was last raised
     stdout: str
 
 
@@ -221,14 +222,17 @@ def run_child(
     killed (exit code -9) so that one stuck measurement cannot hold the whole benchmark.
     """
     start = time.perf_counter()
-    peak_kb = 0
+    peak_kb, peak_at = 0, 0.0
     with stderr_path.open("w") as err:
         proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=err, env=env, cwd=ROOT, text=True
         )
         # The children print one line at most: it waits in the pipe until they exit.
         while proc.poll() is None:
-            peak_kb = max(peak_kb, _vm_hwm_kb(proc.pid))
+            hwm = _vm_hwm_kb(proc.pid)
+            if hwm > peak_kb:
+                # When the peak was reached tells start-up cost from growth along the run.
+                peak_kb, peak_at = hwm, time.perf_counter() - start
             if time.perf_counter() - start > timeout:
                 proc.kill()
             time.sleep(0.02)
@@ -236,7 +240,7 @@ def run_child(
         out = proc.stdout.read()
         proc.stdout.close()
     seconds = time.perf_counter() - start
-    return ChildResult(proc.returncode, seconds, peak_kb / 1024, out)
+    return ChildResult(proc.returncode, seconds, peak_kb / 1024, peak_at, out)
 
 
 def tail(path: Path, lines: int = 3) -> str:
