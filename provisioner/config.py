@@ -7,7 +7,6 @@ and the precedence rule come from one table.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import math
 import os
@@ -19,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .identity import workspace_label
 from .workspaces import DEFAULT_NAME as DEFAULT_WORKSPACE
 from .workspaces import RawWorkspace, WorkspaceSettings, default_name, parse_workspaces
 
@@ -42,7 +42,7 @@ class ApiKey:
     @property
     def label(self) -> str:
         """A name for the workspace that does not reveal the key (same as the sandbox's)."""
-        return "ws-" + hashlib.sha256(self._value.encode()).hexdigest()[:10]
+        return workspace_label(self._value)
 
     def __repr__(self) -> str:
         return "ApiKey(<redacted>)"

@@ -22,6 +22,15 @@ MAX_SEND_ID = 64
 _DIGEST_CHARS = 26  # 130 bits of base32: collisions are not a practical concern
 
 
+def workspace_label(key: str) -> str:
+    """A stable name for the workspace of an API key that does not reveal the key.
+
+    The client (``config.ApiKey.label``), the state store and the sandbox's ledger all
+    name workspaces this way, so their figures can be compared.
+    """
+    return "ws-" + hashlib.sha256(key.encode()).hexdigest()[:10]
+
+
 def derive_send_id(prefix: str, campaign_id: str, occurrence: int) -> str:
     """A stable send_id for the ``occurrence``-th send_id-less row of ``campaign_id``.
 

@@ -164,7 +164,6 @@ class QuotaBudget:
         max_wait: float = 300.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        on_pause: Callable[[float, str], None] | None = None,
         tail: int = 0,
     ) -> None:
         self.default_limit = default_limit
@@ -174,7 +173,6 @@ class QuotaBudget:
         self.tail = tail
         self._clock = clock
         self._sleep = sleep
-        self._on_pause = on_pause
         self._cond = asyncio.Condition()
         self.known = False  # a response of the current window has been seen
         self.reset_at: float | None = None
@@ -265,8 +263,6 @@ class QuotaBudget:
         if self.paused_until is None or until > self.paused_until:
             self.paused_until = until
             log.info("rate_limit_pause", reason=why, until=until, wait_s=round(until - now, 2))
-            if self._on_pause is not None:
-                self._on_pause(until, why)
         self._cond.notify_all()
 
     # -- what the server said ---------------------------------------------------------

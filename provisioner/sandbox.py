@@ -15,7 +15,6 @@ window rolls over, and one comparison each for the modes when they are off.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 import random
 import secrets
@@ -28,6 +27,7 @@ from types import TracebackType
 from aiohttp import web
 
 from provisioner.errors import UsageError
+from provisioner.identity import workspace_label
 from provisioner.sandbox_faults import (
     ERROR_MESSAGES,
     FaultBook,
@@ -70,11 +70,6 @@ __all__ = [
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 _RANDOM_ERRORS = (500, 502, 503)
-
-
-def workspace_label(key: str) -> str:
-    """A stable name for the workspace of an API key that does not reveal the key."""
-    return "ws-" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
 def _flag(field: str) -> str:
