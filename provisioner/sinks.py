@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
+import math
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -127,7 +129,19 @@ def _iso(epoch: float | None) -> str | None:
     """Epoch seconds as ISO-8601 UTC with milliseconds, e.g. 2024-05-01T12:00:00.000Z."""
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    # What datetime.fromtimestamp does (fraction rounded half-even to microseconds, then
+    # truncated to milliseconds), with the date and time formatted once per second: a
+    # skip run formats one created_at per row, and isoformat was 8% of its time.
+    second = math.floor(epoch)
+    micros = round((epoch - second) * 1e6)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    return f"{_iso_second(second)}.{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_second(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _cell(value: object) -> str:

@@ -346,8 +346,12 @@ class StoreReader:
                 params: list[object] = list(itertools.chain.from_iterable(chunk))
                 params.append(workspace)
                 sql = lookup_sql("created", "send_id, run_seq, created_at", len(chunk))
+                run_ids: dict[int, str] = {}  # a run's id once per batch, not once per row
                 for campaign_id, key, send_id, seq, at in conn.execute(sql, params):
-                    found[campaign_id, key] = Prior("created", self._run_id_of(seq), at, send_id)
+                    run_id = run_ids.get(seq)
+                    if run_id is None:
+                        run_id = run_ids[seq] = self._run_id_of(seq)
+                    found[campaign_id, key] = Prior("created", run_id, at, send_id)
                 if not intents:  # the usual case: skip the second search
                     continue
                 sql = lookup_sql("intents", "state, run_seq, at, send_id", len(chunk))

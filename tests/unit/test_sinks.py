@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from provisioner.errors import OutputError
 from provisioner.manifest import Manifest
 from provisioner.models import Columns, Outcome, RawRow, Status
-from provisioner.sinks import FileSink, OutputFolder
+from provisioner.sinks import FileSink, OutputFolder, _iso
 
 FINAL = {"results.jsonl", "failures.jsonl", "deferred.csv", "summary.json"}
 CSV_HEADER = ("campaign_id", "send_id", "note")
@@ -338,3 +339,11 @@ def test_deferred_from_jsonl_round_trips_string_values(body: list[dict[str, str]
             for k, v in got.items()
             if k not in row
         )
+
+
+@settings(max_examples=2000)
+@given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
+def test_iso_matches_datetime_to_the_millisecond(epoch: float) -> None:
+    """The cached formatter writes exactly what datetime.isoformat does (ms, truncated)."""
+    expected = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    assert _iso(epoch) == expected

@@ -132,6 +132,19 @@ async def test_lazy_intent_is_queued_not_awaited(store: SqliteStateStore, path: 
     assert row == [("in_flight", "b", 8)]
 
 
+async def test_unwaited_records_reach_the_disk_without_a_flush(
+    store: SqliteStateStore, path: Path
+) -> None:
+    """A record nobody waits for is committed by the writer's own poll, not only by flush()."""
+    store.record("run-1", WS, ("c9", "s:z"), created(9, "c9", "z"))
+    conn = sqlite3.connect(path)
+    for _ in range(500):  # the writer polls every 10 ms; give it up to 5 s on a busy machine
+        if conn.execute("SELECT count(*) FROM created").fetchone()[0]:
+            break
+        await asyncio.sleep(0.01)
+    assert conn.execute("SELECT campaign_id, send_id FROM created").fetchall() == [("c9", "z")]
+
+
 async def test_concurrent_intents_share_commits(store: SqliteStateStore) -> None:
     """Many workers awaiting intents at once are committed in far fewer transactions."""
     commits = 0
