@@ -447,6 +447,7 @@ class SqliteStateStore(schema.StoreReader):
                 waiters.append(op[2])
             else:
                 stop = True
+        tables[_INTENTS] = _coalesce_intents(tables[_INTENTS])
         if self._error is None and any(tables):
             try:
                 self._commit(tables, durable and self._durable_intents)
@@ -499,3 +500,28 @@ def _settle_futures(futures: list[asyncio.Future[None]], error: str | None) -> N
                 future.set_result(None)
             else:
                 future.set_exception(StateError(error))
+
+
+def _coalesce_intents(ops: list[_Op]) -> list[_Op]:
+    """Drop each intent whose settle follows it in the same transaction.
+
+    An intent queued without waiting (a row with a send_id) usually shares its commit with
+    the outcome that settles it; inserting then deleting the same row is wasted work, and
+    the alternation split one executemany into one call per statement. The delete stays
+    (it also clears an older run's intent), so the committed result is the same.
+    """
+    settled: set[tuple[object, ...]] = set()
+    kept: list[_Op] = []
+    for op in reversed(ops):
+        sql, params = op[1], op[2]
+        if sql is schema.SQL_SETTLE or sql is schema.SQL_SETTLE_OWN:
+            settled.add(params[:3])
+        elif sql is schema.SQL_INTENT and params[:3] in settled:
+            continue
+        else:  # an in-doubt verdict needs its intent's row: keep both
+            settled.discard(params[:3])
+        kept.append(op)
+    if len(kept) == len(ops):
+        return ops
+    kept.reverse()
+    return kept

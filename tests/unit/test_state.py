@@ -510,3 +510,19 @@ def test_default_state_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert default_state_path() == tmp_path / "provisioner" / "state.sqlite3"
     monkeypatch.setenv("XDG_STATE_HOME", "relative/dir")
     assert default_state_path() == Path.home() / ".local/state/provisioner/state.sqlite3"
+
+
+def test_an_intent_settled_in_the_same_commit_is_never_written() -> None:
+    """Intent then settle for one key in a batch: only the delete remains; other orders stay."""
+    ident = ("ws", "c1", "s:a")
+    intent = (2, state_schema.SQL_INTENT, (*ident, 1, 1.0, "a", 2))
+    settle = (2, state_schema.SQL_SETTLE, ident)
+    own = (2, state_schema.SQL_SETTLE_OWN, (*ident, 1))
+    doubt = (2, state_schema.SQL_DOUBT, (*ident, 1, 2.0, None, 2))
+    other = (2, state_schema.SQL_INTENT, ("ws", "c2", "s:b", 1, 1.0, "b", 3))
+    coalesce = state._coalesce_intents
+    assert coalesce([intent, other, settle]) == [other, settle]
+    assert coalesce([intent, own]) == [own]
+    assert coalesce([settle, intent]) == [settle, intent]
+    assert coalesce([intent, doubt]) == [intent, doubt]
+    assert coalesce([intent, doubt, settle]) == [intent, doubt, settle]
