@@ -176,7 +176,7 @@ def open_store(path: Path, *, lock: bool = True, durable_intents: bool = True) -
 _RUNS, _CREATED, _INTENTS, _OUTCOMES, _QUOTA, _WAIT, _STOP, _GROUP = range(8)
 _BATCH = 4096  # operations per transaction: bounds one commit's latency and memory
 _HARD_CAP = 500_000  # queued operations at which record() waits for the writer
-_HIGH_WATER = 50_000  # throttle() flushes above this many queued operations
+_HIGH_WATER = 16_384  # throttle() flushes above this many queued operations (~10 MB)
 _QUOTA_KEEP_S = 30 * 86400  # older windows are history nobody reads: keep a month
 # Records nobody waits for do not wake the writer one by one: waking it per record (an
 # Event.set, then a thread switch and a GIL hand-over) was ~5% of the loop thread's time
