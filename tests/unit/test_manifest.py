@@ -273,16 +273,68 @@ def test_jsonl_bom_and_blank_lines() -> None:
     ]
 
 
-def test_five_megabyte_field_parses(tmp_path: Path) -> None:
-    """A field far over csv's default limit parses (validation rejects it later)."""
+def test_five_megabyte_field_parses_under_a_raised_row_limit(tmp_path: Path) -> None:
+    """A field far over csv's default limit parses when max_row_bytes allows it."""
     big = b"x" * (5 * 1024 * 1024)
     path = tmp_path / "big.csv"
     path.write_bytes(HEADER + b"c," + big + b",n\nc2,s,n\n")
-    with Manifest(str(path)) as manifest:
+    with Manifest(str(path), max_row_bytes=8 * 1024 * 1024) as manifest:
         out = list(manifest)
     assert isinstance(out[0], RawRow)
     assert len(str(out[0].columns[1][1])) == len(big)
     assert out[1].line == 3
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_line_over_max_row_bytes_is_line_too_long_and_reading_goes_on(fmt: str) -> None:
+    """A line past max_row_bytes is one line_too_long row error; the next rows still parse."""
+    big = b"x" * 5000
+    if fmt == "csv":
+        data = HEADER + b"c1,s1,n\nc2,s2," + big + b"\r\nc3,s3,n\n"
+    else:
+        data = b'{"campaign_id":"c1"}\n{"campaign_id":"' + big + b'"}\n{"campaign_id":"c3"}\n'
+    with Manifest("-", fmt, stdin=io.BytesIO(data), max_row_bytes=1000) as manifest:
+        out = list(manifest)
+    first = 2 if fmt == "csv" else 1
+    assert [(r.line, type(r).__name__) for r in out] == [
+        (first, "RawRow"),
+        (first + 1, "RowError"),
+        (first + 2, "RawRow"),
+    ]
+    error = out[1]
+    assert isinstance(error, RowError)
+    assert error.error == "line_too_long"
+    assert f"line {first + 1} is {len(data.splitlines(keepends=True)[first]):,} bytes" in (
+        error.message
+    )
+    assert "max_row_bytes (1,000)" in error.message
+
+
+def test_record_spanning_lines_over_max_row_bytes_restarts_at_the_next_line() -> None:
+    """An unclosed quote stops at max_row_bytes: one error at its start, then reading resyncs."""
+    body = b"".join(b"c%d,s%d,n\n" % (i, i) for i in range(200))
+    data = HEADER + b'c0,"open,n\n' + body
+    with Manifest("-", "csv", stdin=io.BytesIO(data), max_row_bytes=500) as manifest:
+        out = list(manifest)
+    first = out[0]
+    assert isinstance(first, RowError)
+    assert first.error == "line_too_long"
+    assert first.line == 2
+    assert "the record starting at line 2 passes max_row_bytes (500) at line" in first.message
+    rest = out[1:]
+    assert rest
+    assert all(isinstance(r, RawRow) for r in rest)
+    assert rest[-1].line == 202
+
+
+def test_header_over_max_row_bytes_is_refused() -> None:
+    """A header past max_row_bytes stops the run at open, naming the limit."""
+    data = b"campaign_id," + b"x" * 3000 + b"\nc,s\n"
+    with (
+        pytest.raises(ManifestError, match="header is longer than max_row_bytes"),
+        Manifest("-", "csv", stdin=io.BytesIO(data), max_row_bytes=1000),
+    ):
+        pass
 
 
 def test_field_over_the_limit_is_a_row_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -532,7 +584,7 @@ class _CutStream:
     def __init__(self) -> None:
         self._lines = [b"campaign_id\n", b"c1\n", b"c2-trunc"]
 
-    def readline(self) -> bytes:
+    def readline(self, size: int = -1) -> bytes:
         if self._lines:
             return self._lines.pop(0)
         raise EOFError("Compressed file ended before the end-of-stream marker was reached")
