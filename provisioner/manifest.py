@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ from provisioner.manifest_lines import (
     format_of,
     open_source,
 )
-from provisioner.models import CAMPAIGN_ID, SEND_ID, Columns, RawRow, RowError
+from provisioner.models import CAMPAIGN_ID, SEND_ID, WORKSPACE, Columns, RawRow, RowError
 from provisioner.validation import clip_columns, clip_text
 
 __all__ = [
@@ -60,6 +61,9 @@ _PEEK_MAX_LINES = 1000
 _PEEK_MAX_BYTES = 16 * 1024 * 1024
 #: orjson reports "line 1 column 5 (char 4)"; in JSONL the line is ours, only the column helps.
 _JSON_POSITION = re.compile(r":? ?line \d+ column (\d+) \(char \d+\)")
+#: Keys whose value decides what is sent; a line naming one twice is refused.
+RESERVED_KEYS = (CAMPAIGN_ID, SEND_ID, WORKSPACE)
+_RESERVED_KEYS = tuple(f'"{key}"'.encode() for key in RESERVED_KEYS)
 #: Characters a header name may carry invisibly (a second BOM, zero-width space, NBSP).
 _INVISIBLE = "\ufeff\u200b\u00a0 \t"
 
@@ -435,6 +439,18 @@ class Manifest:
                     ),
                 )
                 continue
+            twice = _repeated_key(raw)
+            if twice is not None:
+                yield RowError(
+                    line=number,
+                    error="malformed_json",
+                    message=(
+                        f"line {number} names the key {twice!r} twice, so which value counts "
+                        "is ambiguous: keep one"
+                    ),
+                    **_ids(tuple(value.items())),
+                )
+                continue
             yield RawRow(number, tuple(value.items()))
         if lines.failure is not None:
             yield self._unreadable(number + 1)
@@ -473,6 +489,31 @@ def _chain(first: list[bytes | LineTooLong], rest: Lines) -> Iterator[bytes | Li
             return
         except LineTooLong as exc:
             yield exc
+
+
+def _repeated_key(raw: bytes) -> str | None:
+    """The reserved key a JSON object names twice, if any.
+
+    orjson keeps the last of repeated keys silently; another tool reading the same line
+    may keep the first, so a repeated campaign_id/send_id/workspace is refused rather than
+    guessed. The exact check (the stdlib parser) runs only on lines that may repeat one:
+    a reserved key written twice, or any \\u escape (an escaped key reads the same).
+    """
+    if b"\\u" not in raw and not any(raw.count(key) > 1 for key in _RESERVED_KEYS):
+        return None
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        # Called innermost object first: only the last call (the top level) is kept.
+        names = [name for name, _ in items]
+        repeated[:] = [n for n in RESERVED_KEYS if names.count(n) > 1]
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None
+    return repeated[0] if repeated else None
 
 
 def _json_kind(value: object) -> str:

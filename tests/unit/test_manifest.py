@@ -596,3 +596,32 @@ def test_partial_last_line_of_truncated_gzip_is_not_a_row() -> None:
     assert list(lines) == [b"campaign_id\n", b"c1\n"]
     assert lines.failure is not None
     assert "ended" in lines.failure
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"campaign_id":"a","campaign_id":"b"}',
+        b'{"campaign_id":"a","send_id":"s","send\\u005fid":"t"}',
+        b'{"workspace":"eu","campaign_id":"a","workspace":"us"}',
+    ],
+)
+def test_jsonl_repeated_reserved_key_is_malformed(line: bytes) -> None:
+    """A JSONL object naming campaign_id/send_id/workspace twice is refused, not guessed."""
+    out = read(b'{"campaign_id":"ok"}\n' + line + b"\n", "jsonl")
+    assert isinstance(out[0], RawRow)
+    error = out[1]
+    assert isinstance(error, RowError)
+    assert (error.line, error.error) == (2, "malformed_json")
+    assert "twice" in error.message
+
+
+def test_jsonl_repeats_elsewhere_and_escapes_are_fine() -> None:
+    """Repeated pass-through or nested keys, and escaped ids, still parse as rows."""
+    out = rows(
+        b'{"campaign_id":"caf\\u00e9","note":1,"note":2}\n'
+        b'{"campaign_id":"c","x":{"campaign_id":1,"campaign_id":2}}\n',
+        "jsonl",
+    )
+    assert out[0].columns == (("campaign_id", "café"), ("note", 2))
+    assert out[1].columns == (("campaign_id", "c"), ("x", {"campaign_id": 2}))
