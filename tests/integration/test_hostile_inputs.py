@@ -8,6 +8,8 @@ refusal is one line.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from provisioner.errors import ManifestError
 from provisioner.sandbox import Sandbox
 from tests.conftest import SandboxFactory
 
-from .helpers import assert_invariant, outputs, read_jsonl, settings_for
+from .helpers import assert_invariant, cli_env, outputs, read_jsonl, settings_for
 from .hostile_corpus import ROW_LIMIT, Case, long_line
 from .hostile_corpus_files import corpus
 from .test_cli import provisioner, run_args
@@ -159,3 +161,101 @@ async def test_fifty_megabyte_line(sandbox_factory: SandboxFactory, tmp_path: Pa
     check_outputs(case, tmp_path / "out", sandbox)
     messages = [f["message"] for f in read_jsonl(tmp_path / "out" / "failures.jsonl")]
     assert all(f"over max_row_bytes ({ROW_LIMIT:,})" in m for m in messages)
+
+
+# --- deferred.csv round trip --------------------------------------------------------------
+
+#: Valid rows whose values a spreadsheet or a naive CSV writer would mangle.
+ROUND_TRIP_HEADER = ("campaign_id", "send_id", "note", '=HYPERLINK("x")', "ünï")
+ROUND_TRIP_ROWS = [
+    ("=cmd|' /C calc'!A0", "=s1", "+1+1", "@SUM(1)", "-2"),
+    ('quote"inside', 's"2', 'say "hi", then go', '""', '"'),
+    ("multi-line-note", "s3", "one\ntwo", "a\r\nb", "lone\rcr"),
+    ("\u202edi-ngiapmac", "s4", "\ufeffbom-inside", "\u2028", "\t=tab"),
+    ("cafe\u0301", "s5", " padded ", "", ","),
+    ("саmpaign", "", "no send id", "𝔠", "\x00nul"),
+    ("tail", "s7", "last", "x", "y"),
+]
+
+
+def _csv_bytes(rows: list[tuple[str, ...]], *, terminator: str, quoting: int, bom: bool) -> bytes:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator=terminator, quoting=quoting)
+    writer.writerows(rows)
+    return (b"\xef\xbb\xbf" if bom else b"") + text.getvalue().encode("utf-8")
+
+
+#: deferred.csv's own form: CRLF, minimal quoting, no BOM.
+CANONICAL = _csv_bytes(
+    [ROUND_TRIP_HEADER, *ROUND_TRIP_ROWS], terminator="\r\n", quoting=csv.QUOTE_MINIMAL, bom=False
+)
+
+
+def _records_in_any_order(data: bytes) -> bytes:
+    """``data`` (a header then the round-trip rows, each as deferred.csv writes it, in any
+    order) reordered as the manifest had them; AssertionError on any other byte."""
+    records = [_csv_bytes([row], terminator="\r\n", quoting=csv.QUOTE_MINIMAL, bom=False)
+               for row in [ROUND_TRIP_HEADER, *ROUND_TRIP_ROWS]]  # fmt: skip
+    assert data.startswith(records[0])
+    found, pos = [records[0]], len(records[0])
+    while pos < len(data):
+        match = next(r for r in records[1:] if r not in found and data.startswith(r, pos))
+        found.append(match)
+        pos += len(match)
+    return b"".join(sorted(found, key=records.index))
+
+
+@pytest.mark.parametrize(
+    "original",
+    [
+        CANONICAL,
+        _csv_bytes(
+            [ROUND_TRIP_HEADER, *ROUND_TRIP_ROWS],
+            terminator="\n",
+            quoting=csv.QUOTE_ALL,
+            bom=True,
+        ),
+    ],
+    ids=["canonical", "bom_lf_all_quoted"],
+)
+async def test_deferred_csv_round_trips_hostile_values(
+    original: bytes, sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """Deferred rows come back as the original rows (bytes, in deferred.csv's CRLF form), and
+    deferred.csv fed back as the manifest sends exactly the original values."""
+    refusing = await sandbox_factory(api_keys=("another-key",))  # our key: 401, all deferred
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(original)
+    first = await api.run_async(settings_for(refusing.url, tmp_path, manifest, concurrency=1))
+    assert first.exit_code == 4
+    assert first.counts["deferred"] == len(ROUND_TRIP_ROWS)
+    deferred = tmp_path / "out" / "deferred.csv"
+    # The run writes rows as they finish: the same records, byte for byte, in any order.
+    assert _records_in_any_order(deferred.read_bytes()) == CANONICAL
+    assert refusing.ledger.created == []
+
+    # The store's copy (`provisioner export`) is the same file.
+    exported = tmp_path / "exported"
+    code, _, err = await provisioner(
+        "export", "--run", first.summary["run_id"], "--out", str(exported),
+        "--state", str(tmp_path / "state.sqlite3"), env=cli_env(),
+    )  # fmt: skip
+    assert code == 0, err
+    assert (exported / "deferred.csv").read_bytes() == CANONICAL
+
+    # The next run takes deferred.csv as its manifest and sends the values unchanged.
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "deferred.csv").write_bytes(deferred.read_bytes())
+    sandbox = await _sandbox(sandbox_factory)
+    second = await api.run_async(settings_for(sandbox.url, again, again / "deferred.csv"))
+    assert second.exit_code == 0
+    sent = Counter((e.campaign_id, e.send_id) for e in sandbox.ledger.created)
+    assert Counter(e.campaign_id for e in sandbox.ledger.created) == Counter(
+        row[0] for row in ROUND_TRIP_ROWS
+    )
+    assert {(c, s) for c, s, *_ in ROUND_TRIP_ROWS if s} <= set(sent)
+    results = read_jsonl(again / "out" / "results.jsonl")
+    by_id = {r["campaign_id"]: r for r in results}
+    for row in ROUND_TRIP_ROWS:
+        assert [by_id[row[0]].get(name) for name in ROUND_TRIP_HEADER[2:]] == list(row[2:])
