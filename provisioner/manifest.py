@@ -5,11 +5,12 @@
 manifest is refused before any request is sent. Iterating then yields one ``RawRow`` per
 record, or a ``RowError`` for a record that cannot be parsed; a bad record never raises.
 
-Lines are *physical* lines: the input is split on LF only (CRLF ends with LF), so a line
-number is what ``sed -n Np``, ``wc -l`` and editors show. A lone CR is data, not a line
-break: inside a quoted CSV field it is kept; in an unquoted field it is a ``malformed_csv``
-record. Memory stays constant whatever the length of the manifest: rows are never
-collected, and the JSONL look-ahead done at open is bounded.
+Lines are *physical* lines (``manifest_lines.Lines``): the input is split on LF only (CRLF
+ends with LF), so a line number is what ``sed -n Np``, ``wc -l`` and editors show. A lone
+CR is data, not a line break: inside a quoted CSV field it is kept; in an unquoted field it
+is a ``malformed_csv`` record. Memory stays constant whatever the length of the manifest or
+of one line: rows are never collected, a record over ``max_row_bytes`` is skipped unparsed
+(``line_too_long``), and the JSONL look-ahead done at open is bounded.
 """
 
 from __future__ import annotations
@@ -29,12 +30,19 @@ import orjson
 from provisioner.errors import ManifestError
 from provisioner.manifest_lines import (
     DEFAULT_MAX_ROW_BYTES,
+    Decoded,
     Format,
     Lines,
     LineTooLong,
+    chain_lines,
     detect_format,
+    first_bad_byte,
     format_of,
+    one_line,
     open_source,
+    sanitize,
+    show_head,
+    too_long_error,
 )
 from provisioner.models import CAMPAIGN_ID, SEND_ID, WORKSPACE, Columns, RawRow, RowError
 from provisioner.validation import clip_columns, clip_text
@@ -68,21 +76,6 @@ _RESERVED_KEYS = tuple(f'"{key}"'.encode() for key in RESERVED_KEYS)
 _INVISIBLE = "\ufeff\u200b\u00a0 \t"
 
 
-def _sanitize(value: str) -> str:
-    """Undecodable bytes (surrogate-escaped) as visible ``\\xNN`` text, safe to encode."""
-    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _first_bad_byte(values: list[str], names: tuple[str, ...]) -> str:
-    """Describe where the first undecodable byte of a record is, for a person."""
-    for index, value in enumerate(values):
-        for pos, char in enumerate(value):
-            if "\udc80" <= char <= "\udcff":
-                name = names[index] if index < len(names) else f"column {index + 1}"
-                return f"{name} has byte 0x{ord(char) - 0xDC00:02X} at character {pos + 1}"
-    return "the record has an undecodable byte"
-
-
 def _ids(columns: Columns) -> dict[str, Any]:
     """The RowError fields a malformed record still offers: its columns and string ids."""
     found = dict(columns)
@@ -100,55 +93,6 @@ def _hint(names: list[str]) -> str:
         if name.strip(_INVISIBLE).lower().replace("-", "_").replace(" ", "_") == CAMPAIGN_ID:
             return f" (found {name!r}: rename it to exactly 'campaign_id')"
     return ""
-
-
-def _too_long(err: LineTooLong, start: int, limit: int) -> RowError:
-    """The row error for a record cut off at ``max_row_bytes``."""
-    if err.line == start:
-        what = f"line {start} is {err.size:,} bytes long, over max_row_bytes ({limit:,})"
-    else:
-        what = (
-            f"the record starting at line {start} passes max_row_bytes ({limit:,}) at line "
-            f"{err.line}"
-        )
-    return RowError(
-        line=start,
-        error="line_too_long",
-        message=(
-            f"{what}; it starts with {_show(err.head)}: a manifest row is a few hundred "
-            "bytes, so check for an unclosed quote or a stray value, or raise max_row_bytes"
-        ),
-    )
-
-
-def _show(head: bytes) -> str:
-    """The first bytes of a line, readable and safe to write anywhere."""
-    return repr(head.decode("utf-8", "backslashreplace")) + "…"
-
-
-class _Decoded:
-    """A CSV record's lines as text for the csv module, flagging any that is not UTF-8.
-
-    An iterator class, not a generator: ``LineTooLong`` passes through the csv module to
-    the reader loop, and a generator that raised could not be resumed afterwards.
-    """
-
-    def __init__(self, lines: Lines) -> None:
-        self._lines = lines
-        self.bad_utf8 = False
-
-    def __iter__(self) -> _Decoded:
-        return self
-
-    def __next__(self) -> str:
-        raw = next(self._lines)
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            # Keep the bytes (as surrogates) so the record still parses; the flag turns
-            # the record into an invalid_utf8 row error.
-            self.bad_utf8 = True
-            return raw.decode("utf-8", "surrogateescape")
 
 
 class Manifest:
@@ -174,7 +118,7 @@ class Manifest:
         self._stdin = stdin
         self._closers: list[io.IOBase | BinaryIO] = []
         self._lines: Lines | None = None
-        self._text: _Decoded | None = None
+        self._text: Decoded | None = None
         self._reader: Iterator[list[str]] = iter(())
         self._peeked: list[bytes | LineTooLong] = []
         self._started = False
@@ -225,7 +169,10 @@ class Manifest:
         self._closers.clear()
 
     def _fail_open(self, what: str, fix: str) -> ManifestError:
-        return ManifestError(f"{self.display_name}: {what}; {fix}")
+        # One line whatever the file holds: header names are echoed, and a quoted name may
+        # hold a line break.
+        message = f"{self.display_name}: {what}; {fix}"
+        return ManifestError(one_line(message))
 
     def _unreadable_at_open(self) -> ManifestError:
         assert self._lines is not None
@@ -236,7 +183,7 @@ class Manifest:
     def _check_csv_header(self) -> None:
         """Read the header record now, so a manifest without campaign_id sends nothing."""
         assert self._lines is not None
-        self._text = _Decoded(self._lines)
+        self._text = Decoded(self._lines)
         self._reader = csv.reader(self._text, strict=True)
         record: list[str] = []
         while not record:
@@ -253,7 +200,7 @@ class Manifest:
             except LineTooLong as exc:
                 raise self._fail_open(
                     f"line {line}: the header is longer than max_row_bytes "
-                    f"({self.max_row_bytes:,} bytes); it starts with {_show(exc.head)}",
+                    f"({self.max_row_bytes:,} bytes); it starts with {show_head(exc.head)}",
                     "check that this is a manifest, or raise max_row_bytes",
                 ) from None
             except csv.Error as exc:
@@ -357,7 +304,7 @@ class Manifest:
             except LineTooLong as exc:
                 # The reader starts afresh at the next line: one oversized record costs one
                 # row, not the rest of the file.
-                yield _too_long(exc, start, self.max_row_bytes)
+                yield too_long_error(exc, start, self.max_row_bytes)
                 continue
             except csv.Error as exc:
                 if lines.failure is not None:
@@ -373,10 +320,10 @@ class Manifest:
                     line=start,
                     error="invalid_utf8",
                     message=(
-                        f"line {start} is not valid UTF-8: {_first_bad_byte(values, header)}; "
+                        f"line {start} is not valid UTF-8: {first_bad_byte(values, header)}; "
                         "save the manifest as UTF-8"
                     ),
-                    **_ids(tuple(zip(header, map(_sanitize, values), strict=False))),
+                    **_ids(tuple(zip(header, map(sanitize, values), strict=False))),
                 )
                 continue
             if len(values) != width:
@@ -416,10 +363,10 @@ class Manifest:
         lines = self._lines
         assert lines is not None
         number = 0
-        for item in _chain(self._peeked, lines):
+        for item in chain_lines(self._peeked, lines):
             number += 1
             if isinstance(item, LineTooLong):
-                yield _too_long(item, number, self.max_row_bytes)
+                yield too_long_error(item, number, self.max_row_bytes)
                 continue
             raw = item
             if raw.isspace():
@@ -474,21 +421,6 @@ class Manifest:
             error="malformed_json",
             message=f"line {line} is not valid JSON ({where}): each line must be one JSON object",
         )
-
-
-def _chain(first: list[bytes | LineTooLong], rest: Lines) -> Iterator[bytes | LineTooLong]:
-    """The look-ahead lines, then the remaining ones (keeps the look-ahead list short-lived);
-    a line over ``max_row_bytes`` comes as its ``LineTooLong``."""
-    yield from first
-    first.clear()
-    while True:
-        rest.new_record()
-        try:
-            yield next(rest)
-        except StopIteration:
-            return
-        except LineTooLong as exc:
-            yield exc
 
 
 def _repeated_key(raw: bytes) -> str | None:

@@ -3,8 +3,10 @@
 ``Lines`` splits a binary stream into *physical* lines on LF only (CRLF ends with LF), so a
 line number is what ``sed -n Np``, ``wc -l`` and editors show. It never holds more than
 ``max_row_bytes`` of one record: a longer line is skipped in small chunks and reported as
-``LineTooLong``, so a hostile 50 MB line costs no more memory than a 1 MB one.
-``provisioner.manifest`` builds the CSV and JSONL readers on top of it.
+``LineTooLong``, so a hostile 50 MB line costs no more memory than a 1 MB one. The
+helpers at the end turn lines into what the readers need (text for the csv module, the
+``line_too_long`` row error, escaped echoes). ``provisioner.manifest`` builds the CSV and
+JSONL readers on top of it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import contextlib
 import gzip
 import io
 import os
+import re
 import stat
 import sys
 import zlib
+from collections.abc import Iterator
 from typing import BinaryIO, Literal, cast
 
 from provisioner.errors import ManifestError, ProvisionerError
+from provisioner.models import RowError
 
 Format = Literal["csv", "jsonl"]
 
@@ -40,6 +45,8 @@ _SKIP_CHUNK = 64 * 1024
 #: How many bytes of an oversized line are kept to show the person where it starts.
 _HEAD_BYTES = 60
 READ_ERRORS = (OSError, EOFError, zlib.error)
+#: Characters that would break the one-line error message (C0/C1 controls, U+2028/9).
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def detect_format(path: str, explicit: str | None) -> tuple[Format, bool]:
@@ -229,3 +236,91 @@ class Lines:
             skipped += len(chunk)
             if not chunk or chunk.endswith(b"\n"):
                 return skipped
+
+
+# --- what the readers build on lines --------------------------------------------------
+
+
+def sanitize(value: str) -> str:
+    """Undecodable bytes (surrogate-escaped) as visible ``\\xNN`` text, safe to encode."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def first_bad_byte(values: list[str], names: tuple[str, ...]) -> str:
+    """Describe where the first undecodable byte of a record is, for a person."""
+    for index, value in enumerate(values):
+        for pos, char in enumerate(value):
+            if "\udc80" <= char <= "\udcff":
+                name = names[index] if index < len(names) else f"column {index + 1}"
+                return f"{name} has byte 0x{ord(char) - 0xDC00:02X} at character {pos + 1}"
+    return "the record has an undecodable byte"
+
+
+def too_long_error(err: LineTooLong, start: int, limit: int) -> RowError:
+    """The row error for a record cut off at ``max_row_bytes``."""
+    if err.line == start:
+        what = f"line {start} is {err.size:,} bytes long, over max_row_bytes ({limit:,})"
+    else:
+        what = (
+            f"the record starting at line {start} passes max_row_bytes ({limit:,}) at line "
+            f"{err.line}"
+        )
+    return RowError(
+        line=start,
+        error="line_too_long",
+        message=(
+            f"{what}; it starts with {show_head(err.head)}: a manifest row is a few hundred "
+            "bytes, so check for an unclosed quote or a stray value, or raise max_row_bytes"
+        ),
+    )
+
+
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters as their escapes (\\n,
+    \\x00, \\u2028), so an echoed value cannot split a one-line message."""
+    return _LINE_BREAKING.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def show_head(head: bytes) -> str:
+    """The first bytes of a line, readable and safe to write anywhere."""
+    return repr(head.decode("utf-8", "backslashreplace")) + "…"
+
+
+class Decoded:
+    """A CSV record's lines as text for the csv module, flagging any that is not UTF-8.
+
+    An iterator class, not a generator: ``LineTooLong`` passes through the csv module to
+    the reader loop, and a generator that raised could not be resumed afterwards.
+    """
+
+    def __init__(self, lines: Lines) -> None:
+        self._lines = lines
+        self.bad_utf8 = False
+
+    def __iter__(self) -> Decoded:
+        return self
+
+    def __next__(self) -> str:
+        raw = next(self._lines)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            # Keep the bytes (as surrogates) so the record still parses; the flag turns
+            # the record into an invalid_utf8 row error.
+            self.bad_utf8 = True
+            return raw.decode("utf-8", "surrogateescape")
+
+
+def chain_lines(first: list[bytes | LineTooLong], rest: Lines) -> Iterator[bytes | LineTooLong]:
+    """The look-ahead lines, then the remaining ones (keeps the look-ahead list short-lived);
+    a line over ``max_row_bytes`` comes as its ``LineTooLong``."""
+    yield from first
+    first.clear()
+    while True:
+        rest.new_record()
+        try:
+            yield next(rest)
+        except StopIteration:
+            return
+        except LineTooLong as exc:
+            yield exc

@@ -12,6 +12,7 @@ import csv
 import io
 from collections import Counter
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -178,7 +179,10 @@ ROUND_TRIP_ROWS = [
 ]
 
 
-def _csv_bytes(rows: list[tuple[str, ...]], *, terminator: str, quoting: int, bom: bool) -> bytes:
+def _csv_bytes(
+    rows: list[tuple[str, ...]], *, terminator: str, quoting: Literal[0, 1], bom: bool
+) -> bytes:
+    """``rows`` as CSV bytes, written by the csv module."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator=terminator, quoting=quoting)
     writer.writerows(rows)
@@ -191,18 +195,19 @@ CANONICAL = _csv_bytes(
 )
 
 
-def _records_in_any_order(data: bytes) -> bytes:
-    """``data`` (a header then the round-trip rows, each as deferred.csv writes it, in any
-    order) reordered as the manifest had them; AssertionError on any other byte."""
+def assert_same_records_any_order(data: bytes) -> None:
+    """``data`` is the header, then each round-trip row exactly once, each byte for byte as
+    deferred.csv writes it (CRLF, minimal quoting), in any order."""
     records = [_csv_bytes([row], terminator="\r\n", quoting=csv.QUOTE_MINIMAL, bom=False)
                for row in [ROUND_TRIP_HEADER, *ROUND_TRIP_ROWS]]  # fmt: skip
     assert data.startswith(records[0])
-    found, pos = [records[0]], len(records[0])
+    rest, pos = records[1:], len(records[0])
     while pos < len(data):
-        match = next(r for r in records[1:] if r not in found and data.startswith(r, pos))
-        found.append(match)
-        pos += len(match)
-    return b"".join(sorted(found, key=records.index))
+        match = [r for r in rest if data.startswith(r, pos)]
+        assert match, f"unexpected bytes at {pos}: {data[pos : pos + 80]!r}"
+        rest.remove(match[0])
+        pos += len(match[0])
+    assert not rest, f"rows missing: {rest}"
 
 
 @pytest.mark.parametrize(
@@ -231,13 +236,13 @@ async def test_deferred_csv_round_trips_hostile_values(
     assert first.counts["deferred"] == len(ROUND_TRIP_ROWS)
     deferred = tmp_path / "out" / "deferred.csv"
     # The run writes rows as they finish: the same records, byte for byte, in any order.
-    assert _records_in_any_order(deferred.read_bytes()) == CANONICAL
+    assert_same_records_any_order(deferred.read_bytes())
     assert refusing.ledger.created == []
 
     # The store's copy (`provisioner export`) is the same file.
     exported = tmp_path / "exported"
     code, _, err = await provisioner(
-        "export", "--run", first.summary["run_id"], "--out", str(exported),
+        "export", "--run", str(first.summary["run_id"]), "--out", str(exported),
         "--state", str(tmp_path / "state.sqlite3"), env=cli_env(),
     )  # fmt: skip
     assert code == 0, err
