@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -18,6 +19,7 @@ import pytest
 
 from provisioner import api
 from provisioner.errors import ManifestError
+from provisioner.forecast import forecast
 from provisioner.sandbox import Sandbox
 from tests.conftest import SandboxFactory
 
@@ -113,6 +115,21 @@ async def test_hostile_case_through_the_api(
     result = await api.run_async(settings)
     assert result.exit_code == case.exit_code
     check_outputs(case, tmp_path / "out", sandbox)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_hostile_case_through_validate(case: Case, tmp_path: Path) -> None:
+    """`provisioner validate` reads each hostile file as a run does: same refusals, same
+    bad lines by code, nothing sent (no sandbox at all)."""
+    settings = settings_for("http://127.0.0.1:9", tmp_path, _write(case, tmp_path))
+    if case.refused is not None:
+        with pytest.raises(ManifestError, match=re.escape(case.refused)):
+            forecast(settings)
+        return
+    report = forecast(settings)
+    assert report.rows == case.rows_total
+    assert report.errors == Counter(f.error for f in case.failed)
+    assert report.exit_code == (1 if case.failed else 0)
 
 
 CLI = [c for c in CASES if c.name in CLI_CASES]
