@@ -54,9 +54,6 @@ __all__ = [
     "Manifest",
     "detect_format",
 ]
-# The line splitter under its historical name (tests drive it directly).
-_Lines = Lines
-
 #: Fields this long are parsed whole (validation rejects them with a readable message); the
 #: bound exists because an unbalanced quote turns the rest of a file into one field, and an
 #: unbounded field would then grow memory with the file (the parser holds 4 bytes/char).
@@ -91,7 +88,7 @@ def _hint(names: list[str]) -> str:
     """Point at a near miss of ``campaign_id`` (case, spaces, dashes), if there is one."""
     for name in names:
         if name.strip(_INVISIBLE).lower().replace("-", "_").replace(" ", "_") == CAMPAIGN_ID:
-            return f" (found {name!r}: rename it to exactly 'campaign_id')"
+            return f" (found {clip_text(name)!r}: rename it to exactly 'campaign_id')"
     return ""
 
 

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioner.errors import ManifestError
-from provisioner.manifest import FIELD_SIZE_LIMIT, Manifest, _Lines, detect_format
+from provisioner.manifest import FIELD_SIZE_LIMIT, Manifest, detect_format
+from provisioner.manifest_lines import Lines
 from provisioner.models import RawRow, RowError
 
 HEADER = b"campaign_id,send_id,note\n"
@@ -540,7 +541,7 @@ class _CutStream:
 
 def test_partial_last_line_of_truncated_gzip_is_not_a_row() -> None:
     """A gzip line without LF is only yielded once a further read proves a clean end."""
-    lines = _Lines(_CutStream(), confirm_eof=True)  # type: ignore[arg-type]
+    lines = Lines(_CutStream(), confirm_eof=True)  # type: ignore[arg-type]
     assert list(lines) == [b"campaign_id\n", b"c1\n"]
     assert lines.failure is not None
     assert "ended" in lines.failure
