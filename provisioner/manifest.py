@@ -185,6 +185,7 @@ class Manifest:
         record: list[str] = []
         while not record:
             line = self._lines.number + 1
+            self._lines.new_record()  # blank lines before the header are not part of it
             try:
                 record = next(self._reader)
             except StopIteration:

@@ -78,6 +78,12 @@ def test_record_spanning_lines_over_max_row_bytes_restarts_at_the_next_line() ->
     assert rest[-1].line == 202
 
 
+def test_blank_lines_before_the_header_do_not_count_towards_it() -> None:
+    """Many blank lines before the header are skipped one by one, not summed as a record."""
+    with Manifest("-", "csv", stdin=io.BytesIO(b"\n" * 3000 + HEADER), max_row_bytes=1024) as m:
+        assert m.header == ("campaign_id", "send_id", "note")
+
+
 def test_header_over_max_row_bytes_is_refused() -> None:
     """A header past max_row_bytes stops the run at open, naming the limit."""
     data = b"campaign_id," + b"x" * 3000 + b"\nc,s\n"
