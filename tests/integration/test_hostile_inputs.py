@@ -34,8 +34,6 @@ CASES = corpus()
 #: Cases that also run through the CLI subprocess (the API test covers the rest; a
 #: subprocess costs ~0.3 s).
 CLI_CASES = {
-    "csv_empty",
-    "csv_latin1_header",
     "csv_header_too_long",
     "gzip_not_gzip",
     "csv_malformed_quoting",
@@ -43,11 +41,9 @@ CLI_CASES = {
     "confusable_campaign_ids",
     "formula_strings",
     "csv_long_line_3mb",
-    "csv_gzip_truncated",
-    "jsonl_malformed",
     "jsonl_encodings_and_formulas",
 }
-#: Cases that also run with the manifest on standard input.
+#: Cases that also run through the CLI with the manifest on standard input.
 STDIN_CASES = {"csv_empty", "csv_gzip_truncated", "jsonl_gzip_truncated", "jsonl_malformed"}
 #: A failures.jsonl record echoes at most ~200 characters of each value: far below this.
 MAX_FAILURE_RECORD = 4096
