@@ -83,7 +83,9 @@ async def run_pipeline(
     folder = OutputFolder(settings.out_dir)
     folder.prepare()
     observers = [*observers, *metrics_observers(settings)]
-    manifest = Manifest(settings.manifest, settings.manifest_format)
+    manifest = Manifest(
+        settings.manifest, settings.manifest_format, max_row_bytes=settings.max_row_bytes
+    )
     own_store = store is None
     with manifest:
         if store is None:

@@ -116,6 +116,8 @@ KEYS: tuple[Key, ...] = (
         doc="give rows without a send_id a deterministic one with this prefix"),
     Key("run", "metrics_file", str, None, "PROVISIONER_METRICS_FILE",
         doc="Prometheus textfile to write during and after the run"),
+    Key("run", "max_row_bytes", int, 1_048_576, "PROVISIONER_MAX_ROW_BYTES", 1024, 67_108_864,
+        doc="a manifest record longer than this (bytes) fails as line_too_long, unparsed"),
     Key("state", "path", str, None, "PROVISIONER_STATE",
         doc="state store file (default: $XDG_STATE_HOME/provisioner/state.sqlite3)"),
     Key("log", "format", str, None, "PROVISIONER_LOG_FORMAT", choices=("json", "console"),
@@ -159,6 +161,7 @@ class Settings:
     state_path: str | None = None
     metrics_file: str | None = None
     derive_send_ids: str | None = None
+    max_row_bytes: int = 1_048_576
     force: bool = False
     retry_in_doubt: bool = False
     workspaces: tuple[WorkspaceSettings, ...] = ()
@@ -201,6 +204,7 @@ _FIELD_FOR = {
     ("retry", "backoff_cap"): "retry_backoff_cap",
     ("run", "derive_send_ids"): "derive_send_ids",
     ("run", "metrics_file"): "metrics_file",
+    ("run", "max_row_bytes"): "max_row_bytes",
     ("state", "path"): "state_path",
     ("log", "format"): "log_format",
     ("log", "level"): "log_level",

@@ -133,7 +133,9 @@ def forecast(settings: Settings) -> Forecast:
         report.workspaces[w.name] = wf
     seen = SeenIndex(settings.derive_send_ids)
     try:
-        with Manifest(settings.manifest, settings.manifest_format) as manifest:
+        with Manifest(
+            settings.manifest, settings.manifest_format, max_row_bytes=settings.max_row_bytes
+        ) as manifest:
             batch: list[Row] = []
             for item in manifest:
                 report.rows += 1

@@ -22,6 +22,16 @@ _LEVELS = {
 }
 
 
+def _printable(_logger: Any, _name: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Escape what a terminal would act on in console lines: a refused campaign_id may hold
+    ESC sequences, line breaks (a forged log line) or bidi overrides. The console renderer
+    prints strings raw; JSON logs escape them already."""
+    for key, value in event_dict.items():
+        if isinstance(value, str) and not value.isprintable():
+            event_dict[key] = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in value)
+    return event_dict
+
+
 def _json_dumps(obj: Any, **_: Any) -> str:
     return orjson.dumps(obj, default=str).decode()
 
@@ -56,7 +66,7 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
             structlog.processors.JSONRenderer(serializer=_json_dumps),
         ]
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=tty))
+        processors += [_printable, structlog.dev.ConsoleRenderer(colors=tty)]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

@@ -143,3 +143,18 @@ async def test_even_pace_spreads_creations_over_the_window(
     gaps = [b - a for a, b in itertools.pairwise(at) if b < window_end]
     expected = (window_end - at[0]) / 3  # the probe, then 3 left over the time to the reset
     assert all(gap > expected * 0.5 for gap in gaps), (gaps, expected)
+
+
+async def test_rows_without_send_id_go_to_their_workspace(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """A row without a send_id is routed by its workspace column too (it went to the default)."""
+    sandbox = await sandbox_factory(api_keys=("key-us", "key-eu"))
+    rows = [("c-eu", "", "eu"), ("c-us", "", "us"), ("c-mars", "", "mars")]
+    manifest = write_csv(tmp_path / "m.csv", rows, header=("campaign_id", "send_id", "workspace"))
+    result = await run_pipeline(two_workspaces(sandbox.url, tmp_path, manifest))
+    assert result.exit_code == 1
+    where = {e.campaign_id: e.workspace for e in sandbox.ledger.created}
+    assert where == {"c-eu": workspace_label("key-eu"), "c-us": workspace_label("key-us")}
+    _, failures, _, _ = outputs(tmp_path / "out")
+    assert [(f["line"], f["error"]) for f in failures] == [(4, "unknown_workspace")]

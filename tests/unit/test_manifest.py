@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from provisioner.errors import ManifestError
-from provisioner.manifest import FIELD_SIZE_LIMIT, Manifest, _Lines, detect_format
+from provisioner.manifest import FIELD_SIZE_LIMIT, Manifest, detect_format
+from provisioner.manifest_lines import Lines
 from provisioner.models import RawRow, RowError
 
 HEADER = b"campaign_id,send_id,note\n"
@@ -273,12 +274,12 @@ def test_jsonl_bom_and_blank_lines() -> None:
     ]
 
 
-def test_five_megabyte_field_parses(tmp_path: Path) -> None:
-    """A field far over csv's default limit parses (validation rejects it later)."""
+def test_five_megabyte_field_parses_under_a_raised_row_limit(tmp_path: Path) -> None:
+    """A field far over csv's default limit parses when max_row_bytes allows it."""
     big = b"x" * (5 * 1024 * 1024)
     path = tmp_path / "big.csv"
     path.write_bytes(HEADER + b"c," + big + b",n\nc2,s,n\n")
-    with Manifest(str(path)) as manifest:
+    with Manifest(str(path), max_row_bytes=8 * 1024 * 1024) as manifest:
         out = list(manifest)
     assert isinstance(out[0], RawRow)
     assert len(str(out[0].columns[1][1])) == len(big)
@@ -532,7 +533,7 @@ class _CutStream:
     def __init__(self) -> None:
         self._lines = [b"campaign_id\n", b"c1\n", b"c2-trunc"]
 
-    def readline(self) -> bytes:
+    def readline(self, size: int = -1) -> bytes:
         if self._lines:
             return self._lines.pop(0)
         raise EOFError("Compressed file ended before the end-of-stream marker was reached")
@@ -540,7 +541,7 @@ class _CutStream:
 
 def test_partial_last_line_of_truncated_gzip_is_not_a_row() -> None:
     """A gzip line without LF is only yielded once a further read proves a clean end."""
-    lines = _Lines(_CutStream(), confirm_eof=True)  # type: ignore[arg-type]
+    lines = Lines(_CutStream(), confirm_eof=True)  # type: ignore[arg-type]
     assert list(lines) == [b"campaign_id\n", b"c1\n"]
     assert lines.failure is not None
     assert "ended" in lines.failure

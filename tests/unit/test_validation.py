@@ -8,9 +8,12 @@ from hypothesis import strategies as st
 
 from provisioner.models import RawRow, Row, RowError
 from provisioner.validation import (
+    ECHO_MAX,
     ERROR_CODES,
     MAX_CAMPAIGN_ID,
     MAX_SEND_ID,
+    clip,
+    clip_columns,
     validate,
 )
 
@@ -28,7 +31,7 @@ def failure(**columns: object) -> RowError:
     assert isinstance(result, RowError), result
     assert result.error in ERROR_CODES
     assert result.line == 7
-    assert result.columns == tuple(columns.items())
+    assert result.columns == clip_columns(tuple(columns.items()))
     return result
 
 
@@ -93,6 +96,36 @@ def test_campaign_id_length_bound() -> None:
     assert len(error.message) < 400
 
 
+def test_refused_row_echoes_huge_values_cut_with_their_length() -> None:
+    """A refused row keeps ECHO_MAX characters of each long value plus the original length."""
+    huge = "c" * 50_000_000
+    error = failure(campaign_id=huge, note="n" * 1000, small="ok", items=list(range(500)))
+    assert error.campaign_id == "c" * ECHO_MAX + "…[cut: 50,000,000 characters]"
+    found = dict(error.columns)
+    assert found["campaign_id"] == error.campaign_id
+    assert found["note"] == "n" * ECHO_MAX + "…[cut: 1,000 characters]"
+    assert found["small"] == "ok"
+    assert isinstance(found["items"], str)
+    assert found["items"].startswith("[0,1,2,")
+    assert len(found["items"]) < ECHO_MAX + 40
+
+
+def test_clip_keeps_short_values_as_the_same_objects() -> None:
+    """Short values and columns without long values come back unchanged, not copied."""
+    columns = (("campaign_id", "c" * ECHO_MAX), ("n", [1, 2]), ("x", None), ("y", 3))
+    assert clip_columns(columns) is columns
+    assert clip(columns[1][1]) is columns[1][1]
+
+
+def test_long_send_id_and_workspace_are_cut_in_the_echo() -> None:
+    """A long send_id is cut in the error's send_id; a long workspace is too_long."""
+    error = failure(campaign_id=CID, send_id="s" * 10_000)
+    assert error.send_id == "s" * ECHO_MAX + "…[cut: 10,000 characters]"
+    error = failure(campaign_id=CID, workspace="w" * 10_000)
+    assert (error.error, error.field) == ("too_long", "workspace")
+    assert len(error.message) < 400
+
+
 def test_send_id_must_be_a_string() -> None:
     """A JSON number as send_id is wrong_type on send_id; campaign_id is still reported."""
     error = failure(campaign_id=CID, send_id=12)
@@ -146,6 +179,7 @@ def test_error_codes_cover_what_validation_produces() -> None:
         "malformed_json",
         "not_an_object",
         "unreadable",
+        "line_too_long",
     } == ERROR_CODES
 
 
@@ -158,3 +192,12 @@ def test_validate_never_raises_and_never_alters(campaign_id: str, send_id: str |
         assert result.send_id == (send_id or None)
     else:
         assert result.error in ERROR_CODES
+
+
+@pytest.mark.parametrize("send_id", [None, ""])
+def test_row_without_send_id_keeps_its_workspace(send_id: str | None) -> None:
+    """A row without a send_id still goes to the workspace its column names."""
+    result = check(campaign_id=CID, send_id=send_id, workspace="eu")
+    assert isinstance(result, Row)
+    assert result.workspace == "eu"
+    assert failure(campaign_id=CID, send_id=send_id, workspace=7).field == "workspace"
