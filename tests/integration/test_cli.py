@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -18,9 +19,14 @@ SECRET = "SECRET-KEY-4f8e2c1d9b7a"
 
 
 async def provisioner(
-    *args: str, env: dict[str, str] | None = None, stdin: bytes | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: bytes | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> tuple[int, str, str]:
-    """Run ``python -m provisioner ARGS``; return (exit code, stdout, stderr)."""
+    """Run ``python -m provisioner ARGS``; return (exit code, stdout, stderr).
+
+    ``preexec_fn`` runs in the child before exec (e.g. to set a resource limit)."""
     proc = await asyncio.create_subprocess_exec(
         PYTHON,
         "-m",
@@ -31,6 +37,7 @@ async def provisioner(
         stderr=asyncio.subprocess.PIPE,
         env=env or cli_env(),
         cwd=ROOT,
+        preexec_fn=preexec_fn,
     )
     out, err = await proc.communicate(stdin)
     assert proc.returncode is not None
