@@ -372,7 +372,7 @@ def load_api_key(env: Mapping[str, str], var: str, key_file: str | None) -> ApiK
 
     No message ever contains the key, nor a setting where it may have been pasted by
     mistake (an api_key_env that is no variable name, a bare-word api_key_file)."""
-    if not _ENV_NAME.fullmatch(var):
+    if var and not _ENV_NAME.fullmatch(var):  # "" is a workspace with a key file only
         raise ConfigError(
             "api_key_env must be the NAME of an environment variable (letters, digits and _), "
             "e.g. BRAZE_API_KEY; the value given is not one and is not shown, in case it is "
