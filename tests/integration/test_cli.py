@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -104,16 +105,72 @@ async def test_bad_config_exits_2_before_sending(sandbox: Sandbox, tmp_path: Pat
     assert sandbox.ledger.total == 0
 
 
-async def test_unwritable_output_folder_exits_2(sandbox: Sandbox, tmp_path: Path) -> None:
-    """An output folder that cannot be created stops the run before any request."""
+def _out_under_a_file(tmp: Path) -> Path:
+    (tmp / "file").write_text("x")
+    return tmp / "file" / "out"
+
+
+def _out_is_a_file(tmp: Path) -> Path:
+    (tmp / "out-file").write_text("x")
+    return tmp / "out-file"
+
+
+def _read_only_folder(tmp: Path) -> Path:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder; see the sysfs variant")
+    folder = tmp / "ro"
+    folder.mkdir(mode=0o555)
+    return folder
+
+
+def _read_only_filesystem(tmp: Path) -> Path:
+    # sysfs refuses new folders even to root: a read-only place that works either way.
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("no sysfs here")
+    return Path("/sys/provisioner-test-out")
+
+
+# Each: the --out folder to use, and a fragment the one-line error must contain.
+UNWRITABLE_OUT: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "parent_is_a_file": (_out_under_a_file, "Not a directory"),
+    "folder_is_a_file": (_out_is_a_file, "not a folder"),
+    "read_only_folder": (_read_only_folder, "Permission denied"),
+    "read_only_filesystem": (_read_only_filesystem, "cannot write to the output folder"),
+    "name_too_long": (lambda tmp: tmp / ("x" * 300), "File name too long"),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(UNWRITABLE_OUT))
+async def test_unwritable_output_folder_exits_2(
+    sandbox: Sandbox, tmp_path: Path, variant: str
+) -> None:
+    """An output folder that cannot be created or written stops the run before any request,
+    with one line naming the folder, the reason and the fix."""
     manifest = write_csv(tmp_path / "m.csv", campaigns(3))
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
+    make, expected = UNWRITABLE_OUT[variant]
+    out = make(tmp_path)
     args = run_args(sandbox.url, tmp_path, str(manifest))
-    args[args.index("--out") + 1] = str(blocker / "out")
-    code, _, _err = await provisioner(*args)
-    assert code == 2
+    args[args.index("--out") + 1] = str(out)
+    code, _, err = await provisioner(*args)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert err.count("provisioner: error:") == 1
+    assert str(out) in err
+    assert expected in err
+    assert "--out" in err
     assert sandbox.ledger.total == 0
+    assert not (tmp_path / "state.sqlite3").exists()  # stopped before the store too
+
+
+async def test_missing_output_parents_are_created(sandbox: Sandbox, tmp_path: Path) -> None:
+    """--out with missing parent folders: they are created (as `mkdir -p` would)."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(2))
+    args = run_args(sandbox.url, tmp_path, str(manifest))
+    out = tmp_path / "a" / "b" / "out"
+    args[args.index("--out") + 1] = str(out)
+    code, _, err = await provisioner(*args)
+    assert code == 0, err
+    assert_invariant(out, 2)
 
 
 async def test_http_base_url_to_remote_host_is_refused(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import dataclasses
 import io
+import resource
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -312,6 +313,25 @@ async def interrupted(ctx: Ctx) -> None:
     assert proc.returncode == 143, err.decode()
 
 
+async def filesystem_faults(ctx: Ctx) -> None:
+    """Output files on a full disk after sending, and a state store that cannot grow."""
+    if not Path("/dev/full").exists():
+        pytest.skip("/dev/full (writes fail with ENOSPC) is Linux-only")
+    sandbox = await ctx.start()
+    out = ctx.tmp / "out"
+    out.mkdir()
+    (out / ".results.jsonl.tmp").symlink_to("/dev/full")
+    assert await ctx.run(sandbox.url, manifest(ctx)) == 2
+    limit = 64 * 1024
+    code, out_text, err = await provisioner(
+        *run_args(sandbox.url, ctx.tmp, str(manifest(ctx, campaigns(800, prefix="z")))),
+        "--log-level", "debug", env=ctx.env(),
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )  # fmt: skip
+    ctx.texts += [out_text, err]
+    assert code == 2, err
+
+
 def fast_config(ctx: Ctx) -> Path:
     """Short backoffs and timeouts, so that retry scenarios take well under a second."""
     path = ctx.tmp / "fast.toml"
@@ -337,6 +357,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[None]]] = {
         two_workspaces_env_and_file,
         refused_before_sending,
         interrupted,
+        filesystem_faults,
     )
 }
 
