@@ -214,6 +214,11 @@ def _valid_store(path: Path) -> None:
     open_store(path).close()
 
 
+def _wal_is_a_directory(path: Path) -> None:
+    _valid_store(path)
+    path.with_name(path.name + "-wal").mkdir()
+
+
 def _truncated(path: Path) -> None:
     _valid_store(path)
     data = path.read_bytes()
@@ -221,7 +226,7 @@ def _truncated(path: Path) -> None:
 
 
 # Each: how to spoil the store at `path`, and a fragment the one-line error must contain.
-CORRUPT_STORES: dict[str, tuple[Callable[[Path], None], str]] = {
+CORRUPT_STORES: dict[str, tuple[Callable[[Path], object], str]] = {
     "random_bytes": (lambda p: p.write_bytes(os.urandom(4096)), "corrupt or not a SQLite"),
     "zeros": (lambda p: p.write_bytes(b"\0" * 8192), "corrupt or not a SQLite"),
     "text_file": (lambda p: p.write_text("campaign_id,send_id\nc1,s1\n" * 50), "corrupt"),
@@ -241,10 +246,7 @@ CORRUPT_STORES: dict[str, tuple[Callable[[Path], None], str]] = {
         "newer",
     ),
     "directory": (lambda p: p.mkdir(), "is a directory"),
-    "wal_is_a_directory": (
-        lambda p: (_valid_store(p), p.with_name(p.name + "-wal").mkdir()),
-        "state.sqlite3",
-    ),
+    "wal_is_a_directory": (_wal_is_a_directory, "state.sqlite3"),
     "lock_is_a_directory": (
         lambda p: p.with_name(p.name + ".lock").mkdir(),
         "state.sqlite3.lock",
