@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote, quote_plus
 
+import aiohttp
 import pytest
 import structlog
 from aiohttp import web
@@ -78,8 +79,9 @@ def scan_tree(root: Path, *, except_files: Iterable[Path] = ()) -> dict[str, lis
 class Sighting:
     """Where the key showed up in one request the sandbox received (no key stored)."""
 
+    host: str  # the sandbox the request reached ("127.0.0.1:PORT")
     path: str
-    bearer: bool  # Authorization was exactly "Bearer <a known secret>"
+    bearer: str  # "A"/"B": Authorization was exactly "Bearer SECRET"/"Bearer SECRET_B"
     elsewhere: list[str] = field(default_factory=list)  # other places that held a form
 
 
@@ -92,7 +94,8 @@ def recorder(sightings: list[Sighting]) -> Any:
     ) -> web.StreamResponse:
         body = await request.read()
         auth = request.headers.get("Authorization", "")
-        sighting = Sighting(request.path_qs, auth in (f"Bearer {SECRET}", f"Bearer {SECRET_B}"))
+        bearer = {f"Bearer {SECRET}": "A", f"Bearer {SECRET_B}": "B"}.get(auth, "")
+        sighting = Sighting(request.host, request.path_qs, bearer)
         for name, value in request.headers.items():
             if name.lower() != "authorization" and leaks(value):
                 sighting.elsewhere.append(f"header {name}")
@@ -137,7 +140,7 @@ def assert_key_only_in_bearer(sightings: list[Sighting]) -> None:
     """Every request carried the key as `Authorization: Bearer <key>` and nowhere else."""
     assert sightings, "no request reached the sandbox"
     assert all(s.path == "/sends/id/create" for s in sightings), {s.path for s in sightings}
-    assert all(s.bearer for s in sightings)
+    assert all(s.bearer in ("A", "B") for s in sightings)
     assert all(not s.elsewhere for s in sightings), [s.elsewhere for s in sightings if s.elsewhere]
 
 
@@ -153,6 +156,8 @@ class Ctx:
     texts: list[str] = field(default_factory=list)
     key_files: list[Path] = field(default_factory=list)
     exit_codes: list[int] = field(default_factory=list)
+    #: host -> the keys ("A", "B") that may reach it; empty: only SECRET ("A") anywhere.
+    expect_keys: dict[str, set[str]] = field(default_factory=dict)
 
     def env(self, **extra: str) -> dict[str, str]:
         return cli_env({"BRAZE_API_KEY": SECRET, "TMPDIR": str(self.tmp), **extra})
@@ -250,14 +255,15 @@ async def validate_status_export(ctx: Ctx) -> None:
 
 
 async def two_workspaces_env_and_file(ctx: Ctx) -> None:
-    sandbox = await ctx.start()
+    sandbox = await ctx.start()  # us: its key from the environment
+    eu = await ctx.start()  # eu: its key from a key file
     key_file = ctx.tmp / "key-b"
     key_file.write_text(SECRET_B + "\n")
     ctx.key_files.append(key_file)
     config = ctx.tmp / "ws.toml"
     config.write_text(
         f'[[workspaces]]\nname = "us"\napi_key_env = "KEY_US"\nbase_url = "{sandbox.url}"\n'
-        f'[[workspaces]]\nname = "eu"\napi_key_file = "{key_file}"\nbase_url = "{sandbox.url}"\n'
+        f'[[workspaces]]\nname = "eu"\napi_key_file = "{key_file}"\nbase_url = "{eu.url}"\n'
     )
     rows = [("c1", "s1", "us"), ("c2", "s2", "eu"), ("c3", "", "eu"), ("c4", "s4", "nowhere")]
     m = write_csv(ctx.tmp / "m.csv", rows, header=("campaign_id", "send_id", "workspace"))
@@ -269,6 +275,8 @@ async def two_workspaces_env_and_file(ctx: Ctx) -> None:
     )  # fmt: skip
     assert code == 1, ctx.texts[-1]  # the unknown workspace's row fails
     assert await ctx.cli("validate", str(m), "--config", str(config), env=env) == 1
+    # Each key went only to its own workspace's base URL.
+    ctx.expect_keys = {sandbox.url.split("//")[1]: {"A"}, eu.url.split("//")[1]: {"B"}}
 
 
 async def refused_before_sending(ctx: Ctx) -> None:
@@ -378,6 +386,8 @@ async def test_key_never_leaves_the_process(
     if sightings:
         assert_key_only_in_bearer(sightings)
     assert name == "refused_before_sending" or sightings
+    for s in sightings:
+        assert s.bearer in ctx.expect_keys.get(s.host, {"A"}), (s.host, s.bearer)
 
 
 async def test_redirect_is_not_followed_with_the_key(
@@ -512,10 +522,16 @@ async def test_sandbox_process_does_not_print_the_key(tmp_path: Path) -> None:
         )  # fmt: skip
         assert code == 0, err
         status = await provisioner("status", "--state", str(tmp_path / "state.sqlite3"))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{url}/sandbox/ledger") as resp,
+        ):
+            ledger = await resp.text()
+        assert '"created"' in ledger
     finally:
         proc.send_signal(signal.SIGTERM)
         rest, sandbox_err = await proc.communicate()
-    texts = [url, rest.decode(), sandbox_err.decode(), out, err, *status[1:]]
+    texts = [url, rest.decode(), sandbox_err.decode(), out, err, *status[1:], ledger]
     assert rest.decode().startswith("ws-")
     assert not [leaks(text) for text in texts if leaks(text)]
     assert not scan_tree(tmp_path)
