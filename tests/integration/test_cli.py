@@ -140,7 +140,11 @@ UNWRITABLE_OUT: dict[str, tuple[Callable[[Path], Path], str]] = {
 }
 
 
-@pytest.mark.parametrize("variant", sorted(UNWRITABLE_OUT))
+@pytest.mark.parametrize(
+    "variant",
+    [pytest.param(v, marks=pytest.mark.slow) if v == "name_too_long" else v
+     for v in sorted(UNWRITABLE_OUT)],
+)  # fmt: skip
 async def test_unwritable_output_folder_exits_2(
     sandbox: Sandbox, tmp_path: Path, variant: str
 ) -> None:

@@ -255,7 +255,16 @@ CORRUPT_STORES: dict[str, tuple[Callable[[Path], object], str]] = {
 }
 
 
-@pytest.mark.parametrize("variant", sorted(CORRUPT_STORES))
+# The rest run with `make test-slow`: each is one more CLI start (~0.5 s).
+_QUICK_STORES = {"random_bytes", "truncated", "another_application", "directory",
+                 "wal_is_a_directory"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [v if v in _QUICK_STORES else pytest.param(v, marks=pytest.mark.slow)
+     for v in sorted(CORRUPT_STORES)],
+)  # fmt: skip
 async def test_corrupt_store_is_a_clear_error(
     sandbox: Sandbox, tmp_path: Path, variant: str
 ) -> None:
