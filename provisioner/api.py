@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import signal
 import time
 from collections.abc import Sequence
@@ -277,14 +278,15 @@ def _nothing_lost(
 ) -> str:
     """The one-line message for output files that failed after requests were sent: the
     store has every outcome, so it says which run to export, and how."""
-    state = f" --state {settings.state_path}" if settings.state_path else ""
+    out = shlex.quote(str(settings.out_dir))
+    state = f" --state {shlex.quote(settings.state_path)}" if settings.state_path else ""
     counts = summary.get("counts")
     done = ", ".join(f"{n} {s}" for s, n in counts.items() if n) if isinstance(counts, dict) else ""
     return (
         f"{exc}. Nothing is lost: every outcome of run {run_id} ({done or 'no rows'}) is in "
         f"the state store; once the folder can be written, `provisioner export --run {run_id} "
-        f"--out {settings.out_dir}{state}` writes its four files, and running the same command "
-        f"again sends only the rows still to do"
+        f"--out {out}{state}` writes its four files, and running the same command again "
+        f"sends only the rows still to do"
     )
 
 
