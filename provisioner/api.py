@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import signal
 import time
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from .client import BrazeClient
 from .config import Settings, build_settings
+from .errors import OutputError
 from .lane import Lane
 from .logs import get_logger
 from .manifest import Manifest
@@ -78,7 +80,10 @@ async def run_pipeline(
     """Run the whole pipeline for ``settings`` and return its result.
 
     Raises ``ManifestError``/``OutputError``/``StateError`` before anything is sent when
-    the manifest, the output folder or the state store cannot be used.
+    the manifest, the output folder or the state store cannot be used. ``OutputError`` is
+    also raised at the end when the output files fail after requests were sent (disk full,
+    folder removed): the run is then recorded in the store (exit code 2) and the message
+    names the ``provisioner export`` command that writes its files.
     """
     folder = OutputFolder(settings.out_dir)
     folder.prepare()
@@ -182,13 +187,15 @@ async def _run(
             for lane in lanes.values()
             for _ in range(lane.concurrency)
         ]
+        reader = asyncio.create_task(run.read(manifest))
         try:
-            await run.read(manifest)
+            await _read_unless_a_worker_fails(reader, workers)
             for lane in lanes.values():
                 for _ in range(lane.concurrency):
                     await lane.queue.put(None)
             await asyncio.gather(*workers)
         except BaseException:
+            reader.cancel()
             for task in workers:
                 task.cancel()
             sink.abort()
@@ -220,7 +227,15 @@ async def _run(
                     else None,
                     windows_needed=lane.windows_needed(),
                 )
-        sink.commit(summary)
+        if run.output_error is None:
+            try:
+                sink.commit(summary)
+            except OutputError as exc:
+                run.output_error = exc
+        else:
+            sink.abort()
+        if run.output_error is not None:
+            exit_code = summary["exit_code"] = 2
         final = run.snapshot(exit_code=exit_code)
         for observer in observers:
             try:
@@ -240,7 +255,41 @@ async def _run(
             duration_s=summary["duration_s"],
             rows_per_s=summary["rows_per_s"],
         )
+        if run.output_error is not None:
+            raise OutputError(_nothing_lost(run.output_error, run_id, settings, summary))
         return RunResult(run_id, exit_code, summary)
+
+
+async def _read_unless_a_worker_fails(
+    reader: asyncio.Task[None], workers: Sequence[asyncio.Task[None]]
+) -> None:
+    """Wait for the reader to finish; re-raise the error of a worker that dies first.
+
+    Workers end only at the sentinel, queued after the reader is done, so a worker that
+    ends before is one that failed (say the state store could not write): without this
+    the reader would wait forever for room in that worker's full queue."""
+    done, _ = await asyncio.wait([reader, *workers], return_when=asyncio.FIRST_COMPLETED)
+    if reader not in done:
+        for task in done:
+            task.result()
+    await reader
+
+
+def _nothing_lost(
+    exc: OutputError, run_id: str, settings: Settings, summary: dict[str, object]
+) -> str:
+    """The one-line message for output files that failed after requests were sent: the
+    store has every outcome, so it says which run to export, and how."""
+    out = shlex.quote(str(settings.out_dir))
+    state = f" --state {shlex.quote(settings.state_path)}" if settings.state_path else ""
+    counts = summary.get("counts")
+    done = ", ".join(f"{n} {s}" for s, n in counts.items() if n) if isinstance(counts, dict) else ""
+    return (
+        f"{exc}. Nothing is lost: every outcome of run {run_id} ({done or 'no rows'}) is in "
+        f"the state store; once the folder can be written, `provisioner export --run {run_id} "
+        f"--out {out}{state}` writes its four files, and running the same command again "
+        f"sends only the rows still to do"
+    )
 
 
 #: The documented async name of ``run_pipeline``.

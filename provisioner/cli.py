@@ -1,7 +1,8 @@
 """Command line: parse arguments into settings, call the runner, map errors to exit codes.
 
 Exit codes (a public contract, see the README): 0 every row provisioned; 1 some rows
-failed; 2 usage, config, manifest, output or state error (nothing sent); 3 rows deferred
+failed; 2 usage, config, manifest, output or state error (nothing sent, except when the
+outputs or the store fail mid-run: the message then names the way back); 3 rows deferred
 and none failed; 4 aborted because the key was refused; 75 another run holds the state
 store; 130/143 interrupted by SIGINT/SIGTERM after in-flight requests finished and the
 outputs were written.

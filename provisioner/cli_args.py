@@ -19,8 +19,9 @@ examples:
   zcat big.jsonl.gz | provisioner run - --format jsonl --out out/ --quota 80
   provisioner run migration.csv --out out/ --derive-send-ids mig2026 --max-wait 0
 
-exit codes: 0 all provisioned, 1 some rows failed, 2 usage/config/manifest error (nothing
-sent), 3 rows deferred (none failed), 4 key refused, 75 state store busy, 130/143 interrupted
+exit codes: 0 all provisioned, 1 some rows failed, 2 usage/config/manifest/output/state
+error (nothing sent, unless the message says how to recover), 3 rows deferred (none
+failed), 4 key refused, 75 state store busy, 130/143 interrupted
 """
 
 

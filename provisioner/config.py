@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -20,7 +21,14 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 from .identity import workspace_label
 from .workspaces import DEFAULT_NAME as DEFAULT_WORKSPACE
-from .workspaces import RawWorkspace, WorkspaceSettings, default_name, parse_workspaces
+from .workspaces import (
+    RawWorkspace,
+    WorkspaceSettings,
+    default_name,
+    looks_secret,
+    parse_workspaces,
+    secret_advice,
+)
 
 DEFAULT_BASE_URL = "https://rest.iad-01.braze.com"
 DEFAULT_KEY_ENV = "BRAZE_API_KEY"
@@ -127,8 +135,7 @@ KEYS: tuple[Key, ...] = (
 )
 # fmt: on
 KEYS_BY_NAME = {(k.section, k.name): k for k in KEYS}
-# Keys that would put the secret itself in a file: refused with advice.
-_LITERAL_SECRET_NAMES = frozenset({"api_key", "key", "token", "rest_api_key"})
+_KEY_ADVICE = f"{DEFAULT_KEY_ENV} (or the one api_key_env names)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,18 +233,18 @@ def load_config_file(path: Path) -> dict[tuple[str, str], object]:
     if "workspaces" in data:
         values[("workspaces", "")] = parse_workspaces(data.pop("workspaces"), path)
     for section, table in data.items():
+        if not isinstance(table, dict) and looks_secret(section):
+            # A top-level `api_key = "..."`: the same refusal as inside a section.
+            raise ConfigError(f"config file {path}: {section} {secret_advice(_KEY_ADVICE)}")
         if not isinstance(table, dict):
             raise ConfigError(
                 f"config file {path}: top-level key {section!r} must be a [section]; "
                 f"sections are {', '.join(sorted({k.section for k in KEYS}))}"
             )
         for name, value in table.items():
-            if name in _LITERAL_SECRET_NAMES:
+            if (section, name) not in KEYS_BY_NAME and looks_secret(name):
                 raise ConfigError(
-                    f"config file {path}: [{section}] {name} would store the API key in a file "
-                    f"that gets copied and committed; put the key in the environment variable "
-                    f"{DEFAULT_KEY_ENV} (or the one api_key_env names) or in a file named by "
-                    f"api_key_file"
+                    f"config file {path}: [{section}] {name} {secret_advice(_KEY_ADVICE)}"
                 )
             if (section, name) not in KEYS_BY_NAME:
                 known = ", ".join(k.name for k in KEYS if k.section == section)
@@ -282,23 +289,50 @@ def _coerce(key: Key, value: object, origin: str) -> object:
     return value
 
 
+def _shown_url(url: str) -> str:
+    """The URL for a message without credentials, query or fragment (a key may hide there)."""
+    parts = urlsplit(url)
+    if not (parts.username or parts.password or parts.query or parts.fragment):
+        return repr(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return repr(f"{parts.scheme}://{host}{port}{parts.path}") + " (credentials/query not shown)"
+
+
 def check_base_url(url: str) -> str:
     """The base URL must be https, except for loopback hosts (the sandbox)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (a bad port raises here, not later)
+    except ValueError:
+        raise ConfigError(
+            f"base URL {_shown_url_safe(url)} is not a valid URL: use your instance's REST "
+            f"endpoint, e.g. {DEFAULT_BASE_URL}"
+        ) from None
     host = parts.hostname or ""
+    shown = _shown_url(url)
     if parts.scheme not in ("http", "https") or not host:
         raise ConfigError(
-            f"base URL {url!r} is not an http(s) URL: use your instance's REST endpoint, "
+            f"base URL {shown} is not an http(s) URL: use your instance's REST endpoint, "
             f"e.g. {DEFAULT_BASE_URL}"
         )
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(f"base URL {url!r} must not carry credentials, a query or a fragment")
+        raise ConfigError(
+            f"base URL {shown} must not carry credentials, a query or a fragment: the key "
+            f"goes in {DEFAULT_KEY_ENV}, never in the URL"
+        )
     if parts.scheme == "http" and not is_loopback(host):
         raise ConfigError(
-            f"base URL {url!r} uses plain http to a non-loopback host; the API key would travel "
+            f"base URL {shown} uses plain http to a non-loopback host; the API key would travel "
             f"in clear text: use https (plain http is allowed only for 127.0.0.1/localhost)"
         )
     return url.rstrip("/")
+
+
+def _shown_url_safe(url: str) -> str:
+    """A URL urlsplit cannot parse, shown only up to its host part's start."""
+    scheme, sep, _ = url.partition("://")
+    return repr(f"{scheme}{sep}...") if sep else "(not shown)"
 
 
 MAX_PREFIX = 24
@@ -324,18 +358,43 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _shown_path(path: str) -> str:
+    """A key file's path for a message, unless it could be the key pasted in its place.
+
+    A path with a folder or a suffix (``/run/secrets/braze``, ``key.txt``) is shown; a
+    bare word is not, because a key pasted into api_key_file looks exactly like one."""
+    if "/" in path or "." in path:
+        return f"key file {path}"
+    return "the key file named by api_key_file (not shown: without a folder it could be the key)"
+
+
 def load_api_key(env: Mapping[str, str], var: str, key_file: str | None) -> ApiKey:
-    """The key from the named environment variable, else from the key file."""
+    """The key from the named environment variable, else from the key file.
+
+    No message ever contains the key, nor a setting where it may have been pasted by
+    mistake (an api_key_env that is no variable name, a bare-word api_key_file)."""
+    if var and not _ENV_NAME.fullmatch(var):  # "" is a workspace with a key file only
+        raise ConfigError(
+            "api_key_env must be the NAME of an environment variable (letters, digits and _), "
+            "e.g. BRAZE_API_KEY; the value given is not one and is not shown, in case it is "
+            "the key itself: put the key in that variable, not in the config"
+        )
     value = env.get(var, "")
     origin = f"environment variable {var}"
     if not value and key_file:
-        origin = f"key file {key_file}"
+        origin = _shown_path(key_file)
         try:
             value = Path(key_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise ConfigError(f"key file {key_file} cannot be read: {exc.strerror}") from None
+            raise ConfigError(
+                f"{origin} cannot be read: {exc.strerror}; check api_key_file "
+                f"(or PROVISIONER_API_KEY_FILE), or set {var}"
+            ) from None
         except UnicodeDecodeError:
-            raise ConfigError(f"key file {key_file} is not UTF-8 text") from None
+            raise ConfigError(f"{origin} is not UTF-8 text") from None
     if not value:
         raise ConfigError(
             f"no API key: set {var} (or name a key file with api_key_file in the config); "

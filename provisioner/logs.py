@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
+from structlog.tracebacks import ExceptionDictTransformer
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -60,13 +61,20 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    # Tracebacks never show local variables: a frame may hold request headers, and so
+    # the API key (structlog shows locals by default).
     if fmt == "json":
         processors += [
-            structlog.processors.dict_tracebacks,
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
             structlog.processors.JSONRenderer(serializer=_json_dumps),
         ]
     else:
-        processors += [_printable, structlog.dev.ConsoleRenderer(colors=tty)]
+        processors += [
+            _printable,
+            structlog.dev.ConsoleRenderer(
+                colors=tty, exception_formatter=structlog.dev.plain_traceback
+            ),
+        ]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

@@ -21,6 +21,8 @@ _NEXT_STEP = {
     "key_refused": "Braze refused the API key: fix the key or its sends.id.create permission, "
     "then run the same command again",
     "interrupted": "the run was interrupted: run the same command again to finish",
+    "output_failed": "the output files could not be written, so the run stopped: run the same "
+    "command again once the output folder can be written",
 }
 
 

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from .client import Reply, ReplyKind
 from .config import Settings
-from .errors import InDoubt, TransportError
+from .errors import InDoubt, OutputError, TransportError
 from .identity import RowKey
 from .lane import Job, Lane
 from .limiter import Deferred
@@ -92,6 +92,9 @@ class Run:
         self.manifest: Manifest | None = None
         self.rows_read = 0
         self._scoped = len(lanes) > 1
+        #: Set when the output files could not be written: the run stops taking rows and
+        #: keeps recording outcomes in the store, from which ``export`` writes the files.
+        self.output_error: OutputError | None = None
 
     # -- stopping ----------------------------------------------------------------------
     def request_stop(self, reason: str, exit_code: int | None = None) -> None:
@@ -107,6 +110,14 @@ class Run:
             self.drain_abandoned = True
             log.warning("drain_abandoned", run_id=self.run_id)
 
+    def output_failed(self, exc: OutputError) -> None:
+        """The output files cannot be written: stop sending (in-flight requests finish and
+        are recorded in the store), defer the rest; the run then ends with exit 2."""
+        if self.output_error is None:
+            self.output_error = exc
+            log.error("output_failed", run_id=self.run_id, error=str(exc))
+            self.request_stop("output_failed", 2)
+
     def _deferral_reason(self, lane: Lane) -> str | None:
         return self.stop_reason or lane.deferral_reason()
 
@@ -114,8 +125,14 @@ class Run:
     def emit(self, outcome: Outcome, key: RowKey | None, lane: Lane | None = None) -> None:
         """Send one final outcome to the outputs, the state store and the counters."""
         lane = lane or self.default
-        self.sink.write(outcome)
+        # The store first: if the output files fail (disk full), the outcome is kept there
+        # and `provisioner export` writes it later.
         self.store.record(self.run_id, lane.label, key, outcome)
+        if self.output_error is None:
+            try:
+                self.sink.write(outcome)
+            except OutputError as exc:
+                self.output_failed(exc)
         self.stats.counts[outcome.status.value] += 1
         if outcome.status is Status.FAILED:
             self.stats.errors[outcome.error or "unknown"] += 1

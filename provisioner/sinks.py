@@ -102,6 +102,14 @@ class OutputFolder:
                 f"cannot write to the output folder {self.path}: {exc.strerror or exc}; "
                 "choose another --out or fix its permissions"
             ) from None
+        # A final name taken by a folder could not be replaced at the end, after the
+        # requests were sent: refuse it now, while nothing is.
+        for name in (RESULTS, FAILURES, DEFERRED, SUMMARY):
+            if self.file(name).is_dir():
+                raise OutputError(
+                    f"cannot write {self.file(name)}: a folder has that name; move it aside "
+                    "or choose another --out"
+                )
 
     def file(self, name: str) -> Path:
         """The final path of output file ``name``."""

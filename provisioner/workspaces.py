@@ -29,7 +29,26 @@ if TYPE_CHECKING:
 DEFAULT_NAME = "default"
 _KEYS = frozenset({"name", "base_url", "api_key_env", "api_key_file", "quota", "rate",
                    "concurrency", "default"})  # fmt: skip
-_SECRETS = frozenset({"api_key", "key", "token", "rest_api_key"})
+#: Fragments of a key name that would put a secret itself in the config file.
+SECRET_WORDS = ("key", "secret", "token", "password", "passwd", "credential", "auth")
+
+
+def looks_secret(name: str) -> bool:
+    """Whether a config key's name suggests it holds a secret (``api_key``, ``token``...).
+
+    Checked only for names that are not known keys, so ``api_key_env``/``api_key_file``
+    (which name where the key is) pass."""
+    lowered = name.lower()
+    return any(word in lowered for word in SECRET_WORDS)
+
+
+def secret_advice(env_hint: str) -> str:
+    """How to pass the key instead of writing it in the config (no value is ever echoed)."""
+    return (
+        f"would store the API key in a file that gets copied and committed, so it is refused "
+        f"(its value is not shown here); put the key in the environment variable {env_hint} "
+        f"or in a file (mode 0600) named by api_key_file, and remove this line"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +96,9 @@ def parse_workspaces(tables: object, path: Path) -> tuple[RawWorkspace, ...]:
     for i, table in enumerate(tables, 1):
         where = f"config file {path}: [[workspaces]] #{i}"
         for name in table:
-            if name in _SECRETS:
-                raise ConfigError(
-                    f"{where}: {name} would store the API key in the config file; name the "
-                    f"environment variable that holds it with api_key_env (or a file with "
-                    f"api_key_file)"
-                )
+            if name not in _KEYS and looks_secret(name):
+                hint = "that this workspace's api_key_env names"
+                raise ConfigError(f"{where}: {name} {secret_advice(hint)}")
             if name not in _KEYS:
                 raise ConfigError(
                     f"{where}: unknown key {name} (known: {', '.join(sorted(_KEYS))})"

@@ -6,13 +6,18 @@ import asyncio
 import os
 import random
 import signal
+import sqlite3
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 
 from provisioner.api import run_pipeline
 from provisioner.sandbox import FaultRule, Sandbox
+from provisioner.state import open_store
+from provisioner.state_schema import APPLICATION_ID
 from tests.conftest import SandboxFactory
 
 from .helpers import (
@@ -150,7 +155,8 @@ async def test_status_lists_runs_quota_and_problems(sandbox: Sandbox, tmp_path: 
 
 
 async def test_second_live_run_exits_75(sandbox_factory: SandboxFactory, tmp_path: Path) -> None:
-    """A run against a store that a live run holds exits 75 naming the holder's pid."""
+    """A run against a store that a live run holds exits 75 naming the holder's pid, and
+    sends nothing."""
     sandbox = await sandbox_factory(latency_ms=200, daily_quota=1000)
     manifest = write_csv(tmp_path / "m.csv", campaigns(200))
     first = await asyncio.create_subprocess_exec(
@@ -172,11 +178,16 @@ async def test_second_live_run_exits_75(sandbox_factory: SandboxFactory, tmp_pat
             await asyncio.sleep(0.05)
         other = tmp_path / "other"
         other.mkdir()
+        # The second run talks to its own sandbox, so that "nothing sent" is its own count.
+        second = await sandbox_factory()
         code, _, err = await provisioner(
-            *run_args(sandbox.url, other, str(manifest)), "--state", str(tmp_path / "state.sqlite3")
+            *run_args(second.url, other, str(manifest)), "--state", str(tmp_path / "state.sqlite3")
         )
         assert code == 75
         assert str(first.pid) in err
+        assert "Traceback" not in err
+        assert second.ledger.total == 0
+        assert not (other / "out" / "results.jsonl").exists()
     finally:
         first.kill()
         await first.wait()
@@ -191,15 +202,125 @@ async def test_stale_lock_is_taken_over(sandbox: Sandbox, tmp_path: Path) -> Non
     assert code == 0, err
 
 
-async def test_corrupt_store_is_a_clear_error(sandbox: Sandbox, tmp_path: Path) -> None:
-    """A state file that is not ours: exit 2, one line naming it, nothing sent."""
+def _sqlite_file(path: Path, *statements: str) -> None:
+    conn = sqlite3.connect(path)
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+def _valid_store(path: Path) -> None:
+    open_store(path).close()
+
+
+def _wal_is_a_directory(path: Path) -> None:
+    _valid_store(path)
+    path.with_name(path.name + "-wal").mkdir()
+
+
+def _truncated(path: Path) -> None:
+    _valid_store(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2 + 100])
+
+
+# Each: how to spoil the store at `path`, and a fragment the one-line error must contain.
+CORRUPT_STORES: dict[str, tuple[Callable[[Path], object], str]] = {
+    "random_bytes": (lambda p: p.write_bytes(os.urandom(4096)), "corrupt or not a SQLite"),
+    "zeros": (lambda p: p.write_bytes(b"\0" * 8192), "corrupt or not a SQLite"),
+    "text_file": (lambda p: p.write_text("campaign_id,send_id\nc1,s1\n" * 50), "corrupt"),
+    "truncated": (_truncated, "corrupt"),
+    "another_application": (
+        lambda p: _sqlite_file(p, "CREATE TABLE notes (x)", "PRAGMA application_id = 42"),
+        "another application",
+    ),
+    "foreign_sqlite_without_id": (
+        lambda p: _sqlite_file(p, "CREATE TABLE notes (x)"),
+        "another application",
+    ),
+    "newer_schema": (
+        lambda p: _sqlite_file(
+            p, f"PRAGMA application_id = {APPLICATION_ID}", "PRAGMA user_version = 999"
+        ),
+        "newer",
+    ),
+    "directory": (lambda p: p.mkdir(), "is a directory"),
+    "wal_is_a_directory": (_wal_is_a_directory, "state.sqlite3"),
+    "lock_is_a_directory": (
+        lambda p: p.with_name(p.name + ".lock").mkdir(),
+        "state.sqlite3.lock",
+    ),
+    "parent_is_a_file": (lambda p: None, "state.sqlite3"),
+}
+
+
+# The rest run with `make test-slow`: each is one more CLI start (~0.5 s).
+_QUICK_STORES = {"random_bytes", "truncated", "another_application", "directory",
+                 "wal_is_a_directory"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [v if v in _QUICK_STORES else pytest.param(v, marks=pytest.mark.slow)
+     for v in sorted(CORRUPT_STORES)],
+)  # fmt: skip
+async def test_corrupt_store_is_a_clear_error(
+    sandbox: Sandbox, tmp_path: Path, variant: str
+) -> None:
+    """A state store that is corrupt, truncated, foreign, newer, a folder, or whose WAL or
+    lock cannot be used: exit 2, one line naming it and the fix, nothing sent."""
     manifest = write_csv(tmp_path / "m.csv", campaigns(3))
-    (tmp_path / "state.sqlite3").write_bytes(os.urandom(4096))
-    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
-    assert code == 2
+    spoil, expected = CORRUPT_STORES[variant]
+    state = tmp_path / "state.sqlite3"
+    if variant == "parent_is_a_file":
+        (tmp_path / "blocker").write_text("x")
+        state = tmp_path / "blocker" / "state.sqlite3"
+    spoil(state)
+    args = run_args(sandbox.url, tmp_path, str(manifest))
+    code, _, err = await provisioner(*args, "--state", str(state))
+    assert code == 2, err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("provisioner: error:")]
+    assert len(errors) == 1, err
+    assert expected in errors[0]
+    assert str(state.name) in errors[0]
+    assert "--state PATH" in errors[0] or "move it aside" in errors[0] or "upgrade" in errors[0]
+    assert sandbox.ledger.total == 0
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads and writes whatever the mode says")
+async def test_unreadable_store_is_a_clear_error(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A store without read permission: exit 2 naming it and the fix, nothing sent."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(3))
+    state = tmp_path / "state.sqlite3"
+    _valid_store(state)
+    state.chmod(0)
+    try:
+        code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    finally:
+        state.chmod(0o600)
+    assert code == 2, err
     assert "state.sqlite3" in err
     assert "Traceback" not in err
     assert sandbox.ledger.total == 0
+
+
+async def test_garbage_wal_is_ignored_and_nothing_is_sent_twice(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A WAL file full of garbage (no valid frame) is discarded by SQLite's recovery: the
+    committed store is intact, so the next run skips every row and sends nothing."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(4))
+    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    assert code == 0, err
+    total = sandbox.ledger.total
+    (tmp_path / "state.sqlite3-wal").write_bytes(os.urandom(64 * 1024))
+    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    assert code == 0, err
+    assert sandbox.ledger.total == total
+    _, _, _, summary = outputs(tmp_path / "out")
+    assert summary["counts"]["skipped"] == 4
 
 
 async def test_kill_9_loop_loses_nothing_and_creates_nothing_twice(

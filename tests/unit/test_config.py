@@ -66,11 +66,79 @@ def test_wrong_type_from_env_is_named(tmp_path: Path) -> None:
         build(tmp_path, env=dict(ENV, PROVISIONER_RATE="fast"))
 
 
-def test_literal_key_in_config_is_refused(tmp_path: Path) -> None:
-    """A key written in the config file is refused, and the message says what to do."""
+LITERAL = "SECRET-KEY-0123456789abcdef"
+_WS = '[[workspaces]]\nname = "us"\napi_key_env = "K_US"\n'
+
+
+@pytest.mark.parametrize(
+    ("toml", "advice"),
+    [
+        (f'[braze]\napi_key = "{LITERAL}"\n', "BRAZE_API_KEY"),
+        (f'[braze]\nkey = "{LITERAL}"\n', "BRAZE_API_KEY"),
+        (f'[braze]\ntoken = "{LITERAL}"\n', "BRAZE_API_KEY"),
+        (f'[braze]\nrest_api_key = "{LITERAL}"\n', "BRAZE_API_KEY"),
+        (f'[braze]\napiKey = "{LITERAL}"\n', "BRAZE_API_KEY"),
+        (f'[braze]\nsecret = "{LITERAL}"\n', "BRAZE_API_KEY"),
+        (f'[run]\napi_key = "{LITERAL}"\n', "BRAZE_API_KEY"),
+        (f'api_key = "{LITERAL}"\n[run]\nrate = 5\n', "BRAZE_API_KEY"),
+        (f'[secrets]\nbraze_api_key = "{LITERAL}"\n', "BRAZE_API_KEY"),
+        (f'{_WS}api_key = "{LITERAL}"\n', "api_key_env"),
+        (f'{_WS}key = "{LITERAL}"\n', "api_key_env"),
+        (f'{_WS}token = "{LITERAL}"\n', "api_key_env"),
+        (f'{_WS}rest_api_key = "{LITERAL}"\n', "api_key_env"),
+        (f'{_WS}password = "{LITERAL}"\n', "api_key_env"),
+    ],
+)
+def test_literal_key_in_config_is_refused(tmp_path: Path, toml: str, advice: str) -> None:
+    """A key written in the config file ([braze], any section, top level, [[workspaces]]) is
+    refused; the message says how to pass it (variable, api_key_file) and never echoes it."""
+    with pytest.raises(ConfigError) as info:
+        build(tmp_path, toml, env={"K_US": "k", **ENV})
+    message = str(info.value)
+    assert LITERAL not in message
+    assert advice in message
+    assert "api_key_file" in message
+    assert "\n" not in message
+
+
+def test_key_pasted_as_variable_name_is_not_echoed(tmp_path: Path) -> None:
+    """A key pasted where api_key_env wants a variable NAME is refused without echo."""
+    for toml in (
+        f'[braze]\napi_key_env = "{LITERAL}"\n',
+        f'[[workspaces]]\nname = "us"\napi_key_env = "{LITERAL}"\n',
+    ):
+        with pytest.raises(ConfigError, match="NAME of an environment variable") as info:
+            build(tmp_path, toml, env={})
+        assert LITERAL not in str(info.value)
+
+
+def test_key_pasted_as_key_file_is_not_echoed(tmp_path: Path) -> None:
+    """A key pasted where api_key_file wants a path is not echoed; a real path is named."""
+    with pytest.raises(ConfigError, match="cannot be read") as info:
+        build(tmp_path, f'[braze]\napi_key_file = "{LITERAL.replace("-", "")}"\n', env={})
+    assert LITERAL.replace("-", "") not in str(info.value)
+    with pytest.raises(ConfigError, match="cannot be read") as info:
+        build(tmp_path, env={"PROVISIONER_API_KEY_FILE": LITERAL.replace("-", "")})
+    assert LITERAL.replace("-", "") not in str(info.value)
+    missing = tmp_path / "no-such-key"
+    with pytest.raises(ConfigError, match=str(missing)):
+        build(tmp_path, f'[braze]\napi_key_file = "{missing}"\n', env={})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"https://{LITERAL}@rest.iad-01.braze.com",
+        f"https://user:{LITERAL}@rest.iad-01.braze.com",
+        f"https://rest.iad-01.braze.com/?api_key={LITERAL}",
+        f"https://rest.iad-01.braze.com/#{LITERAL}",
+    ],
+)
+def test_key_in_base_url_is_refused_without_echo(url: str) -> None:
+    """A key in the base URL (user info, query, fragment) is refused and not echoed."""
     with pytest.raises(ConfigError, match="BRAZE_API_KEY") as info:
-        build(tmp_path, '[braze]\napi_key = "secret-value-1"\n')
-    assert "secret-value-1" not in str(info.value)
+        check_base_url(url)
+    assert LITERAL not in str(info.value)
 
 
 def test_missing_key_says_how_to_pass_it(tmp_path: Path) -> None:

@@ -67,6 +67,18 @@ def test_prepare_refuses_a_file_in_place_of_the_folder(tmp_path: Path) -> None:
         OutputFolder(tmp_path / "out").prepare()
 
 
+@pytest.mark.parametrize(
+    "name", ["results.jsonl", "failures.jsonl", "deferred.csv", "summary.json"]
+)
+def test_prepare_refuses_an_output_name_held_by_a_folder(tmp_path: Path, name: str) -> None:
+    """A folder where an output file goes could not be replaced at commit, after sending:
+    prepare refuses it up front, naming it."""
+    (tmp_path / "out" / name).mkdir(parents=True)
+    with pytest.raises(OutputError, match="a folder has that name") as info:
+        OutputFolder(tmp_path / "out").prepare()
+    assert name in str(info.value)
+
+
 # --- routing and fields ------------------------------------------------------------------
 
 
