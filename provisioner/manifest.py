@@ -21,6 +21,7 @@ import io
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -158,6 +159,24 @@ class Manifest:
         except (OSError, ValueError):
             return None
         return min(1.0, position / size) if size else None
+
+    def source_fileno(self) -> int | None:
+        """The file descriptor the manifest is read from, or None (an in-memory stream)."""
+        source: object = self._closers[0] if self._closers else None
+        if self.path == "-":
+            source = self._stdin if self._stdin is not None else sys.stdin.buffer
+        fileno = getattr(source, "fileno", None)
+        if fileno is None:
+            return None
+        try:
+            return int(fileno())
+        except (OSError, ValueError):  # io.UnsupportedOperation (BytesIO) is an OSError
+            return None
+
+    def detach(self) -> None:
+        """Forget the open files without closing them: a thread blocked reading one holds
+        its lock, and closing would wait for that thread. The process exit closes them."""
+        self._closers.clear()
 
     def _close(self) -> None:
         for closer in reversed(self._closers):

@@ -123,7 +123,16 @@ def open_source(
     """
     source: BinaryIO
     if path == "-":
-        source = stdin if stdin is not None else sys.stdin.buffer
+        # Not sys.stdin.buffer itself: a pipe may be read by a thread that is still blocked
+        # in read() when the process exits, and the interpreter's shutdown would wait for
+        # the lock of sys.stdin's buffer (a fatal error). Our own reader is never closed.
+        source = (
+            stdin
+            if stdin is not None
+            else open(  # noqa: SIM115
+                sys.stdin.fileno(), "rb", buffering=1 << 16, closefd=False
+            )
+        )
     else:
         try:
             source = open(path, "rb", buffering=1 << 16)  # noqa: SIM115 (the caller closes it)

@@ -22,12 +22,13 @@ from collections.abc import Awaitable, Callable
 from .client import Reply, ReplyKind
 from .config import Settings
 from .errors import InDoubt, OutputError, TransportError
+from .feed import Feed, feed_for
 from .identity import RowKey
 from .lane import Job, Lane
 from .limiter import Deferred
 from .logs import get_logger
 from .manifest import Manifest
-from .models import Outcome, Row, RowError, Status
+from .models import Outcome, RawRow, Row, RowError, Status
 from .observe import RunObserver, Snapshot
 from .outcomes import (
     deferred,
@@ -48,6 +49,8 @@ from .validation import validate
 log = get_logger(__name__)
 
 _LOOKUP_BATCH = 512
+#: While stopping, how long a silent manifest pipe is waited for before the drain ends.
+_SILENT_PIPE_S = 2.0
 
 
 def new_run_id() -> str:
@@ -153,31 +156,63 @@ class Run:
         """Stream the manifest into outcomes (invalid, duplicate) and jobs (the lanes)."""
         self.manifest = manifest
         seen = SeenIndex(self.settings.derive_send_ids)
+        feed = feed_for(manifest)
         try:
             rows: list[Row] = []
-            for n, item in enumerate(manifest, 1):
-                self.rows_read = n
-                if self.drain_abandoned:
+            n = 0
+            while not self.drain_abandoned:
+                # 256 records at a time: between chunks the workers and timers run, and
+                # the state writer's queue stays bounded (long stretches of invalid rows).
+                chunk, more = await self._take(feed, n)
+                if not chunk:
                     break
-                checked = item if isinstance(item, RowError) else validate(item)
-                if isinstance(checked, RowError):
-                    self.emit(failed_from_error(checked), None)
-                elif checked.workspace is not None and checked.workspace not in self.lanes:
-                    self.emit(unknown_workspace(checked, sorted(self.lanes)), None)
-                else:
-                    rows.append(checked)
-                if len(rows) >= _LOOKUP_BATCH:
+                for item in chunk:
+                    n += 1
+                    checked = item if isinstance(item, RowError) else validate(item)
+                    if isinstance(checked, RowError):
+                        self.emit(failed_from_error(checked), None)
+                    elif checked.workspace is not None and checked.workspace not in self.lanes:
+                        self.emit(unknown_workspace(checked, sorted(self.lanes)), None)
+                    else:
+                        rows.append(checked)
+                    if len(rows) >= _LOOKUP_BATCH:
+                        await self._identify(seen, rows)
+                        rows = []
+                self.rows_read = n
+                if rows and not more:  # a pipe gone quiet: send what has arrived
                     await self._identify(seen, rows)
                     rows = []
-                elif n % 256 == 0:
-                    # Long stretches of invalid rows: let workers and timers run, and keep
-                    # the state writer's queue bounded.
-                    await self.store.throttle()
-                    await asyncio.sleep(0)
+                await self.store.throttle()
+                await asyncio.sleep(0)
             if rows:
                 await self._identify(seen, rows)
         finally:
+            feed.close()
             seen.close()
+
+    async def _take(self, feed: Feed, n: int) -> tuple[list[RawRow | RowError], bool]:
+        """The next chunk; from a pipe, without waiting on a silent writer past a stop."""
+        if not feed.can_wait:
+            return await feed.take(256)
+        silent_since: float | None = None
+        while True:
+            try:  # cancelling take() loses nothing: it waits only while it holds no record
+                return await asyncio.wait_for(feed.take(256), 0.25)
+            except TimeoutError:
+                if self.stop_reason is None:
+                    continue
+            # Stopping: what the pipe still sends goes to deferred.csv, but a silent
+            # writer must not hold the exit until the next SIGKILL.
+            now = time.monotonic()
+            silent_since = silent_since or now
+            if now - silent_since >= _SILENT_PIPE_S:
+                self.drain_abandoned = True
+                log.warning(
+                    "drain_abandoned", run_id=self.run_id, rows_read=n,
+                    hint=f"the manifest's pipe sent nothing for {_SILENT_PIPE_S:g} s; rows it "
+                    "sends later were not read",
+                )  # fmt: skip
+                return [], False
 
     def lane_of(self, row: Row) -> Lane:
         """The lane (workspace) a valid row goes to."""
