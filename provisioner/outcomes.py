@@ -181,14 +181,8 @@ def final_outcome(
             f"{what}; send_id {send_id} is known, so running again later is safe and confirms it",
             retryable=True,
         )
-    if 300 <= reply.status < 400:
-        msg = (
-            f"Braze answered {reply.status} redirecting to {reply.location or '?'}; redirects "
-            f"are never followed (the API key would go with them): set base_url to your "
-            f"instance's REST endpoint"
-        )
-    else:
-        msg = f"unexpected answer {reply.status} ({reply.message}); report it with the run id"
+    # A redirect (3xx) never gets here: it stops the workspace (runner, reason "redirected").
+    msg = f"unexpected answer {reply.status} ({reply.message}); report it with the run id"
     return _failed(row, send_id, attempts, reply, "unexpected_response", msg, retryable=False)
 
 
