@@ -135,6 +135,24 @@ def classify(status: int, raw: bytes) -> tuple[ReplyKind, str | None, str]:
     return ReplyKind.UNEXPECTED, None, message
 
 
+async def read_body(content: aiohttp.StreamReader) -> bytes:
+    """The whole body, at most ``MAX_BODY`` bytes. ``read(n)`` alone returns only what has
+    arrived so far: a body that comes in pieces (slow network, TLS records) would be cut
+    to its first piece and a created row taken for a bad answer."""
+    data = await content.read(MAX_BODY)
+    if content.at_eof() or not data:
+        return data  # the usual case: the whole body came with the headers
+    parts = [data]
+    size = len(data)
+    while size < MAX_BODY:
+        chunk = await content.read(MAX_BODY - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
 def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
     """The client's TLS context: certificates and host names always verified, against the
     system's CA store plus ``ca_file`` (a PEM bundle) when given. There is deliberately no
@@ -240,7 +258,7 @@ class BrazeClient:
         started = time.perf_counter()
         try:
             async with self._session.post(self.url, data=data, allow_redirects=False) as resp:
-                raw = await resp.content.read(MAX_BODY)
+                raw = await read_body(resp.content)
                 status = resp.status
                 headers = resp.headers
                 location = resp.headers.get("Location")

@@ -146,3 +146,34 @@ def test_tls_context_always_verifies(ca_file: str | None, tmp_path: Path) -> Non
         # The system store is kept: the bundle is trusted in addition, not instead.
         system = tls_context().cert_store_stats()["x509_ca"]
         assert context.cert_store_stats()["x509_ca"] == system + 1
+
+
+async def test_read_body_waits_for_every_piece() -> None:
+    """A body that arrives in pieces is read whole (read(n) alone returns the first piece),
+    and a body over MAX_BODY is cut there."""
+    import asyncio
+
+    from aiohttp import StreamReader
+    from aiohttp.base_protocol import BaseProtocol
+
+    from provisioner.client import MAX_BODY, read_body
+
+    loop = asyncio.get_running_loop()
+    protocol = BaseProtocol(loop)
+    protocol.connection_made(asyncio.Transport())  # "connected": read() waits for data
+    content = StreamReader(protocol, 2**16, loop=loop)
+    content.feed_data(b'{"message": "suc')
+
+    async def rest() -> None:
+        await asyncio.sleep(0.01)
+        content.feed_data(b'cess", "send_id": "s1"}')
+        content.feed_eof()
+
+    feeder = asyncio.ensure_future(rest())
+    assert await read_body(content) == b'{"message": "success", "send_id": "s1"}'
+    await feeder
+
+    big = StreamReader(protocol, 2**20, loop=loop)
+    big.feed_data(b"x" * (MAX_BODY + 10))
+    big.feed_eof()
+    assert len(await read_body(big)) == MAX_BODY
