@@ -118,17 +118,26 @@ def final_outcome(
     """The outcome of a row that got a final reply, or whose retries ran out."""
     if gave_up is not None:
         last = gave_up.reply
+        # Without this a row the budget denied reads "on 1 attempts", as if no retry policy.
+        budget = (
+            " (not retried further: the run's retry budget is spent, because so many "
+            "requests failed that retrying them all would multiply the load)"
+            if gave_up.budget_spent
+            else ""
+        )
         if last is not None:
             msg = (
                 f"Braze answered {last.status} ({last.message or 'server error'}) on "
-                f"{attempts} attempts; the row was not created and is safe to run again later"
+                f"{attempts} attempts{budget}; the row was not created and is safe to run again "
+                f"later"
             )
             return _failed(row, send_id, attempts, last, "server_error", msg, retryable=True)
         code = (
             "connection_failed" if isinstance(gave_up.error, ConnectFailed) else "connection_lost"
         )
-        msg = f"{gave_up.error} (after {attempts} attempts); the row is safe to run again later" + (
-            "" if send_id is None else f" with the same send_id {send_id}"
+        msg = (
+            f"{gave_up.error} (after {attempts} attempts){budget}; the row is safe to run "
+            f"again later" + ("" if send_id is None else f" with the same send_id {send_id}")
         )
         return _failed(row, send_id, attempts, None, code, msg, retryable=True)
     assert reply is not None

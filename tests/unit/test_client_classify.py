@@ -99,6 +99,41 @@ def test_retry_budget_bounds_retries() -> None:
     assert budget.denied == 7
 
 
+async def test_a_row_the_budget_denied_says_so() -> None:
+    """When the retry budget (not the row's attempts) stops the retries, the exception is
+    marked and the row's message says the budget was spent, not just "1 attempts"."""
+    from provisioner.client import Reply
+    from provisioner.models import Row
+    from provisioner.outcomes import final_outcome
+    from provisioner.retry import RetryPolicy, Transient
+
+    reply = Reply(ReplyKind.SERVER_ERROR, 503, None, "down", None, None, 1.0)
+    calls = 0
+
+    async def no_sleep(_: float) -> None:
+        return None
+
+    async def retry_forever(policy: RetryPolicy, budget: RetryBudget) -> None:
+        nonlocal calls
+        async for attempt in policy.retrying(budget, sleep=no_sleep):
+            with attempt:
+                calls += 1
+                raise Transient(reply=reply)
+
+    with pytest.raises(Transient) as info:
+        await retry_forever(RetryPolicy(attempts=5), RetryBudget(ratio=0.0, floor=0))
+    assert calls == 1
+    assert info.value.budget_spent
+    row = Row(line=2, campaign_id="c1", send_id="s1", columns=())
+    outcome = final_outcome(row, "s1", 1, None, info.value)
+    assert outcome.error == "server_error"
+    assert "retry budget is spent" in (outcome.message or "")
+
+    with pytest.raises(Transient) as info:
+        await retry_forever(RetryPolicy(attempts=2), RetryBudget(ratio=1.0, floor=100))
+    assert not info.value.budget_spent  # the attempts cap stopped it: nothing to add
+
+
 @pytest.mark.parametrize(
     ("location", "target"),
     [
