@@ -638,7 +638,7 @@ async def test_unloadable_tls_files_are_a_usage_error(tmp_path: Path, tls_files:
     bogus = tmp_path / "not-a-cert.pem"
     bogus.write_text("hello")
     sandbox = Sandbox(SandboxConfig(tls_cert=str(bogus), tls_key=str(tls_files.key)))
-    with pytest.raises(UsageError, match="not-a-cert.pem"):
+    with pytest.raises(UsageError, match=r"not-a-cert\.pem"):
         await sandbox.start()
 
 
