@@ -273,8 +273,14 @@ class Run:
                 if pending is not None:
                     exc, pending = pending, None
                     raise exc
-                self.stats.retries += 1
-                return await self.attempt(lane, job, attempts)
+                sent = attempts[0]
+                try:
+                    return await self.attempt(lane, job, attempts)
+                finally:
+                    # Counted once it went out: a retry held back by the breaker or a stop
+                    # and then deferred was never sent.
+                    if attempts[0] > sent:
+                        self.stats.retries += 1
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     async def attempt(self, lane: Lane, job: Job, attempts: list[int]) -> Reply:

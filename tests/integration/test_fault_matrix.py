@@ -509,6 +509,8 @@ async def run_and_check(case: Case, tmp_path: Path, stack: list[Sandbox]) -> Non
 
     # 4. Bounded load: the retry budget, and the fault's own count.
     assert summary["retries"] <= BUDGET_FLOOR + BUDGET_RATIO * summary["requests"], summary
+    # Retries are requests that went out again: at least one request was a first attempt.
+    assert summary["retries"] < max(1, summary["requests"]), summary
     assert summary["requests"] <= case.request_bound(), summary
     if ledger is not None:
         assert ledger.total <= summary["requests"]
