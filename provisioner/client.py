@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
-from .config import ApiKey
+from .config import ApiKey, check_base_url
 from .errors import CertificateRejected, ConnectFailed, InDoubt
 from .limiter import RateLimit
 
@@ -200,7 +200,9 @@ class BrazeClient:
         read_timeout: float = 30.0,
         ca_file: str | None = None,
     ) -> None:
-        self.url = base_url.rstrip("/") + ENDPOINT
+        # Checked here too (not only in build_settings): this is where the key leaves, and a
+        # Settings built by hand must not send it in clear text to a remote host.
+        self.url = check_base_url(base_url) + ENDPOINT
         self.host = urlsplit(self.url).netloc
         self._api_key = api_key
         self._concurrency = concurrency

@@ -212,3 +212,17 @@ async def test_read_body_waits_for_every_piece() -> None:
     big.feed_data(b"x" * (MAX_BODY + 10))
     big.feed_eof()
     assert len(await read_body(big)) == MAX_BODY
+
+
+@pytest.mark.parametrize(
+    "url", ["http://rest.iad-01.braze.com", "ftp://x", "https://u:p@h.example"]
+)
+def test_client_refuses_an_unsafe_base_url(url: str) -> None:
+    """The client itself refuses plain http to a remote host (and other unsafe URLs), even
+    when its settings were not built by build_settings."""
+    from provisioner.client import BrazeClient
+    from provisioner.config import ApiKey
+    from provisioner.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        BrazeClient(url, ApiKey("k"))
