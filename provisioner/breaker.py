@@ -65,7 +65,8 @@ class Breaker:
             if self.opened_at is None:
                 return False
             now = self._clock()
-            if now - self.opened_at > self.max_wait:
+            deadline = self.opened_at + self.max_wait
+            if now >= deadline:
                 self.deferred = Deferred("outage", None)
                 log.warning(
                     "outage_deferred",
@@ -80,6 +81,9 @@ class Breaker:
                 return True
             self._changed.clear()
             wait = max(0.0, self.retry_at - now) if not self.probing else self.cool_down
+            # Wake at max_wait too, not only at the next probe: with cool-downs up to 30 s
+            # the rows would otherwise be deferred up to 30 s late.
+            wait = min(wait, deadline - now)
             sleeper = asyncio.ensure_future(self._sleep(wait))
             changed = asyncio.ensure_future(self._changed.wait())
             try:
