@@ -131,7 +131,7 @@ class Lane:
             if b.deferred is not None and b.deferred.resume_at
             else None,
             "stopped": self.deferral_reason(),
-            "stop_message": self.stop_message,
+            "stop_message": self.stop_message or self.breaker.outage_message(),
             "deferred_rows": self.deferred_rows,
             "windows_needed": self.windows_needed(),
             "breaker_opened": self.breaker.opened,

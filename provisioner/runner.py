@@ -304,7 +304,7 @@ class Run:
                 await lane.budget.cancel()  # never sent; not a server failure either
                 raise
             except TransportError as exc:
-                lane.breaker.failure(probe)
+                lane.breaker.failure(probe, str(exc))
                 if isinstance(exc, InDoubt):
                     await lane.budget.settle_unknown()
                     if job.send_id is None:
@@ -327,7 +327,7 @@ class Run:
                 retry_after=reply.retry_after,
             )
             if reply.kind is ReplyKind.SERVER_ERROR:
-                lane.breaker.failure(probe)
+                lane.breaker.failure(probe, f"{lane.client.url} answered {reply.status}")
                 raise Transient(reply=reply)
             lane.breaker.success(probe)
             if limited:

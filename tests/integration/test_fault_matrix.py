@@ -107,6 +107,7 @@ class Case:
     fault_keys: tuple[str, ...] = ()
     fault_bound: int | None = None
     breaker_opens: bool | None = False  # the fault must (not) open the breaker; None: may
+    stop_message: str | None = None  # in the summary's stop_message when the lane stopped
 
     @property
     def rows(self) -> int:
@@ -242,6 +243,7 @@ CASES = [
     ),
     Case(
         "server_down_throughout",
+        stop_message="last error: cannot connect to http://127.0.0.1:",
         breaker_opens=True,
         server="down",
         settings={"max_wait": 0.5, "concurrency": C},
@@ -270,6 +272,7 @@ CASES = [
     ),
     Case(
         "outage_5xx_longer_than_max_wait",
+        stop_message="/sends/id/create answered 503",
         breaker_opens=True,
         with_send_id=30,
         without_send_id=10,
@@ -299,6 +302,7 @@ CASES = [
     ),
     Case(
         "outage_reset_longer_than_max_wait",
+        stop_message="last error: connection to http://127.0.0.1:",
         breaker_opens=True,
         with_send_id=40,
         without_send_id=0,
@@ -313,6 +317,7 @@ CASES = [
     ),
     Case(
         "redirect_to_another_host",
+        stop_message="answered 302 redirecting to http://127.0.0.1:9;",
         faults=(FaultRule("redirect", status=302, location="http://127.0.0.1:9/elsewhere"),),
         settings={"concurrency": C},
         exit_code=4,
@@ -383,6 +388,7 @@ HEAVY_CASES = [
     # A long outage costs the same few requests for 3000 rows as for 40.
     Case(
         "outage_5xx_longer_than_max_wait_3000_rows",
+        stop_message="/sends/id/create answered 503",
         with_send_id=2000,
         without_send_id=1000,
         outage_at=500,
@@ -521,6 +527,11 @@ async def run_and_check(case: Case, tmp_path: Path, stack: list[Sandbox]) -> Non
     if case.server == "down":
         # Nothing listens: the breaker stops the attempts, not rows x attempts.
         assert summary["requests"] <= BREAKER_BOUND, summary
+    (workspace,) = summary["workspaces"]
+    if case.stop_message is None:
+        assert workspace["stop_message"] is None, workspace
+    else:
+        assert case.stop_message in workspace["stop_message"], workspace
     if case.breaker_opens is not None:
         assert (summary["quota"]["breaker_opened"] > 0) is case.breaker_opens, summary["quota"]
 
