@@ -149,6 +149,7 @@ async def _run(
                     concurrency=ws.concurrency or settings.concurrency,
                     connect_timeout=settings.connect_timeout,
                     read_timeout=settings.read_timeout,
+                    ca_file=settings.ca_file,
                 )
             )
             lanes[ws.name] = Lane(ws, settings, client)

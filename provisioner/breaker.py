@@ -49,6 +49,7 @@ class Breaker:
         self.probing = False
         self.deferred: Deferred | None = None
         self.opened = 0  # how many times it opened in this run
+        self.last_error: str | None = None  # what the latest failure was, for the message
         self._changed = asyncio.Event()
 
     @property
@@ -65,13 +66,15 @@ class Breaker:
             if self.opened_at is None:
                 return False
             now = self._clock()
-            if now - self.opened_at > self.max_wait:
+            deadline = self.opened_at + self.max_wait
+            if now >= deadline:
                 self.deferred = Deferred("outage", None)
                 log.warning(
                     "outage_deferred",
                     workspace=self.workspace,
                     down_s=round(now - self.opened_at, 1),
                     max_wait_s=self.max_wait,
+                    last_error=self.last_error,
                 )
                 self._wake()
                 raise self.deferred
@@ -80,6 +83,9 @@ class Breaker:
                 return True
             self._changed.clear()
             wait = max(0.0, self.retry_at - now) if not self.probing else self.cool_down
+            # Wake at max_wait too, not only at the next probe: with cool-downs up to 30 s
+            # the rows would otherwise be deferred up to 30 s late.
+            wait = min(wait, deadline - now)
             sleeper = asyncio.ensure_future(self._sleep(wait))
             changed = asyncio.ensure_future(self._changed.wait())
             try:
@@ -102,9 +108,10 @@ class Breaker:
         self.probing = False if probe else self.probing
         self._wake()
 
-    def failure(self, probe: bool = False) -> None:
-        """A request failed with a 5xx or a connection error."""
+    def failure(self, probe: bool = False, error: str | None = None) -> None:
+        """A request failed with a 5xx or a connection error (``error`` says which)."""
         self.failures += 1
+        self.last_error = error or self.last_error
         now = self._clock()
         if probe:
             self.probing = False
@@ -121,6 +128,18 @@ class Breaker:
                 probe_in_s=self.cool_down,
             )
         self._wake()
+
+    def outage_message(self) -> str | None:
+        """What a person reads when the outage deferred the rows (None if it did not)."""
+        if self.deferred is None or self.deferred.reason != "outage":
+            return None
+        # A base URL with a typo (DNS), a closed port or a plain-http server behind an
+        # https URL look like an outage too: the last error tells them apart.
+        return (
+            f"Braze did not answer for longer than --max-wait ({self.max_wait:g} s); last "
+            f"error: {self.last_error or 'unknown'}; run again later, and if it persists check "
+            f"base_url"
+        )
 
     def interrupt(self, reason: str) -> None:
         """Stop waiting for the outage to end (a signal): waiters raise ``Deferred``."""

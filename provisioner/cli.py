@@ -109,6 +109,8 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         headers=headers,
         garble=tuple(args.garble or ()),
         outages=tuple(outages),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     serve(config)
     return 0

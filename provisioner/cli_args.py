@@ -232,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds after start, for how long; MODE 5xx (default: every create gets 503) "
         "or refuse (connections reset); repeatable",
     )
+    sandbox.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve https with this PEM certificate (chain); needs --tls-key",
+    )
+    sandbox.add_argument(
+        "--tls-key", metavar="FILE", help="the PEM private key of --tls-cert (unencrypted)"
+    )
     export = sub.add_parser(
         "export",
         help="write a run's output files again from the state store",

@@ -8,18 +8,20 @@ formats a request header, so the API key cannot leak through an exception text.
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
-from .config import ApiKey
-from .errors import ConnectFailed, InDoubt
+from .config import ApiKey, check_base_url
+from .errors import CertificateRejected, ConnectFailed, InDoubt
 from .limiter import RateLimit
 
 ENDPOINT = "/sends/id/create"
@@ -38,7 +40,8 @@ class ReplyKind(StrEnum):
     SERVER_ERROR = "server_error"  # 5xx: transient, retried with backoff
     QUEUED = "queued"  # 202 "queued": Braze took it, no send_id: outcome unknown
     BAD_RESPONSE = "bad_response"  # 2xx that is not a usable success (no JSON, no send_id)
-    UNEXPECTED = "unexpected"  # 1xx/3xx or anything else: never followed
+    REDIRECTED = "redirected"  # 3xx: the base URL is not the API; never followed
+    UNEXPECTED = "unexpected"  # 1xx or anything else
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +130,61 @@ def classify(status: int, raw: bytes) -> tuple[ReplyKind, str | None, str]:
         return ReplyKind.INVALID, None, message
     if status >= 500:
         return ReplyKind.SERVER_ERROR, None, message
+    if 300 <= status < 400:
+        return ReplyKind.REDIRECTED, None, message
     return ReplyKind.UNEXPECTED, None, message
+
+
+async def read_body(content: aiohttp.StreamReader) -> bytes:
+    """The whole body, at most ``MAX_BODY`` bytes. ``read(n)`` alone returns only what has
+    arrived so far: a body that comes in pieces (slow network, TLS records) would be cut
+    to its first piece and a created row taken for a bad answer."""
+    data = await content.read(MAX_BODY)
+    if content.at_eof() or not data:
+        return data  # the usual case: the whole body came with the headers
+    parts = [data]
+    size = len(data)
+    while size < MAX_BODY:
+        chunk = await content.read(MAX_BODY - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
+    """The client's TLS context: certificates and host names always verified, against the
+    system's CA store plus ``ca_file`` (a PEM bundle) when given. There is deliberately no
+    way to turn verification off: the API key must only ever go to the real server."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file is not None:
+        context.load_verify_locations(cafile=ca_file)
+    return context
+
+
+def redirect_target(location: str | None, url: str) -> str:
+    """``scheme://host[:port]`` of a redirect's Location (resolved against ``url``), never
+    its path or query: those may carry tokens that do not belong in logs."""
+    if not location:
+        return "no Location header"
+    target = urlsplit(urljoin(url, location))
+    if not target.hostname:
+        return "an unreadable Location"
+    host = f"[{target.hostname}]" if ":" in target.hostname else target.hostname
+    port = f":{target.port}" if target.port is not None else ""
+    return f"{target.scheme}://{host}{port}"
+
+
+def redirect_message(status: int, location: str | None, url: str) -> str:
+    """What to tell a person when ``url`` answered a redirect: the status and the target's
+    host (never a key, never the target's path or query), and the fix."""
+    return (
+        f"{url} answered {status} redirecting to {redirect_target(location, url)}; redirects "
+        f"are never followed (the API key would go with them): set base_url to your "
+        f"instance's REST endpoint (e.g. https://rest.iad-01.braze.com)"
+    )
 
 
 class BrazeClient:
@@ -141,8 +198,12 @@ class BrazeClient:
         concurrency: int = 16,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        ca_file: str | None = None,
     ) -> None:
-        self.url = base_url.rstrip("/") + ENDPOINT
+        # Checked here too (not only in build_settings): this is where the key leaves, and a
+        # Settings built by hand must not send it in clear text to a remote host.
+        self.url = check_base_url(base_url) + ENDPOINT
+        self.host = urlsplit(self.url).netloc
         self._api_key = api_key
         self._concurrency = concurrency
         self._timeout = aiohttp.ClientTimeout(
@@ -152,10 +213,14 @@ class BrazeClient:
             sock_read=read_timeout,
         )
         self._session: aiohttp.ClientSession | None = None
+        self._ssl = tls_context(ca_file)
 
     async def __aenter__(self) -> BrazeClient:
         connector = aiohttp.TCPConnector(
-            limit=self._concurrency, limit_per_host=0, enable_cleanup_closed=True
+            limit=self._concurrency,
+            limit_per_host=0,
+            enable_cleanup_closed=True,
+            ssl=self._ssl,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -195,10 +260,18 @@ class BrazeClient:
         started = time.perf_counter()
         try:
             async with self._session.post(self.url, data=data, allow_redirects=False) as resp:
-                raw = await resp.content.read(MAX_BODY)
+                raw = await read_body(resp.content)
                 status = resp.status
                 headers = resp.headers
                 location = resp.headers.get("Location")
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # The handshake failed before any HTTP was sent: the key never left.
+            err = exc.certificate_error
+            why = getattr(err, "verify_message", None) or type(err).__name__
+            raise CertificateRejected(
+                f"certificate verify failed for host {self.host} ({why}): set [braze] ca_file "
+                f"to the CA bundle that signed it, or fix the server's certificate"
+            ) from exc
         except aiohttp.ClientConnectorError as exc:
             # DNS, refused, unreachable, TLS handshake: nothing was sent.
             raise ConnectFailed(f"cannot connect to {self.url}: {exc.os_error or exc}") from exc

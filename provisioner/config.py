@@ -11,6 +11,7 @@ import ipaddress
 import math
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -90,6 +91,8 @@ KEYS: tuple[Key, ...] = (
         doc="name of the environment variable that holds the REST API key"),
     Key("braze", "api_key_file", str, None, "PROVISIONER_API_KEY_FILE",
         doc="file holding the REST API key (used when the variable is unset)"),
+    Key("braze", "ca_file", str, None, "PROVISIONER_CA_FILE",
+        doc="PEM CA bundle trusted for https in addition to the system's (e.g. a proxy's CA)"),
     Key("run", "concurrency", int, 16, "PROVISIONER_CONCURRENCY", 1, 1024,
         doc="requests in flight at once"),
     Key("run", "rate", float, 50.0, "PROVISIONER_RATE", 0.01, 1_000_000,
@@ -146,6 +149,7 @@ class Settings:
     out_dir: Path
     api_key: ApiKey = field(repr=False)
     base_url: str = DEFAULT_BASE_URL
+    ca_file: str | None = None
     manifest_format: str | None = None
     concurrency: int = 16
     rate: float = 50.0
@@ -194,6 +198,7 @@ class Settings:
 
 _FIELD_FOR = {
     ("braze", "base_url"): "base_url",
+    ("braze", "ca_file"): "ca_file",
     ("run", "concurrency"): "concurrency",
     ("run", "rate"): "rate",
     ("run", "quota"): "quota",
@@ -335,6 +340,25 @@ def _shown_url_safe(url: str) -> str:
     return repr(f"{scheme}{sep}...") if sep else "(not shown)"
 
 
+def check_ca_file(path: str) -> str:
+    """A CA bundle must be a readable PEM file of certificates (checked before any request,
+    so a typo stops the run at once rather than at the first handshake)."""
+    try:
+        ssl.create_default_context().load_verify_locations(cafile=path)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"ca_file {path} does not exist: give the path of a PEM CA bundle"
+        ) from None
+    except (ssl.SSLError, ValueError):  # before OSError: SSLError is one
+        raise ConfigError(
+            f"ca_file {path} holds no PEM certificate: give a file of "
+            f"-----BEGIN CERTIFICATE----- blocks (the CA that signed the server's certificate)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"ca_file {path} cannot be read: {exc.strerror or exc}") from None
+    return path
+
+
 MAX_PREFIX = 24
 
 
@@ -457,6 +481,8 @@ def build_settings(
     prefix = merged.get("derive_send_ids")
     if prefix is not None:
         check_send_id_prefix(prefix)
+    if merged.get("ca_file") is not None:
+        check_ca_file(str(merged["ca_file"]))
     fmt = cli.get("manifest_format")
     settings = Settings(
         manifest=manifest,

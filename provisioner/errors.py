@@ -11,6 +11,7 @@
     │   └── StateLockedError exit 75 another live run holds the state store
     └── TransportError               one request's fate (raised by client.py only)
         ├── ConnectFailed            the request never reached the server: safe to resend
+        │   └── CertificateRejected  the server's TLS certificate failed verification
         └── InDoubt                  the request may have reached the server
 
 aiohttp's exceptions are translated into ``TransportError`` in exactly one place,
@@ -66,3 +67,8 @@ class ConnectFailed(TransportError):
 
 class InDoubt(TransportError):
     """The request may have reached the server (read timeout, connection dropped)."""
+
+
+class CertificateRejected(ConnectFailed):
+    """The server's TLS certificate failed verification: nothing was sent (the key never
+    left), and resending cannot help until the CA is trusted or the server fixed."""

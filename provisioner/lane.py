@@ -57,14 +57,17 @@ class Lane:
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.concurrency * 4)
         self.stop_reason: str | None = None
         self.stop_exit: int | None = None
+        self.stop_message: str | None = None
         self.deferred_rows = 0
         self._spent_recorded = 0
 
-    def stop(self, reason: str, exit_code: int | None = None) -> None:
-        """Stop this workspace only; its remaining rows are deferred with ``reason``."""
+    def stop(self, reason: str, exit_code: int | None = None, message: str | None = None) -> None:
+        """Stop this workspace only; its remaining rows are deferred with ``reason``;
+        ``message`` (what went wrong and the fix) goes to the summary."""
         if self.stop_reason is None:
             self.stop_reason = reason
             self.stop_exit = exit_code
+            self.stop_message = message
             log.warning("workspace_stopping", workspace=self.label, name=self.name, reason=reason)
 
     def interrupt(self, reason: str) -> None:
@@ -106,6 +109,8 @@ class Lane:
         per_window = self.budget.cap or self.budget.limit or self.budget.default_limit
         if not self.deferred_rows or not per_window:
             return None
+        if self.deferral_reason() not in ("quota", "rate_limited"):
+            return None  # a refused key, an outage or a signal: more windows would not help
         return math.ceil(self.deferred_rows / per_window)
 
     def summary(self) -> dict[str, object]:
@@ -126,6 +131,7 @@ class Lane:
             if b.deferred is not None and b.deferred.resume_at
             else None,
             "stopped": self.deferral_reason(),
+            "stop_message": self.stop_message or self.breaker.outage_message(),
             "deferred_rows": self.deferred_rows,
             "windows_needed": self.windows_needed(),
             "breaker_opened": self.breaker.opened,

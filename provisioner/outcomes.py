@@ -118,17 +118,26 @@ def final_outcome(
     """The outcome of a row that got a final reply, or whose retries ran out."""
     if gave_up is not None:
         last = gave_up.reply
+        # Without this a row the budget denied reads "on 1 attempts", as if no retry policy.
+        budget = (
+            " (not retried further: the run's retry budget is spent, because so many "
+            "requests failed that retrying them all would multiply the load)"
+            if gave_up.budget_spent
+            else ""
+        )
         if last is not None:
             msg = (
                 f"Braze answered {last.status} ({last.message or 'server error'}) on "
-                f"{attempts} attempts; the row was not created and is safe to run again later"
+                f"{attempts} attempts{budget}; the row was not created and is safe to run again "
+                f"later"
             )
             return _failed(row, send_id, attempts, last, "server_error", msg, retryable=True)
         code = (
             "connection_failed" if isinstance(gave_up.error, ConnectFailed) else "connection_lost"
         )
-        msg = f"{gave_up.error} (after {attempts} attempts); the row is safe to run again later" + (
-            "" if send_id is None else f" with the same send_id {send_id}"
+        msg = (
+            f"{gave_up.error} (after {attempts} attempts){budget}; the row is safe to run "
+            f"again later" + ("" if send_id is None else f" with the same send_id {send_id}")
         )
         return _failed(row, send_id, attempts, None, code, msg, retryable=True)
     assert reply is not None
@@ -181,14 +190,8 @@ def final_outcome(
             f"{what}; send_id {send_id} is known, so running again later is safe and confirms it",
             retryable=True,
         )
-    if 300 <= reply.status < 400:
-        msg = (
-            f"Braze answered {reply.status} redirecting to {reply.location or '?'}; redirects "
-            f"are never followed (the API key would go with them): set base_url to your "
-            f"instance's REST endpoint"
-        )
-    else:
-        msg = f"unexpected answer {reply.status} ({reply.message}); report it with the run id"
+    # A redirect (3xx) never gets here: it stops the workspace (runner, reason "redirected").
+    msg = f"unexpected answer {reply.status} ({reply.message}); report it with the run id"
     return _failed(row, send_id, attempts, reply, "unexpected_response", msg, retryable=False)
 
 

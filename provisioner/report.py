@@ -23,6 +23,10 @@ _NEXT_STEP = {
     "interrupted": "the run was interrupted: run the same command again to finish",
     "output_failed": "the output files could not be written, so the run stopped: run the same "
     "command again once the output folder can be written",
+    "redirected": "the base URL answered a redirect (never followed: the key would go with "
+    "it): set base_url to your instance's REST endpoint, then run the same command again",
+    "certificate_failed": "the server's TLS certificate could not be verified: set [braze] "
+    "ca_file to the CA that signed it (or fix the server), then run the same command again",
 }
 
 
@@ -65,6 +69,9 @@ def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:
         for reason, n in reasons.items():
             step = _NEXT_STEP.get(reason, "run the same command again later")
             lines.append(f"  {n} rows deferred by {reason}: " + step.format(resume=resume))
+        for w in summary.get("workspaces", []) or []:
+            if w.get("stop_message"):
+                lines.append(f"  workspace {w.get('name')} stopped: {w['stop_message']}")
         needed = [w for w in summary.get("workspaces", []) or [] if w.get("windows_needed")]
         for w in needed:
             lines.append(

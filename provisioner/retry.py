@@ -32,6 +32,9 @@ from tenacity.stop import stop_base
 
 from .client import Reply
 from .errors import TransportError
+from .logs import get_logger
+
+log = get_logger(__name__)
 
 
 class Transient(Exception):
@@ -41,6 +44,7 @@ class Transient(Exception):
         super().__init__(reply.message if reply else str(error))
         self.reply = reply
         self.error = error
+        self.budget_spent = False  # set when the retry budget, not the row's caps, stopped it
 
 
 class RetryBudget:
@@ -62,6 +66,14 @@ class RetryBudget:
         if self.retries < self.floor + self.ratio * self.requests:
             self.retries += 1
             return True
+        if not self.denied:
+            log.warning(
+                "retry_budget_spent",
+                requests=self.requests,
+                retries=self.retries,
+                hint="Braze fails too often for every failure to be retried; the rows not "
+                "retried fail as retryable: run again later",
+            )
         self.denied += 1
         return False
 
@@ -73,7 +85,13 @@ class _BudgetStop(stop_base):
         self.budget = budget
 
     def __call__(self, retry_state: RetryCallState) -> bool:
-        return not self.budget.take()
+        if self.budget.take():
+            return False
+        outcome = retry_state.outcome
+        failure = outcome.exception() if outcome is not None and outcome.failed else None
+        if isinstance(failure, Transient):
+            failure.budget_spent = True  # for the row's message
+        return True
 
 
 @dataclass(frozen=True, slots=True)

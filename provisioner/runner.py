@@ -19,9 +19,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from .client import Reply, ReplyKind
+from .client import Reply, ReplyKind, redirect_message
 from .config import Settings
-from .errors import InDoubt, OutputError, TransportError
+from .errors import CertificateRejected, InDoubt, OutputError, TransportError
 from .feed import Feed, feed_for
 from .identity import RowKey
 from .lane import Job, Lane
@@ -285,20 +285,38 @@ class Run:
             return final_outcome(job.row, job.send_id, attempts[0], None, exc)
         except InDoubt as exc:
             return failed_in_doubt(job.row, attempts=attempts[0], detail=str(exc))
+        except CertificateRejected as exc:
+            # Nothing was sent and no retry can help: stop like a refused key.
+            await self._stop_lane(lane, "certificate_failed", "certificate_rejected", str(exc))
+            return deferred(job.row, job.send_id, "certificate_failed")
         if reply.kind is ReplyKind.KEY_REFUSED:
-            lane.stop("key_refused", 4)
-            lane.interrupt("key_refused")
-            await lane.budget.defer("key_refused")
-            log.error(
-                "key_refused",
-                workspace=lane.label,
-                name=lane.name,
-                http_status=reply.status,
-                message=reply.message,
-                hint=_KEY_HINTS.get(reply.status, ""),
-            )
+            hint = _KEY_HINTS.get(reply.status, "")
+            await self._stop_lane(
+                lane, "key_refused", "key_refused", reply.message, http_status=reply.status,
+                hint=hint,
+            )  # fmt: skip
             return deferred(job.row, job.send_id, "key_refused")
+        if reply.kind is ReplyKind.REDIRECTED:
+            # The base URL is not the API (moved, a proxy, a login page): a misconfiguration
+            # for the whole workspace, and following it would send the key elsewhere.
+            message = redirect_message(reply.status, reply.location, lane.client.url)
+            await self._stop_lane(
+                lane, "redirected", "base_url_redirected", message, http_status=reply.status
+            )
+            return deferred(job.row, job.send_id, "redirected")
         return final_outcome(job.row, job.send_id, attempts[0], reply, None)
+
+    async def _stop_lane(
+        self, lane: Lane, reason: str, event: str, message: str, **fields: object
+    ) -> None:
+        """Stop a workspace whose configuration is wrong (exit 4); the rest is deferred with
+        ``reason``. Logged once, by the first request that found out."""
+        first = lane.stop_reason is None
+        lane.stop(reason, 4, message)
+        lane.interrupt(reason)
+        await lane.budget.defer(reason)
+        if first:
+            log.error(event, workspace=lane.label, name=lane.name, message=message, **fields)
 
     async def _retry(self, lane: Lane, job: Job, attempts: list[int], first: Transient) -> Reply:
         pending: Transient | None = first
@@ -307,8 +325,14 @@ class Run:
                 if pending is not None:
                     exc, pending = pending, None
                     raise exc
-                self.stats.retries += 1
-                return await self.attempt(lane, job, attempts)
+                sent = attempts[0]
+                try:
+                    return await self.attempt(lane, job, attempts)
+                finally:
+                    # Counted once it went out: a retry held back by the breaker or a stop
+                    # and then deferred was never sent.
+                    if attempts[0] > sent:
+                        self.stats.retries += 1
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     async def attempt(self, lane: Lane, job: Job, attempts: list[int]) -> Reply:
@@ -328,8 +352,11 @@ class Run:
             self.retry_budget.note_request()
             try:
                 reply = await lane.client.create(job.row.campaign_id, job.send_id)
+            except CertificateRejected:
+                await lane.budget.cancel()  # never sent; not a server failure either
+                raise
             except TransportError as exc:
-                lane.breaker.failure(probe)
+                lane.breaker.failure(probe, str(exc))
                 if isinstance(exc, InDoubt):
                     await lane.budget.settle_unknown()
                     if job.send_id is None:
@@ -339,6 +366,11 @@ class Run:
                 raise Transient(error=exc) from exc
             self.stats.note_status(reply.status)
             self.stats.latency.add(reply.latency_ms)
+            if reply.kind is ReplyKind.REDIRECTED:
+                # Not the API answering: its headers say nothing of the quota.
+                await lane.budget.cancel()
+                lane.breaker.success(probe)
+                return reply
             limited = reply.kind is ReplyKind.RATE_LIMITED
             await lane.budget.observe(
                 reply.rate_limit,
@@ -347,7 +379,7 @@ class Run:
                 retry_after=reply.retry_after,
             )
             if reply.kind is ReplyKind.SERVER_ERROR:
-                lane.breaker.failure(probe)
+                lane.breaker.failure(probe, f"{lane.client.url} answered {reply.status}")
                 raise Transient(reply=reply)
             lane.breaker.success(probe)
             if limited:

@@ -19,6 +19,7 @@ import math
 import random
 import secrets
 import signal
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -99,6 +100,8 @@ class SandboxConfig:
     headers: str = "normal"
     garble: tuple[str, ...] = ()
     outages: tuple[Outage, ...] = ()
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -123,6 +126,26 @@ class SandboxConfig:
             raise UsageError(str(exc)) from None
         if self.garble and self.headers != "garble":
             raise UsageError(f"--garble needs --headers garble, not --headers {self.headers}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise UsageError("--tls-cert and --tls-key go together: give both or neither")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context when ``tls_cert``/``tls_key`` are set (https), else None.
+
+        Raises ``UsageError`` naming the files when they cannot be loaded.
+        """
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                f"--tls-cert {self.tls_cert} / --tls-key {self.tls_key} cannot be loaded: "
+                f"{getattr(exc, 'strerror', None) or exc}; give a PEM certificate (chain) and "
+                f"its unencrypted PEM private key"
+            ) from None
+        return context
 
 
 class _Service:
@@ -341,7 +364,7 @@ class Sandbox:
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:43123`` (only while started)."""
+        """Base URL, e.g. ``http://127.0.0.1:43123`` (``https`` with TLS; only while started)."""
         if self._url is None:
             raise RuntimeError("the sandbox is not started")
         return self._url
@@ -385,10 +408,11 @@ class Sandbox:
             handle_signals=False,
             shutdown_timeout=self._shutdown_timeout,
         )
+        context = self.config.ssl_context()
         await runner.setup()
         host, port = self.config.host, self.config.port
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=context).start()
         except OSError as exc:
             await runner.cleanup()
             reason = exc.strerror or str(exc)
@@ -399,7 +423,8 @@ class Sandbox:
         self._runner = runner
         bound_port = runner.addresses[0][1]
         shown_host = f"[{host}]" if ":" in host else host
-        self._url = f"http://{shown_host}:{bound_port}"
+        scheme = "https" if context is not None else "http"
+        self._url = f"{scheme}://{shown_host}:{bound_port}"
 
     async def stop(self) -> None:
         """Stop listening and close connections (idempotent)."""

@@ -20,7 +20,7 @@ from aiohttp import web
 from provisioner.errors import ConfigError
 
 #: Actions that answer without creating anything.
-NON_CREATING_ACTIONS = frozenset({"status", "rate_limit", "drop_before"})
+NON_CREATING_ACTIONS = frozenset({"status", "rate_limit", "drop_before", "redirect"})
 #: Actions that create (ledger + quota) and then spoil the answer.
 CREATING_ACTIONS = frozenset(
     {"queued", "drop_after", "delay", "not_json", "no_send_id", "slow_body"}
@@ -28,7 +28,15 @@ CREATING_ACTIONS = frozenset(
 ACTIONS = NON_CREATING_ACTIONS | CREATING_ACTIONS
 #: Actions that are meaningless without a positive ``delay_ms``.
 _DELAYED_ACTIONS = frozenset({"delay", "slow_body"})
-#: How each action shows in the ledger's ``by_status`` (``status`` uses its own code).
+#: The codes a ``redirect`` rule may answer, and its default (307 keeps the method and body,
+#: so a client that followed it would POST the key and body to ``location``).
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+DEFAULT_REDIRECT_CODE = 307
+#: Where a ``redirect`` rule points without a ``location``: another host, on a reserved
+#: domain that never resolves (RFC 2606), so a client that followed it would get nowhere.
+DEFAULT_REDIRECT_LOCATION = "https://moved.example.invalid/sends/id/create"
+#: How each action shows in the ledger's ``by_status`` (``status`` and ``redirect`` use their
+#: own code).
 _OUTCOMES = {
     "rate_limit": "429",
     "drop_before": "dropped",
@@ -73,6 +81,7 @@ class FaultRule:
     probability: float = 1.0
     delay_ms: float = 0.0
     status: int = 500
+    location: str | None = None
 
     def __post_init__(self) -> None:
         # Checked here, not only in the JSON reader, so that a rule built in Python
@@ -99,6 +108,23 @@ class FaultRule:
             raise ValueError(f"status must be an integer, got {self.status!r}")
         if self.action == "status" and not 400 <= self.status <= 599:
             raise ValueError(f"status must be an HTTP error code (400-599), got {self.status}")
+        if self.action == "redirect":
+            if self.status == 500:
+                # 500 is the field's default for `status` rules, never a redirect: a rule
+                # that leaves it out gets the redirect default instead.
+                object.__setattr__(self, "status", DEFAULT_REDIRECT_CODE)
+            if self.status not in REDIRECT_CODES:
+                codes = ", ".join(str(c) for c in sorted(REDIRECT_CODES))
+                raise ValueError(f"a redirect status must be one of {codes}, got {self.status}")
+        if self.location is not None and (
+            not isinstance(self.location, str)
+            or not self.location
+            or any(not 0x21 <= ord(c) <= 0x7E for c in self.location)
+        ):
+            # Printable ASCII without spaces: it goes into a header as it is.
+            raise ValueError(
+                f"location must be a URL of printable ASCII without spaces, got {self.location!r}"
+            )
 
     @property
     def creates(self) -> bool:
@@ -108,7 +134,9 @@ class FaultRule:
     @property
     def outcome(self) -> str:
         """The ledger's ``by_status`` key for a request this rule answers."""
-        return str(self.status) if self.action == "status" else _OUTCOMES[self.action]
+        if self.action in ("status", "redirect"):
+            return str(self.status)
+        return _OUTCOMES[self.action]
 
 
 def _is_number(value: object) -> bool:
@@ -371,6 +399,15 @@ async def answer_fault(
         status = 429 if action == "rate_limit" else rule.status
         message = ERROR_MESSAGES.get(status, f"Sandbox fault: HTTP {status}")
         return json_response(status, {"message": message}, headers)
+    if action == "redirect":
+        # A front door or proxy answers, not the service: no rate-limit headers.
+        location = rule.location or DEFAULT_REDIRECT_LOCATION
+        return web.Response(
+            text=f"Moved to {location}\n",
+            status=rule.status,
+            headers={"Location": location},
+            content_type="text/plain",
+        )
     if action == "queued":
         return json_response(202, {"message": "queued"}, headers)
     if action == "no_send_id":

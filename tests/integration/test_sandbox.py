@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from provisioner.sandbox import (
     load_faults,
     workspace_label,
 )
-from tests.conftest import SandboxFactory
+from tests.conftest import SandboxFactory, TlsFiles
 
 KEY = "sandbox-key"
 RATE_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
@@ -500,6 +501,9 @@ async def test_faults_admin_endpoints(http: aiohttp.ClientSession, sandbox: Sand
         b'{"rules": [{"action": "status", "status": 200}]}',
         b'{"rules": [{"action": "queued", "colour": "red"}]}',
         b'{"rules": [{"action": "queued", "times": 0}]}',
+        b'{"rules": [{"action": "redirect", "status": 404}]}',
+        b'{"rules": [{"action": "redirect", "location": "https://a b/"}]}',
+        b'{"rules": [{"action": "redirect", "location": 7}]}',
     ],
 )
 async def test_faults_admin_rejects_bad_rules(
@@ -552,6 +556,124 @@ def test_load_faults_errors_name_file_and_rule(
         load_faults(str(path))
     assert str(path) in str(info.value)
     assert expected in str(info.value)
+
+
+async def test_redirect_fault_defaults(http: aiohttp.ClientSession, sandbox: Sandbox) -> None:
+    """redirect answers 307 to a host that never resolves, without rate-limit headers, and
+    creates nothing; the ledger counts it under "307"."""
+    sandbox.add_faults([FaultRule("redirect", times=1)])
+    async with http.post(
+        f"{sandbox.url}/sends/id/create",
+        json={"campaign_id": "c", "send_id": "s"},
+        headers={"Authorization": f"Bearer {KEY}"},
+        allow_redirects=False,
+    ) as resp:
+        assert resp.status == 307
+        assert resp.headers["Location"] == "https://moved.example.invalid/sends/id/create"
+        assert not any(name in resp.headers for name in RATE_HEADERS)
+    assert sandbox.ledger.created == []
+    assert sandbox.ledger.by_status == {"307": 1}
+    assert (await post(http, sandbox)).status == 201  # times=1: spent
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 308])
+async def test_redirect_fault_status_and_location(
+    http: aiohttp.ClientSession, sandbox: Sandbox, status: int
+) -> None:
+    """A redirect rule answers its status with the rule's location."""
+    target = "http://127.0.0.1:9/elsewhere"
+    sandbox.add_faults([FaultRule("redirect", status=status, location=target)])
+    async with http.post(
+        f"{sandbox.url}/sends/id/create",
+        json={"campaign_id": "c"},
+        headers={"Authorization": f"Bearer {KEY}"},
+        allow_redirects=False,
+    ) as resp:
+        assert (resp.status, resp.headers["Location"]) == (status, target)
+    assert sandbox.ledger.count(status) == 1
+
+
+def test_redirect_rule_from_json(tmp_path: Path) -> None:
+    """A fault file's redirect rule keeps its location; a missing status means 307."""
+    path = tmp_path / "faults.json"
+    path.write_text(
+        json.dumps({"rules": [{"action": "redirect", "location": "https://other.example/x"}]})
+    )
+    (rule,) = load_faults(str(path))
+    assert (rule.status, rule.location, rule.creates) == (307, "https://other.example/x", False)
+
+
+# -- https ---------------------------------------------------------------------------
+
+
+async def test_tls_sandbox_serves_https(
+    sandbox_factory: SandboxFactory, tls_files: TlsFiles
+) -> None:
+    """With tls_cert/tls_key the sandbox serves https; a client trusting the CA gets 201,
+    one that does not fails the handshake before sending anything."""
+    sandbox = await sandbox_factory(tls_cert=str(tls_files.cert), tls_key=str(tls_files.key))
+    assert sandbox.url.startswith("https://127.0.0.1:")
+    trusting = ssl.create_default_context(cafile=str(tls_files.ca))
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=5),
+        connector=aiohttp.TCPConnector(ssl=trusting),
+    ) as session:
+        assert (await post(session, sandbox)).status == 201
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as untrusting:
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await post(untrusting, sandbox)
+    assert sandbox.ledger.total == 1
+
+
+def test_tls_needs_cert_and_key(tls_files: TlsFiles) -> None:
+    """--tls-cert without --tls-key (or the reverse) is a usage error."""
+    with pytest.raises(UsageError, match="--tls-cert and --tls-key"):
+        SandboxConfig(tls_cert=str(tls_files.cert))
+    with pytest.raises(UsageError, match="--tls-cert and --tls-key"):
+        SandboxConfig(tls_key=str(tls_files.key))
+
+
+async def test_unloadable_tls_files_are_a_usage_error(tmp_path: Path, tls_files: TlsFiles) -> None:
+    """A certificate that cannot be loaded stops the start with a message naming the files."""
+    bogus = tmp_path / "not-a-cert.pem"
+    bogus.write_text("hello")
+    sandbox = Sandbox(SandboxConfig(tls_cert=str(bogus), tls_key=str(tls_files.key)))
+    with pytest.raises(UsageError, match=r"not-a-cert\.pem"):
+        await sandbox.start()
+
+
+async def test_cli_sandbox_tls_flags(tls_files: TlsFiles) -> None:
+    """`provisioner sandbox --tls-cert --tls-key` prints an https URL that serves."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "provisioner",
+        "sandbox",
+        "--tls-cert",
+        str(tls_files.cert),
+        "--tls-key",
+        str(tls_files.key),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).parents[2],
+    )
+    try:
+        assert proc.stdout is not None
+        url = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().strip()
+        assert url.startswith("https://127.0.0.1:")
+        trusting = ssl.create_default_context(cafile=str(tls_files.ca))
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusting)) as session,
+            session.get(f"{url}/sandbox/health") as resp,
+        ):
+            assert resp.status == 200
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.communicate(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0
 
 
 # -- error_rate ----------------------------------------------------------------------

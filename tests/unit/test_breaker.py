@@ -92,3 +92,16 @@ async def test_outage_longer_than_max_wait_defers() -> None:
     assert info.value.reason == "outage"
     with pytest.raises(Deferred):
         await b.allow()
+
+
+async def test_outage_is_deferred_at_max_wait_not_at_the_next_probe() -> None:
+    """With a cool-down longer than max_wait, the waiters give up at max_wait."""
+    clock = Clock()
+    b = breaker(clock, max_wait=0.5)
+    for _ in range(3):
+        b.failure()
+    start = clock.now
+    with pytest.raises(Deferred) as info:
+        await b.allow()
+    assert info.value.reason == "outage"
+    assert clock.now - start == pytest.approx(0.5)

@@ -193,3 +193,37 @@ def test_bad_derive_prefix_is_refused(tmp_path: Path) -> None:
     """A derived send_id prefix must be short printable ASCII."""
     with pytest.raises(ConfigError, match="prefix"):
         build(tmp_path, derive_send_ids="é" * 3)
+
+
+def test_ca_file_from_config_and_environment(tmp_path: Path) -> None:
+    """[braze] ca_file (or PROVISIONER_CA_FILE) names a PEM bundle; it is checked and kept."""
+    import trustme
+
+    bundle = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(bundle))
+    assert build(tmp_path, f'[braze]\nca_file = "{bundle}"\n').ca_file == str(bundle)
+    env = {**ENV, "PROVISIONER_CA_FILE": str(bundle)}
+    assert build(tmp_path, env=env).ca_file == str(bundle)
+    assert build(tmp_path).ca_file is None
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"), [(None, "does not exist"), ("not a certificate", "no PEM certificate")]
+)
+def test_bad_ca_file_is_refused_before_sending(
+    tmp_path: Path, content: str | None, expected: str
+) -> None:
+    """A missing or non-PEM ca_file stops the run at configuration time, naming the path."""
+    bundle = tmp_path / "ca.pem"
+    if content is not None:
+        bundle.write_text(content)
+    with pytest.raises(ConfigError, match=expected) as info:
+        build(tmp_path, env={**ENV, "PROVISIONER_CA_FILE": str(bundle)})
+    assert str(bundle) in str(info.value)
+
+
+def test_there_is_no_switch_to_skip_tls_verification(tmp_path: Path) -> None:
+    """No config key turns certificate verification off: such keys are unknown keys."""
+    for name in ("verify", "verify_ssl", "insecure", "ssl"):
+        with pytest.raises(ConfigError, match="unknown key"):
+            build(tmp_path, f"[braze]\n{name} = false\n")

@@ -1,0 +1,549 @@
+"""The fault matrix: every way Braze (or the way to it) can misbehave, one run each.
+
+Each case runs the provisioner against a sandbox that misbehaves in one way, then checks
+the same things: every manifest row is in exactly one output file; the statuses, error
+codes, deferral reasons and exit code are the expected ones; the sandbox's ledger agrees
+with the outputs (every created row is in it with its send_id, nothing is in it that the
+outputs do not account for, no combination was created twice unless its answer was lost,
+a row without a send_id never got two ids, an in-doubt row was sent once); and the number
+of requests is bounded: by the retry budget (retries at most 20 + 20 % of requests), and
+during an outage by the breaker (its threshold, the requests already in flight, probes),
+not by rows x attempts.
+
+The sandbox runs with ``repeat_counts`` so that a resent combination shows in the ledger
+as a second creation instead of passing unnoticed, and every request it receives is
+recorded (campaign_id) by a middleware, which can also start an outage at the N-th
+request, so that "mid-run" is deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from provisioner.api import run_pipeline
+from provisioner.sandbox import FaultRule, Sandbox, SandboxConfig
+
+from .helpers import assert_invariant, campaigns, outputs, settings_for, write_csv
+
+# The run's retry budget (retry.RetryBudget defaults) and breaker threshold (breaker.Breaker).
+BUDGET_FLOOR, BUDGET_RATIO = 20, 0.2
+BREAKER_THRESHOLD = 5
+ATTEMPTS = 5  # [retry] attempts, the default
+# Codes of failed rows that Braze may have created: the ledger may hold them.
+MAYBE_CREATED = frozenset({"in_doubt", "queued", "bad_response", "connection_lost"})
+
+# Rows "s…" carry a send_id, rows "u…" do not. Targeted faults hit two of each.
+S_TARGETS = ("s000003", "s000007")
+U_TARGETS = ("u000002", "u000005")
+
+
+class Recorder:
+    """Middleware: records the campaign_id of every create request the sandbox receives,
+    and starts an outage when the ``outage_at``-th arrives (before answering it)."""
+
+    def __init__(self) -> None:
+        self.seen: Counter[str] = Counter()
+        self.count = 0
+        self.sandbox: Sandbox | None = None
+        self.outage_at: int | None = None
+        self.outage: tuple[float, str] = (0.0, "5xx")
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Count the request by campaign, maybe start the outage, then let it through."""
+        if request.path == "/sends/id/create":
+            try:
+                body = orjson.loads(await request.read())  # cached: the handler reads it too
+                self.seen[str(body.get("campaign_id"))] += 1
+            except (orjson.JSONDecodeError, ConnectionError, AttributeError):
+                self.seen["?"] += 1
+            self.count += 1
+            if self.count == self.outage_at and self.sandbox is not None:
+                self.sandbox.start_outage(*self.outage)
+        return await handler(request)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One fault and what a correct run does under it."""
+
+    id: str
+    with_send_id: int = 12
+    without_send_id: int = 8
+    sandbox: dict[str, Any] = field(default_factory=dict)  # SandboxConfig overrides
+    faults: tuple[FaultRule, ...] = ()
+    settings: dict[str, Any] = field(default_factory=dict)  # run settings overrides
+    server: str = "up"  # "up"; "down": nothing listens; "late": it starts after 0.5 s
+    outage_at: int | None = None  # start an outage at this request (1-based)
+    outage: tuple[float, str] = (0.0, "5xx")
+    exit_code: int | frozenset[int] = 0
+    # Exact counts by final status, error code and deferral reason (None: not checked).
+    statuses: dict[str, int] | None = None
+    errors: dict[str, int] | None = None
+    deferred: dict[str, int] | None = None
+    # Error codes and deferral reasons allowed when the exact counts are not fixed.
+    allowed_errors: frozenset[str] = frozenset()
+    allowed_deferred: frozenset[str] = frozenset()
+    # Rows whose answer was lost once: their resend creates the combination a second time
+    # (repeat_counts), and exactly that, which also proves the fault hit them ("*": any
+    # row with a send_id, any number of times up to the attempts).
+    lost_answers: frozenset[str] = frozenset()
+    # Requests the server may see beyond one per row (429 resends, outage, probes).
+    extra_requests: int = 0
+    # The ledger keys ("503", "refused"...) of the answers the fault gave: at least one
+    # (the fault did hit) and at most ``fault_bound``.
+    fault_keys: tuple[str, ...] = ()
+    fault_bound: int | None = None
+    breaker_opens: bool | None = False  # the fault must (not) open the breaker; None: may
+    stop_message: str | None = None  # in the summary's stop_message when the lane stopped
+
+    @property
+    def rows(self) -> int:
+        """Rows in the manifest."""
+        return self.with_send_id + self.without_send_id
+
+    def request_bound(self) -> int:
+        """The most requests a correct run sends: every row once plus the case's extras,
+        plus retries within the budget (retries <= floor + ratio * requests)."""
+        firsts = self.rows + self.extra_requests
+        return int((firsts + BUDGET_FLOOR) / (1 - BUDGET_RATIO)) + 1
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def targeted(action: str, **fields: Any) -> tuple[FaultRule, ...]:
+    """The fault on two rows with a send_id once each (their retry succeeds) and on two
+    rows without one every time (a resend would show as another fault in the ledger)."""
+    return tuple(FaultRule(action, campaign_id=c, times=1, **fields) for c in S_TARGETS) + tuple(
+        FaultRule(action, campaign_id=c, **fields) for c in U_TARGETS
+    )
+
+
+LOST = frozenset(S_TARGETS)
+# Concurrency of the outage cases: the breaker bound is threshold + in flight + probes.
+C = 4
+BREAKER_BOUND = BREAKER_THRESHOLD + C + 2
+
+CASES = [
+    Case(
+        "5xx_20_percent",
+        with_send_id=60,
+        without_send_id=20,
+        # Concurrency 1 makes the seeded draws hit the same requests every time.
+        sandbox={"error_rate": 0.2, "seed": 3},
+        settings={"concurrency": 1},
+        statuses={"created": 80},
+        fault_keys=("500", "502", "503"),
+        fault_bound=BUDGET_FLOOR + 25,  # retries stay within the budget
+    ),
+    Case(
+        "429_storm_within_max_wait",
+        with_send_id=20,
+        without_send_id=10,
+        sandbox={"window_seconds": 1},
+        faults=tuple(FaultRule("rate_limit", campaign_id=f"s{i:06d}", times=1) for i in (8, 9, 10)),
+        settings={"max_wait": 5, "concurrency": C},
+        statuses={"created": 30},
+        extra_requests=3,  # each 429 is sent again after the pause: not a retry
+        fault_keys=("429",),
+        fault_bound=3,
+    ),
+    Case(
+        "429_storm_beyond_max_wait",
+        sandbox={"window_seconds": 3600},
+        faults=(FaultRule("rate_limit"),),
+        settings={"max_wait": 0.5, "concurrency": C},
+        exit_code=3,
+        deferred={"rate_limited": 20},
+        fault_keys=("429",),
+        fault_bound=1,  # the window is learnt by one request; its 429 defers the rest
+    ),
+    Case(
+        "drop_before_reading",
+        faults=targeted("drop_before"),
+        exit_code=1,
+        statuses={"created": 18, "failed": 2},
+        errors={"in_doubt": 2},
+        extra_requests=2,
+        fault_keys=("dropped",),
+        fault_bound=4,
+    ),
+    Case(
+        "drop_after_creating",
+        faults=targeted("drop_after"),
+        exit_code=1,
+        statuses={"created": 18, "failed": 2},
+        errors={"in_doubt": 2},
+        lost_answers=LOST,
+        extra_requests=2,
+        fault_keys=("dropped",),
+        fault_bound=4,
+    ),
+    Case(
+        "read_timeout",
+        faults=targeted("delay", delay_ms=1000),
+        settings={"read_timeout": 0.4},
+        exit_code=1,
+        statuses={"created": 18, "failed": 2},
+        errors={"in_doubt": 2},
+        lost_answers=LOST,
+        extra_requests=2,
+    ),
+    Case(
+        "slow_body_within_read_timeout",
+        faults=targeted("slow_body", delay_ms=60),
+        settings={"read_timeout": 0.5},
+        statuses={"created": 20},
+    ),
+    Case(
+        "slow_body_past_read_timeout",
+        faults=targeted("slow_body", delay_ms=1000),
+        settings={"read_timeout": 0.4},
+        exit_code=1,
+        statuses={"created": 18, "failed": 2},
+        errors={"in_doubt": 2},
+        lost_answers=LOST,
+        extra_requests=2,
+    ),
+    Case(
+        "success_not_json",
+        faults=targeted("not_json"),
+        exit_code=1,
+        statuses={"created": 16, "failed": 4},
+        errors={"bad_response": 2, "in_doubt": 2},
+    ),
+    Case(
+        "success_without_send_id",
+        faults=targeted("no_send_id"),
+        exit_code=1,
+        statuses={"created": 16, "failed": 4},
+        errors={"bad_response": 2, "in_doubt": 2},
+    ),
+    Case(
+        "queued_202",
+        faults=targeted("queued"),
+        exit_code=1,
+        statuses={"created": 16, "failed": 4},
+        errors={"queued": 2, "in_doubt": 2},
+        fault_keys=("202",),
+        fault_bound=4,
+    ),
+    Case(
+        "server_down_throughout",
+        stop_message="last error: cannot connect to http://127.0.0.1:",
+        breaker_opens=True,
+        server="down",
+        settings={"max_wait": 0.5, "concurrency": C},
+        exit_code=3,
+        deferred={"outage": 20},
+    ),
+    Case(
+        "server_down_at_start_then_up",
+        breaker_opens=True,
+        server="late",
+        settings={"max_wait": 5, "concurrency": C},
+        statuses={"created": 20},  # refused connections sent nothing: none is in doubt
+    ),
+    Case(
+        "outage_5xx_shorter_than_max_wait",
+        breaker_opens=True,
+        with_send_id=30,
+        without_send_id=10,
+        outage_at=10,
+        outage=(0.6, "5xx"),
+        settings={"max_wait": 5, "concurrency": C},
+        statuses={"created": 40},  # a 503 created nothing: safe to retry, even without a send_id
+        extra_requests=BREAKER_BOUND,
+        fault_keys=("503",),
+        fault_bound=BREAKER_BOUND,
+    ),
+    Case(
+        "outage_5xx_longer_than_max_wait",
+        stop_message="/sends/id/create answered 503",
+        breaker_opens=True,
+        with_send_id=30,
+        without_send_id=10,
+        outage_at=10,
+        outage=(30.0, "5xx"),
+        settings={"max_wait": 0.5, "concurrency": C},
+        exit_code=3,
+        allowed_deferred=frozenset({"outage"}),
+        extra_requests=BREAKER_BOUND,
+        fault_keys=("503",),
+        fault_bound=BREAKER_BOUND,
+    ),
+    Case(
+        "outage_reset_shorter_than_max_wait",
+        breaker_opens=True,
+        with_send_id=30,
+        without_send_id=10,
+        outage_at=10,
+        outage=(0.6, "refuse"),
+        settings={"max_wait": 5, "concurrency": C},
+        # Reset after sending: in doubt for a row without a send_id, retried for the others.
+        exit_code=frozenset({0, 1}),
+        allowed_errors=frozenset({"in_doubt"}),
+        extra_requests=BREAKER_BOUND,
+        fault_keys=("refused",),
+        fault_bound=BREAKER_BOUND,
+    ),
+    Case(
+        "outage_reset_longer_than_max_wait",
+        stop_message="last error: connection to http://127.0.0.1:",
+        breaker_opens=True,
+        with_send_id=40,
+        without_send_id=0,
+        outage_at=10,
+        outage=(30.0, "refuse"),
+        settings={"max_wait": 0.5, "concurrency": C},
+        exit_code=3,
+        allowed_deferred=frozenset({"outage"}),
+        extra_requests=BREAKER_BOUND,
+        fault_keys=("refused",),
+        fault_bound=BREAKER_BOUND,
+    ),
+    Case(
+        "redirect_to_another_host",
+        stop_message="answered 302 redirecting to http://127.0.0.1:9;",
+        faults=(FaultRule("redirect", status=302, location="http://127.0.0.1:9/elsewhere"),),
+        settings={"concurrency": C},
+        exit_code=4,
+        deferred={"redirected": 20},
+        fault_keys=("302",),
+        fault_bound=C,  # what was in flight when the first redirect came back
+    ),
+]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for the "server down" cases)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[list[Sandbox]]:
+    """Sandboxes started by a case, stopped at teardown."""
+    started: list[Sandbox] = []
+    yield started
+    for sandbox in started:
+        await sandbox.stop()
+
+
+async def start_sandbox(case: Case, recorder: Recorder, port: int = 0) -> Sandbox:
+    """A sandbox for the case, with the recorder in front of its handlers."""
+    config = SandboxConfig(
+        port=port,
+        daily_quota=100_000,
+        repeat_counts=True,
+        faults=case.faults,
+        **case.sandbox,
+    )
+    sandbox = Sandbox(config, shutdown_timeout=0.1)
+    sandbox.app.middlewares.append(recorder.middleware)
+    recorder.sandbox = sandbox
+    recorder.outage_at, recorder.outage = case.outage_at, case.outage
+    await sandbox.start()
+    return sandbox
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+async def test_fault(case: Case, tmp_path: Path, stack: list[Sandbox]) -> None:
+    """Under the fault: invariant, statuses, exit code, ledger consistency, bounded load."""
+    await run_and_check(case, tmp_path, stack)
+
+
+# Heavy variants: the same checks on thousands of rows (make test-slow).
+HEAVY_CASES = [
+    # 20 % of requests fail: each needs 0.25 retries on average, about the budget's 20 %
+    # of requests, so a few rows may be denied their retry and fail (server_error,
+    # retryable): the budget holds the load whatever happens.
+    Case(
+        "5xx_20_percent_3000_rows",
+        with_send_id=2000,
+        without_send_id=1000,
+        sandbox={"error_rate": 0.2, "seed": 11},
+        settings={"concurrency": 16},
+        exit_code=frozenset({0, 1}),
+        allowed_errors=frozenset({"server_error"}),
+        fault_keys=("500", "502", "503"),
+        fault_bound=BUDGET_FLOOR + int(BUDGET_RATIO * 3800),
+        breaker_opens=None,  # five failures in a row happen by chance at this size
+    ),
+    # A long outage costs the same few requests for 3000 rows as for 40.
+    Case(
+        "outage_5xx_longer_than_max_wait_3000_rows",
+        stop_message="/sends/id/create answered 503",
+        with_send_id=2000,
+        without_send_id=1000,
+        outage_at=500,
+        outage=(60.0, "5xx"),
+        settings={"max_wait": 0.5, "concurrency": C},
+        exit_code=3,
+        allowed_deferred=frozenset({"outage"}),
+        extra_requests=BREAKER_BOUND,
+        fault_keys=("503",),
+        fault_bound=BREAKER_BOUND,
+        breaker_opens=True,
+    ),
+    # One request in ten loses its answer after creating: rows with a send_id are resent
+    # (the same combination), rows without one are in doubt and never resent.
+    Case(
+        "drop_after_10_percent_3000_rows",
+        with_send_id=2000,
+        without_send_id=1000,
+        sandbox={"seed": 5},
+        faults=(FaultRule("drop_after", probability=0.1),),
+        settings={"concurrency": 16},
+        breaker_opens=None,
+        exit_code=1,
+        allowed_errors=frozenset({"in_doubt", "connection_lost"}),
+        lost_answers=frozenset({"*"}),
+        fault_keys=("dropped",),
+        fault_bound=BUDGET_FLOOR + int(BUDGET_RATIO * 3800) + 1000,
+    ),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", HEAVY_CASES, ids=str)
+async def test_fault_heavy(case: Case, tmp_path: Path, stack: list[Sandbox]) -> None:
+    """The same checks on thousands of rows: the bounds do not grow with rows x attempts."""
+    await run_and_check(case, tmp_path, stack)
+
+
+async def run_and_check(case: Case, tmp_path: Path, stack: list[Sandbox]) -> None:
+    """Run the provisioner under the case's fault and check everything the module says."""
+    recorder = Recorder()
+    manifest = write_csv(
+        tmp_path / "m.csv",
+        campaigns(case.with_send_id, prefix="s")
+        + campaigns(case.without_send_id, with_send_id=False, prefix="u"),
+    )
+    late: asyncio.Task[None] | None = None
+    if case.server == "up":
+        sandbox: Sandbox | None = await start_sandbox(case, recorder)
+        assert sandbox is not None
+        stack.append(sandbox)
+        url = sandbox.url
+    else:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        sandbox = None
+        if case.server == "late":
+
+            async def start_late() -> None:
+                await asyncio.sleep(0.5)
+                stack.append(await start_sandbox(case, recorder, port))
+
+            late = asyncio.create_task(start_late())
+    settings = settings_for(url, tmp_path, manifest, **case.settings)
+    result = await run_pipeline(settings)
+    if late is not None:
+        await late
+        sandbox = stack[0]
+    out = tmp_path / "out"
+
+    # 1. Every row in exactly one output file.
+    assert_invariant(out, case.rows)
+    results, failures, _deferred, summary = outputs(out)
+
+    # 2. Statuses, error codes, deferral reasons, exit code.
+    expected_exit = {case.exit_code} if isinstance(case.exit_code, int) else case.exit_code
+    assert result.exit_code in expected_exit, summary
+    counts = {status: n for status, n in summary["counts"].items() if n}
+    if case.statuses is not None:
+        assert counts == case.statuses, summary
+    errors = Counter(f["error"] for f in failures)
+    if case.errors is not None:
+        assert errors == Counter(case.errors), failures
+    else:
+        assert set(errors) <= case.allowed_errors, failures
+    reasons = summary["deferred_reasons"]
+    if case.deferred is not None:
+        assert reasons == case.deferred
+    else:
+        assert set(reasons) <= case.allowed_deferred, reasons
+    # Only a row without a send_id can be in doubt: the others are resent safely.
+    for failure in failures:
+        if failure["error"] == "in_doubt":
+            assert failure["campaign_id"].startswith("u"), failure
+    if "429" not in case.fault_keys:  # a 429 is sent again after the pause, not retried
+        assert all(row["attempts"] <= ATTEMPTS for row in [*results, *failures])
+
+    # 3. The ledger agrees with the outputs.
+    ledger = sandbox.ledger if sandbox is not None else None
+    created = {(r["campaign_id"], r["send_id"]) for r in results if r["status"] == "created"}
+    if ledger is not None:
+        entries = Counter((e.campaign_id, e.send_id) for e in ledger.created)
+        assert created <= set(entries), "a row reported created is not in the ledger"
+        maybe = {f["campaign_id"] for f in failures if f["error"] in MAYBE_CREATED}
+        reported = {c for c, _ in created}
+        for campaign_id, _ in entries:
+            assert campaign_id in reported or campaign_id in maybe, campaign_id
+        for (campaign_id, _), n in entries.items():
+            # Created twice only when the first answer was lost (a safe, same-id resend).
+            if "*" in case.lost_answers:  # random losses: a resend per lost answer at most
+                assert n <= (ATTEMPTS if campaign_id[0] == "s" else 1), (campaign_id, n)
+            else:
+                assert n == (2 if campaign_id in case.lost_answers else 1), (campaign_id, n)
+        assert case.lost_answers - {"*"} <= {c for c, _ in entries}
+        per_campaign = Counter(e.campaign_id for e in ledger.created if e.campaign_id[0] == "u")
+        assert all(n == 1 for n in per_campaign.values()), "a row got two send ids"
+    by_row = {r["campaign_id"]: r for r in [*results, *failures]}
+    for campaign_id, n in recorder.seen.items():
+        row = by_row.get(campaign_id)
+        if row is not None:
+            assert n <= row["attempts"], (campaign_id, n, row)  # never more than sent
+            if row.get("error") == "in_doubt":
+                assert n == 1, f"in-doubt row {campaign_id} was sent {n} times"
+
+    # 4. Bounded load: the retry budget, and the fault's own count.
+    assert summary["retries"] <= BUDGET_FLOOR + BUDGET_RATIO * summary["requests"], summary
+    # Retries are requests that went out again: at least one request was a first attempt.
+    assert summary["retries"] < max(1, summary["requests"]), summary
+    assert summary["requests"] <= case.request_bound(), summary
+    if ledger is not None:
+        assert ledger.total <= summary["requests"]
+        if case.fault_keys:
+            assert case.fault_bound is not None
+            hits = sum(ledger.count(key) for key in case.fault_keys)
+            assert 1 <= hits <= case.fault_bound, (case.fault_keys, hits, ledger.by_status)
+    if case.server == "down":
+        # Nothing listens: the breaker stops the attempts, not rows x attempts.
+        assert summary["requests"] <= BREAKER_BOUND, summary
+    (workspace,) = summary["workspaces"]
+    if case.stop_message is None:
+        assert workspace["stop_message"] is None, workspace
+    else:
+        assert case.stop_message in workspace["stop_message"], workspace
+    if case.breaker_opens is not None:
+        assert (summary["quota"]["breaker_opened"] > 0) is case.breaker_opens, summary["quota"]
+
+
+def test_matrix_covers_the_issue_list() -> None:
+    """The matrix has a case for every fault the issue lists (and counts them)."""
+    ids = {case.id for case in CASES}
+    for needed in (
+        "5xx_20_percent", "429_storm_within_max_wait", "drop_before_reading",
+        "drop_after_creating", "read_timeout", "slow_body_past_read_timeout",
+        "success_not_json", "success_without_send_id", "queued_202", "server_down_throughout",
+        "outage_5xx_shorter_than_max_wait", "outage_5xx_longer_than_max_wait",
+        "redirect_to_another_host",
+    ):  # fmt: skip
+        assert needed in ids
