@@ -1,4 +1,5 @@
-"""The README's option tables and the parser agree, so the documentation cannot drift."""
+"""The README's option tables and the parser agree, and the tests it names exist, so the
+documentation cannot drift."""
 
 from __future__ import annotations
 
@@ -41,3 +42,18 @@ def parser_options(command: str) -> set[str]:
 def test_readme_documents_exactly_the_parsers_options(command: str) -> None:
     """Every option the parser has is in the README table, and nothing more."""
     assert documented_options(command) == parser_options(command)
+
+
+def test_tests_named_by_the_guarantees_exist() -> None:
+    """Every `test_file.py` and `test_file.py::test_name` the README names is in tests/."""
+    text = README.read_text(encoding="utf-8")
+    guarantees = text[text.index("## Guarantees") : text.index("## Usage")]
+    tests = README.parent / "tests"
+    named = re.findall(r"`(test_\w+\.py)(?:::(test_\w+))?", guarantees)
+    assert len(named) >= 15
+    for filename, function in named:
+        found = list(tests.rglob(filename))
+        assert found, f"README names {filename}, which is not in tests/"
+        if function:
+            source = found[0].read_text(encoding="utf-8")
+            assert re.search(rf"def {function}\(", source), f"{filename}::{function} is gone"
