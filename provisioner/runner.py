@@ -51,6 +51,8 @@ log = get_logger(__name__)
 _LOOKUP_BATCH = 512
 #: While stopping, how long a silent manifest pipe is waited for before the drain ends.
 _SILENT_PIPE_S = 2.0
+#: row_failed events logged per run; the rest are only in failures.jsonl.
+_ROW_FAILED_LOGGED = 100
 
 
 def new_run_id() -> str:
@@ -139,6 +141,16 @@ class Run:
         self.stats.counts[outcome.status.value] += 1
         if outcome.status is Status.FAILED:
             self.stats.errors[outcome.error or "unknown"] += 1
+            failed = self.stats.counts[outcome.status.value]
+            if failed > _ROW_FAILED_LOGGED:
+                if failed == _ROW_FAILED_LOGGED + 1:
+                    # A million bad lines must not become a million lines of cron mail.
+                    log.warning(
+                        "row_failed_logging_capped", limit=_ROW_FAILED_LOGGED,
+                        hint="the other failed rows are in failures.jsonl and counted in "
+                        "summary.json's errors",
+                    )  # fmt: skip
+                return
             log.warning(
                 "row_failed",
                 line=outcome.line,

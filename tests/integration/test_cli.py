@@ -14,7 +14,16 @@ import pytest
 from provisioner.sandbox import Sandbox
 from tests.conftest import SandboxFactory
 
-from .helpers import PYTHON, ROOT, assert_invariant, campaigns, cli_env, outputs, write_csv
+from .helpers import (
+    PYTHON,
+    ROOT,
+    assert_invariant,
+    campaigns,
+    cli_env,
+    outputs,
+    read_jsonl,
+    write_csv,
+)
 
 
 async def provisioner(
@@ -259,6 +268,18 @@ async def test_logs_are_json_lines_with_progress_when_not_a_terminal(
     assert "eta_s" in progress[0]
     assert "rows_per_s" in progress[0]
     assert not [e for e in events if "line" in e]  # no per-row events when every row succeeds
+
+
+async def test_row_failed_events_are_capped(sandbox: Sandbox, tmp_path: Path) -> None:
+    """150 invalid rows: 100 row_failed events, one note that the rest are only in
+    failures.jsonl, and all 150 in failures.jsonl."""
+    manifest = write_csv(tmp_path / "m.csv", [(f"bad\x01{i}", "") for i in range(150)])
+    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    assert code == 1, err
+    names = [orjson.loads(line)["event"] for line in err.splitlines() if line.startswith("{")]
+    assert names.count("row_failed") == 100
+    assert names.count("row_failed_logging_capped") == 1
+    assert len(read_jsonl(tmp_path / "out" / "failures.jsonl")) == 150
 
 
 async def test_metrics_file_from_the_command_line(sandbox: Sandbox, tmp_path: Path) -> None:
