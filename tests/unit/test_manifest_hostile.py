@@ -20,20 +20,7 @@ from provisioner.manifest import Manifest
 from provisioner.models import RawRow, RowError
 from provisioner.validation import ERROR_CODES, validate
 
-HEADER = b"campaign_id,send_id,note\n"
-
-
-def read(data: bytes, fmt: str = "csv") -> list[RawRow | RowError]:
-    """Read ``data`` as a manifest on stdin and return every record."""
-    with Manifest("-", fmt, stdin=io.BytesIO(data)) as manifest:
-        return list(manifest)
-
-
-def rows(data: bytes, fmt: str = "csv") -> list[RawRow]:
-    """Read ``data`` and assert every record parsed."""
-    out = read(data, fmt)
-    assert all(isinstance(r, RawRow) for r in out), out
-    return [r for r in out if isinstance(r, RawRow)]
+from .test_manifest import HEADER, read, rows
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
