@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
 from memory_scenario import memory
+from own_overhead import own_overhead
 from scenarios import (
     FULL,
     QUICK,
@@ -114,7 +115,8 @@ def table(lines: list[Line]) -> list[str]:
 
 def run_all(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> list[Line]:
     """Every scenario in the issue's order; uvloop's line only when it is importable."""
-    lines = capacity(sizes, work, uvloop_installed=uvloop_installed)
+    lines, pool = capacity(sizes, work, uvloop_installed=uvloop_installed)
+    lines.append(own_overhead(sizes, work, pool))
     lines.append(latency_bound(sizes, work))
     lines.append(quota_precision(sizes, work))
     lines.append(memory(sizes, work, uvloop_installed=uvloop_installed))

@@ -155,11 +155,12 @@ def _capacity_runs(
     return best
 
 
-def capacity(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> list[Line]:
+def capacity(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> tuple[list[Line], Measure]:
     """Scenario 1: latency 0, quota not binding: the client's own cost per row decides.
 
     With uvloop importable, a second line: the provisioner and (b) again on uvloop, each
-    one's gain over its own figure on asyncio's loop, and their ratio on uvloop.
+    one's gain over its own figure on asyncio's loop, and their ratio on uvloop. Also
+    returns (b)'s measure on asyncio, for scenario 1o.
     """
     runs = [("provisioner", False), ("(b)", False), ("(c)", False)]
     if uvloop_installed:
@@ -186,7 +187,7 @@ def capacity(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> list[Line]:
         )
     ]
     if not uvloop_installed:
-        return lines
+        return lines, pool
 
     def gain(who: str) -> str:
         change = best[who, True].rows_per_s / best[who, False].rows_per_s - 1
@@ -203,7 +204,7 @@ def capacity(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> list[Line]:
             notes=[f"{who} on uvloop: {m.describe()}" for (who, uv), m in best.items() if uv],
         )
     )
-    return lines
+    return lines, pool
 
 
 def latency_bound(sizes: Sizes, work: Path) -> Line:
