@@ -174,7 +174,7 @@ def prepopulate(path: Path, rows: int) -> None:
 
     async def fill() -> None:
         store.begin_run("seed-run", "seed.csv", time.time(), None, {})
-        from provisioner.config import ApiKey
+        from provisioner.access import ApiKey
 
         ws = ApiKey(KEY).label
         for i in range(rows):

@@ -20,7 +20,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
-from .config import ApiKey, check_base_url
+from .access import ApiKey, check_base_url
 from .errors import CertificateRejected, ConnectFailed, InDoubt
 from .limiter import RateLimit
 

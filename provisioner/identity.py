@@ -25,7 +25,7 @@ _DIGEST_CHARS = 26  # 130 bits of base32: collisions are not a practical concern
 def workspace_label(key: str) -> str:
     """A stable name for the workspace of an API key that does not reveal the key.
 
-    The client (``config.ApiKey.label``), the state store and the sandbox's ledger all
+    The client (``access.ApiKey.label``), the state store and the sandbox's ledger all
     name workspaces this way, so their figures can be compared.
     """
     return "ws-" + hashlib.sha256(key.encode()).hexdigest()[:10]

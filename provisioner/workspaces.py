@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import ApiKey
+    from .access import ApiKey
 
 DEFAULT_NAME = "default"
 _KEYS = frozenset({"name", "base_url", "api_key_env", "api_key_file", "quota", "rate",
@@ -53,7 +53,7 @@ def secret_advice(env_hint: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class WorkspaceSettings:
-    """One workspace, checked. The key's repr never shows it (``config.ApiKey``)."""
+    """One workspace, checked. The key's repr never shows it (``access.ApiKey``)."""
 
     name: str
     base_url: str

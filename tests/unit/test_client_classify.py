@@ -220,8 +220,8 @@ async def test_read_body_waits_for_every_piece() -> None:
 def test_client_refuses_an_unsafe_base_url(url: str) -> None:
     """The client itself refuses plain http to a remote host (and other unsafe URLs), even
     when its settings were not built by build_settings."""
+    from provisioner.access import ApiKey
     from provisioner.client import BrazeClient
-    from provisioner.config import ApiKey
     from provisioner.errors import ConfigError
 
     with pytest.raises(ConfigError):
