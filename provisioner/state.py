@@ -1,8 +1,8 @@
 """Durable state (SQLite, WAL): created combinations, intents, outcomes, runs, quota windows.
 
 This module is the seam (``StateStore``) and the concurrency; the SQL (format,
-migrations, statements, the read side) is in ``state_schema.py``, the run lock in
-``lock.py``.
+migrations, statements, the read side) is in ``state_schema.py``, how a batch of queued
+operations becomes one transaction in ``state_batch.py``, the run lock in ``lock.py``.
 
 Threads and the event loop:
 
@@ -28,16 +28,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import itertools
 import os
 import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
-from operator import itemgetter
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 
@@ -46,6 +44,20 @@ from provisioner.errors import StateError
 from provisioner.identity import RowKey
 from provisioner.lock import Holder, RunLock
 from provisioner.models import Outcome, Status
+from provisioner.state_batch import (
+    CREATED,
+    GROUP,
+    INTENTS,
+    OUTCOMES,
+    QUOTA,
+    RUNS,
+    STOP,
+    WAIT,
+    Op,
+    commit,
+    settle,
+    sort_batch,
+)
 from provisioner.state_schema import IN_DOUBT, Prior, QuotaWindow, RunRecord
 
 __all__ = [
@@ -169,11 +181,6 @@ def open_store(path: Path, *, lock: bool = True, durable_intents: bool = True) -
         raise
 
 
-# Operation kinds. Kinds below _WAIT name the table a statement writes: the tables have
-# no triggers or foreign keys between them, so within one transaction the writer applies
-# each table's statements together (in queue order) to batch them with executemany.
-# A _GROUP holds one record's statements, so they always share a transaction.
-_RUNS, _CREATED, _INTENTS, _OUTCOMES, _QUOTA, _WAIT, _STOP, _GROUP = range(8)
 _BATCH = 4096  # operations per transaction: bounds one commit's latency and memory
 _HARD_CAP = 500_000  # queued operations at which record() waits for the writer
 _HIGH_WATER = 16_384  # throttle() flushes above this many queued operations (~10 MB)
@@ -184,11 +191,6 @@ _QUOTA_KEEP_S = 30 * 86400  # older windows are history nobody reads: keep a mon
 # every _IDLE_POLL_S, so an unwaited record reaches the disk within that time.
 _WAKE_AT = 1024
 _IDLE_POLL_S = 0.01
-
-#: (kind, sql, params) for a statement; (_WAIT, "", future), (_STOP, "", None) and
-#: (_GROUP, "", statements).
-_Op = tuple[int, str, Any]
-_Waiter = asyncio.Future[None] | concurrent.futures.Future[None]
 
 
 class SqliteStateStore(schema.StoreReader):
@@ -214,7 +216,7 @@ class SqliteStateStore(schema.StoreReader):
         self._run_lock = run_lock
         self._durable_intents = durable_intents
         self._full_sync = False
-        self._ops: deque[_Op] = deque()
+        self._ops: deque[Op] = deque()
         self._wake = threading.Event()
         self._error: str | None = None
         self._error_seen = False
@@ -245,8 +247,8 @@ class SqliteStateStore(schema.StoreReader):
         settings_json = _dumps(scrub_settings(settings))
         params = (run_id, manifest, os.getpid(), started_at, header, settings_json)
         self._call(
-            (_RUNS, schema.SQL_BEGIN_RUN, params),
-            (_QUOTA, schema.SQL_PRUNE_QUOTA, (started_at - _QUOTA_KEEP_S,)),
+            (RUNS, schema.SQL_BEGIN_RUN, params),
+            (QUOTA, schema.SQL_PRUNE_QUOTA, (started_at - _QUOTA_KEEP_S,)),
         )
         self._run_seq = self._seq_of(run_id)
         self._run_id = run_id
@@ -270,10 +272,10 @@ class SqliteStateStore(schema.StoreReader):
         seq = self._current(run_id)
         params = (workspace, key[0], key[1], seq, time.time(), send_id, line)
         if not wait:
-            self._push((_GROUP, "", ((_INTENTS, schema.SQL_INTENT, params),)))
+            self._push((GROUP, "", ((INTENTS, schema.SQL_INTENT, params),)))
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._push((_INTENTS, schema.SQL_INTENT, params), (_WAIT, "", future))
+        self._push((INTENTS, schema.SQL_INTENT, params), (WAIT, "", future))
         await self._settled(future)
 
     def record(self, run_id: str, workspace: str, key: RowKey | None, outcome: Outcome) -> None:
@@ -292,18 +294,18 @@ class SqliteStateStore(schema.StoreReader):
         if status is Status.CREATED and (key is None or outcome.send_id is None):
             raise ValueError(f"line {outcome.line}: a created outcome needs a key and a send_id")
         row = schema.encode_outcome(seq, workspace, key and key[1], outcome, self._seqs)
-        op: _Op = (_OUTCOMES, schema.SQL_OUTCOME, row)
+        op: Op = (OUTCOMES, schema.SQL_OUTCOME, row)
         if key is not None:
             ident = (workspace, key[0], key[1])
             if status is Status.CREATED:
                 at = time.time() if outcome.created_at is None else outcome.created_at
-                created = (_CREATED, schema.SQL_CREATED, (*ident, outcome.send_id, seq, at))
-                op = (_GROUP, "", (op, created, (_INTENTS, schema.SQL_SETTLE, ident)))
+                created = (CREATED, schema.SQL_CREATED, (*ident, outcome.send_id, seq, at))
+                op = (GROUP, "", (op, created, (INTENTS, schema.SQL_SETTLE, ident)))
             elif status is Status.FAILED and outcome.error == IN_DOUBT:
                 doubt = (*ident, seq, time.time(), outcome.send_id, outcome.line)
-                op = (_GROUP, "", (op, (_INTENTS, schema.SQL_DOUBT, doubt)))
+                op = (GROUP, "", (op, (INTENTS, schema.SQL_DOUBT, doubt)))
             elif status is Status.FAILED or status is Status.DEFERRED:
-                op = (_GROUP, "", (op, (_INTENTS, schema.SQL_SETTLE_OWN, (*ident, seq))))
+                op = (GROUP, "", (op, (INTENTS, schema.SQL_SETTLE_OWN, (*ident, seq))))
         ops = self._ops
         ops.append(op)
         if len(ops) >= _WAKE_AT and not self._wake.is_set():
@@ -318,7 +320,7 @@ class SqliteStateStore(schema.StoreReader):
         """Enqueue a quota observation: keeps the lowest remaining, adds spent_delta."""
         self._check_writable()
         params = (workspace, reset_at, limit, remaining, spent_delta)
-        self._push((_QUOTA, schema.SQL_QUOTA, params))
+        self._push((QUOTA, schema.SQL_QUOTA, params))
 
     async def flush(self) -> None:
         """Return once everything enqueued so far is committed (no-op when read-only)."""
@@ -326,7 +328,7 @@ class SqliteStateStore(schema.StoreReader):
             return
         self._check_writable()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._push((_WAIT, "", future))
+        self._push((WAIT, "", future))
         await self._settled(future)
 
     async def throttle(self) -> None:
@@ -351,7 +353,7 @@ class SqliteStateStore(schema.StoreReader):
         seq = self._current(run_id)
         counts_json, summary_json = _dumps(dict(counts)), _dumps(dict(summary))
         self._call(
-            (_RUNS, schema.SQL_FINISH_RUN, (finished_at, exit_code, counts_json, summary_json, seq))
+            (RUNS, schema.SQL_FINISH_RUN, (finished_at, exit_code, counts_json, summary_json, seq))
         )
 
     def close(self) -> None:
@@ -362,8 +364,8 @@ class SqliteStateStore(schema.StoreReader):
             return
         try:
             if self._writer is not None:
-                self._push((_STOP, "", None))
-                self._closed = True  # after the push: nothing can be queued behind _STOP
+                self._push((STOP, "", None))
+                self._closed = True  # after the push: nothing can be queued behind STOP
                 self._writer.join()
         finally:
             self._closed = True
@@ -394,15 +396,15 @@ class SqliteStateStore(schema.StoreReader):
             raise RuntimeError(f"run {run_id!r} is not this store's run: call begin_run first")
         return self._run_seq
 
-    def _push(self, *ops: _Op) -> None:
+    def _push(self, *ops: Op) -> None:
         self._ops.extend(ops)
-        urgent = ops[-1][0] >= _WAIT and ops[-1][0] != _GROUP  # a waiter or the stop
+        urgent = ops[-1][0] >= WAIT and ops[-1][0] != GROUP  # a waiter or the stop
         if (urgent or len(self._ops) >= _WAKE_AT) and not self._wake.is_set():
             self._wake.set()
 
-    def _call(self, *ops: _Op) -> None:
+    def _call(self, *ops: Op) -> None:
         future: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._push(*ops, (_WAIT, "", future))
+        self._push(*ops, (WAIT, "", future))
         try:
             future.result()
         except StateError:
@@ -424,104 +426,29 @@ class SqliteStateStore(schema.StoreReader):
             self._wake.wait(_IDLE_POLL_S)
             self._wake.clear()  # cleared before draining, so no wake-up is ever lost
             while ops:
-                batch: list[_Op] = []
+                batch: list[Op] = []
                 with contextlib.suppress(IndexError):
                     for _ in range(_BATCH):
                         batch.append(ops.popleft())
                 if self._apply(batch):
                     return
 
-    def _apply(self, batch: list[_Op]) -> bool:
-        tables: list[list[_Op]] = [[], [], [], [], []]
-        waiters: list[_Waiter] = []
-        stop = durable = False
-        for op in batch:
-            kind = op[0]
-            if kind < _WAIT:
-                tables[kind].append(op)
-                durable = durable or op[1] is schema.SQL_INTENT
-            elif kind == _GROUP:
-                for statement in op[2]:
-                    tables[statement[0]].append(statement)
-            elif kind == _WAIT:
-                waiters.append(op[2])
-            else:
-                stop = True
-        tables[_INTENTS] = _coalesce_intents(tables[_INTENTS])
-        if self._error is None and any(tables):
+    def _apply(self, batch: list[Op]) -> bool:
+        sorted_ = sort_batch(batch)
+        if self._error is None and any(sorted_.tables):
+            conn = self._write
+            assert conn is not None  # the writer thread exists only with a write connection
+            durable = sorted_.durable and self._durable_intents
             try:
-                self._commit(tables, durable and self._durable_intents)
+                if durable != self._full_sync:
+                    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+                    self._full_sync = durable
+                commit(conn, sorted_.tables)
             except Exception as exc:  # surfaced to every waiter and every later call
                 detail = " ".join(str(exc).split()) or type(exc).__name__
                 self._error = (
                     f"state store {self.path}: a write failed ({detail}); the run stopped so"
                     " that nothing is sent unrecorded: check the disk, then run again"
                 )
-        self._settle(waiters)
-        return stop
-
-    def _commit(self, tables: list[list[_Op]], durable: bool) -> None:
-        conn = self._write
-        assert conn is not None  # the writer thread exists only with a write connection
-        if durable != self._full_sync:
-            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-            self._full_sync = durable
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for ops in tables:
-                for sql, group in itertools.groupby(ops, itemgetter(1)):
-                    conn.executemany(sql, [op[2] for op in group])
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-
-    def _settle(self, waiters: list[_Waiter]) -> None:
-        error = self._error
-        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
-        for waiter in waiters:
-            if isinstance(waiter, concurrent.futures.Future):
-                if error is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(StateError(error))
-            else:
-                by_loop.setdefault(waiter.get_loop(), []).append(waiter)
-        for loop, futures in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                loop.call_soon_threadsafe(_settle_futures, futures, error)
-
-
-def _settle_futures(futures: list[asyncio.Future[None]], error: str | None) -> None:
-    for future in futures:
-        if not future.done():  # a cancelled waiter (SIGINT) is simply gone
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(StateError(error))
-
-
-def _coalesce_intents(ops: list[_Op]) -> list[_Op]:
-    """Drop each intent whose settle follows it in the same transaction.
-
-    An intent queued without waiting (a row with a send_id) usually shares its commit with
-    the outcome that settles it; inserting then deleting the same row is wasted work, and
-    the alternation split one executemany into one call per statement. The delete stays
-    (it also clears an older run's intent), so the committed result is the same.
-    """
-    settled: set[tuple[object, ...]] = set()
-    kept: list[_Op] = []
-    for op in reversed(ops):
-        sql, params = op[1], op[2]
-        if sql is schema.SQL_SETTLE or sql is schema.SQL_SETTLE_OWN:
-            settled.add(params[:3])
-        elif sql is schema.SQL_INTENT and params[:3] in settled:
-            continue
-        else:  # an in-doubt verdict needs its intent's row: keep both
-            settled.discard(params[:3])
-        kept.append(op)
-    if len(kept) == len(ops):
-        return ops
-    kept.reverse()
-    return kept
+        settle(sorted_.waiters, self._error)
+        return sorted_.stop

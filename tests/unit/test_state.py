@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner import state, state_schema
+from provisioner import state, state_batch, state_schema
 from provisioner.errors import StateError, StateLockedError
 from provisioner.models import Outcome, Status
 from provisioner.state import (
@@ -145,17 +145,19 @@ async def test_unwaited_records_reach_the_disk_without_a_flush(
     assert conn.execute("SELECT campaign_id, send_id FROM created").fetchall() == [("c9", "z")]
 
 
-async def test_concurrent_intents_share_commits(store: SqliteStateStore) -> None:
+async def test_concurrent_intents_share_commits(
+    store: SqliteStateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Many workers awaiting intents at once are committed in far fewer transactions."""
     commits = 0
-    real_commit = store._commit
+    real_commit = state_batch.commit
 
-    def counting(*args: object) -> None:
+    def counting(conn: sqlite3.Connection, tables: list[list[state_batch.Op]]) -> None:
         nonlocal commits
         commits += 1
-        real_commit(*args)  # type: ignore[arg-type]
+        real_commit(conn, tables)
 
-    store._commit = counting  # type: ignore[method-assign, assignment]
+    monkeypatch.setattr(state, "commit", counting)
     await asyncio.gather(
         *(store.intent("run-1", WS, ("c", f"s:{i}"), str(i), i) for i in range(64))
     )
@@ -168,13 +170,13 @@ async def test_one_records_statements_share_a_transaction(
     """Even one operation per transaction never splits an outcome from its created row."""
     monkeypatch.setattr(state, "_BATCH", 1)
     seen: list[list[int]] = []
-    real_commit = store._commit
+    real_commit = state_batch.commit
 
-    def spying(tables: list[list[tuple[int, str, object]]], durable: bool) -> None:
+    def spying(conn: sqlite3.Connection, tables: list[list[state_batch.Op]]) -> None:
         seen.append([len(ops) for ops in tables])
-        real_commit(tables, durable)
+        real_commit(conn, tables)
 
-    store._commit = spying  # type: ignore[method-assign]
+    monkeypatch.setattr(state, "commit", spying)
     store.record("run-1", WS, ("c", "s:a"), created(1, "c", "a"))
     await store.flush()
     assert seen == [[0, 1, 1, 1, 0]]  # runs, created, intents, outcomes, quota
@@ -520,7 +522,7 @@ def test_an_intent_settled_in_the_same_commit_is_never_written() -> None:
     own = (2, state_schema.SQL_SETTLE_OWN, (*ident, 1))
     doubt = (2, state_schema.SQL_DOUBT, (*ident, 1, 2.0, None, 2))
     other = (2, state_schema.SQL_INTENT, ("ws", "c2", "s:b", 1, 1.0, "b", 3))
-    coalesce = state._coalesce_intents
+    coalesce = state_batch.coalesce_intents
     assert coalesce([intent, other, settle]) == [other, settle]
     assert coalesce([intent, own]) == [own]
     assert coalesce([settle, intent]) == [settle, intent]
