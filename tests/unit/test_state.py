@@ -528,3 +528,16 @@ def test_an_intent_settled_in_the_same_commit_is_never_written() -> None:
     assert coalesce([settle, intent]) == [settle, intent]
     assert coalesce([intent, doubt]) == [intent, doubt]
     assert coalesce([intent, doubt, settle]) == [intent, doubt, settle]
+
+
+async def test_many_rows_in_one_commit_keep_queue_order(store: SqliteStateStore) -> None:
+    """600 creations in one transaction (multi-row inserts): all stored, and a combination
+    created twice in the batch keeps its later send_id, as row-by-row inserts would."""
+    for i in range(600):
+        store.record("run-1", WS, (f"c{i}", "n:1"), created(i + 2, f"c{i}", f"first-{i}"))
+    store.record("run-1", WS, ("c7", "n:1"), created(700, "c7", "second-7"))
+    await store.flush()
+    found = store.lookup_many(WS, [(f"c{i}", "n:1") for i in range(600)])
+    assert len(found) == 600
+    assert found["c7", "n:1"].send_id == "second-7"
+    assert found["c8", "n:1"].send_id == "first-8"
