@@ -183,7 +183,7 @@ def open_store(path: Path, *, lock: bool = True, durable_intents: bool = True) -
 
 _BATCH = 4096  # operations per transaction: bounds one commit's latency and memory
 _HARD_CAP = 500_000  # queued operations at which record() waits for the writer
-_HIGH_WATER = 16_384  # throttle() flushes above this many queued operations (~10 MB)
+_HIGH_WATER = 4096  # throttle() waits above this many queued operations (~3 MB)
 _QUOTA_KEEP_S = 30 * 86400  # older windows are history nobody reads: keep a month
 # Records nobody waits for do not wake the writer one by one: waking it per record (an
 # Event.set, then a thread switch and a GIL hand-over) was ~5% of the loop thread's time
@@ -332,9 +332,18 @@ class SqliteStateStore(schema.StoreReader):
         await self._settled(future)
 
     async def throttle(self) -> None:
-        """Flush only when the writer lags far behind; call it once per batch of records."""
-        if len(self._ops) > _HIGH_WATER:
-            await self.flush()
+        """When the writer lags (the queue holds over ``_HIGH_WATER`` operations), wait
+        until it is down to half; call it once per batch of records.
+
+        Not a flush: waiting for an empty queue would leave the writer idle while the
+        reader refills it. Polled, since the writer needs no extra work to allow it."""
+        if len(self._ops) <= _HIGH_WATER:
+            return
+        while len(self._ops) > _HIGH_WATER // 2:
+            if not self._wake.is_set():
+                self._wake.set()  # the writer may be in its idle poll
+            self._check_writable()  # a writer that failed will never drain the queue
+            await asyncio.sleep(0.002)
 
     @property
     def pending(self) -> int:

@@ -68,7 +68,7 @@ _MULTI_ROW = frozenset({schema.SQL_OUTCOME, schema.SQL_CREATED})
 _ROWS_PER_INSERT = 256
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _multi_row(sql: str, rows: int) -> str:
     """``sql`` (one ``VALUES (...)`` row, maybe an upsert clause) with ``rows`` rows."""
     head, _, rest = sql.partition(" VALUES (")
@@ -91,11 +91,17 @@ def commit(conn: sqlite3.Connection, tables: list[list[Op]]) -> None:
                 if sql not in _MULTI_ROW:
                     conn.executemany(sql, params)
                     continue
-                for start in range(0, len(params), _ROWS_PER_INSERT):
+                # Full chunks only: every row count is a statement of its own in the
+                # connection's statement cache (~100 KB each compiled), so the rest goes
+                # row by row rather than as one more size (+20 MB of peak RSS measured).
+                full = len(params) - len(params) % _ROWS_PER_INSERT
+                for start in range(0, full, _ROWS_PER_INSERT):
                     chunk = params[start : start + _ROWS_PER_INSERT]
                     conn.execute(
-                        _multi_row(sql, len(chunk)), list(itertools.chain.from_iterable(chunk))
+                        _multi_row(sql, _ROWS_PER_INSERT),
+                        list(itertools.chain.from_iterable(chunk)),
                     )
+                conn.executemany(sql, params[full:])
         conn.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):

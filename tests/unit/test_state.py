@@ -541,3 +541,16 @@ async def test_many_rows_in_one_commit_keep_queue_order(store: SqliteStateStore)
     assert len(found) == 600
     assert found["c7", "n:1"].send_id == "second-7"
     assert found["c8", "n:1"].send_id == "first-8"
+
+
+async def test_throttle_returns_once_the_writer_is_down_to_half(
+    store: SqliteStateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the high-water mark throttle() waits until half of it is left (not empty)."""
+    monkeypatch.setattr(state, "_HIGH_WATER", 100)
+    for i in range(1000):
+        store.record("run-1", WS, None, Outcome(i + 2, Status.DEFERRED, None, None, reason="q"))
+    await store.throttle()
+    assert store.pending <= 50
+    await store.flush()
+    assert store.pending == 0
