@@ -121,8 +121,8 @@ def own_overhead(sizes: Sizes, work: Path, pool: Measure) -> Line:
         ratio=f"{full.client_cpu * us / pool_us:.2f} × (b)'s whole request",
         target="report only",
         notes=[
-            f"1o: with state and outputs: {full.describe()}; main thread "
+            f"with state and outputs: {full.describe()}; main thread "
             f"{full_main * us:.0f} us/row, state writer thread the rest",
-            f"1o: with a null store: {bare.describe()}",
+            f"with a null store: {bare.describe()}",
         ],
     )
