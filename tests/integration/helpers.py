@@ -1,17 +1,20 @@
-"""Helpers for end-to-end tests: manifests, settings, output readers, the invariant."""
+"""Helpers for end-to-end tests: manifests, settings, output readers, the invariant, and
+the CLI started in the background."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from provisioner.config import Settings, build_settings
+from provisioner.sandbox import Sandbox
 
 KEY = "sandbox-key"
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,3 +105,33 @@ def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 PYTHON = sys.executable
+
+
+async def start_cli(
+    *args: str,
+    stdin: bool = False,
+    quiet: bool = False,
+    env: Mapping[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> asyncio.subprocess.Process:
+    """Start ``python -m provisioner ARGS`` in the background, to signal, kill or feed it:
+    stdin is a pipe when ``stdin``, stdout and stderr are captured unless ``quiet``;
+    ``preexec_fn`` runs in the child before exec (e.g. to set a resource limit)."""
+    output = asyncio.subprocess.DEVNULL if quiet else asyncio.subprocess.PIPE
+    return await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "provisioner", *args,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+        stdout=output, stderr=output, env=dict(env) if env is not None else cli_env(), cwd=ROOT,
+        preexec_fn=preexec_fn,
+    )  # fmt: skip
+
+
+async def wait_for_created(sandbox: Sandbox, count: int = 1) -> bool:
+    """Poll the sandbox's ledger until ``count`` rows are created (a run is under way);
+    False if that did not happen within 20 s (a generous bound for a busy machine, not a
+    time the test asserts)."""
+    for _ in range(2000):
+        if len(sandbox.ledger.created) >= count:
+            return True
+        await asyncio.sleep(0.01)
+    return len(sandbox.ledger.created) >= count

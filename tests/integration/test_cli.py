@@ -15,13 +15,12 @@ from provisioner.sandbox import Sandbox
 from tests.conftest import SandboxFactory
 
 from .helpers import (
-    PYTHON,
-    ROOT,
     assert_invariant,
     campaigns,
-    cli_env,
     outputs,
     read_jsonl,
+    start_cli,
+    wait_for_created,
     write_csv,
 )
 
@@ -35,18 +34,7 @@ async def provisioner(
     """Run ``python -m provisioner ARGS``; return (exit code, stdout, stderr).
 
     ``preexec_fn`` runs in the child before exec (e.g. to set a resource limit)."""
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "provisioner",
-        *args,
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env or cli_env(),
-        cwd=ROOT,
-        preexec_fn=preexec_fn,
-    )
+    proc = await start_cli(*args, stdin=stdin is not None, env=env or None, preexec_fn=preexec_fn)
     out, err = await proc.communicate(stdin)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
@@ -202,22 +190,8 @@ async def test_signal_finishes_in_flight_and_writes_outputs(
     exit 143/130; the next run finishes the work without creating anything twice."""
     sandbox = await sandbox_factory(latency_ms=50, daily_quota=1000)
     manifest = write_csv(tmp_path / "m.csv", campaigns(400))
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "provisioner",
-        *run_args(sandbox.url, tmp_path, str(manifest)),
-        "--concurrency",
-        "4",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=cli_env(),
-        cwd=ROOT,
-    )
-    for _ in range(200):
-        if len(sandbox.ledger.created) >= 8:
-            break
-        await asyncio.sleep(0.05)
+    proc = await start_cli(*run_args(sandbox.url, tmp_path, str(manifest)), "--concurrency", "4")
+    await wait_for_created(sandbox, 8)
     proc.send_signal(sig)
     _, err = await proc.communicate()
     assert proc.returncode == code, err.decode()
@@ -319,15 +293,8 @@ async def test_sigterm_during_a_quota_pause_stops_at_once(
 
     sandbox = await sandbox_factory(daily_quota=2, window_seconds=60)
     manifest = write_csv(tmp_path / "m.csv", campaigns(10))
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "provisioner", *run_args(sandbox.url, tmp_path, str(manifest)),
-        "--max-wait", "120", stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, env=cli_env(), cwd=ROOT,
-    )  # fmt: skip
-    for _ in range(200):
-        if len(sandbox.ledger.created) >= 2:
-            break
-        await asyncio.sleep(0.05)
+    proc = await start_cli(*run_args(sandbox.url, tmp_path, str(manifest)), "--max-wait", "120")
+    await wait_for_created(sandbox, 2)
     await asyncio.sleep(0.3)  # now paused until the window resets (up to a minute away)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)

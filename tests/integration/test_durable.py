@@ -21,13 +21,11 @@ from provisioner.state_schema import APPLICATION_ID
 from tests.conftest import SandboxFactory
 
 from .helpers import (
-    PYTHON,
-    ROOT,
     assert_invariant,
     campaigns,
-    cli_env,
     outputs,
     settings_for,
+    start_cli,
     write_csv,
 )
 from .test_cli import provisioner, run_args
@@ -159,17 +157,8 @@ async def test_second_live_run_exits_75(sandbox_factory: SandboxFactory, tmp_pat
     sends nothing."""
     sandbox = await sandbox_factory(latency_ms=200, daily_quota=1000)
     manifest = write_csv(tmp_path / "m.csv", campaigns(200))
-    first = await asyncio.create_subprocess_exec(
-        PYTHON,
-        "-m",
-        "provisioner",
-        *run_args(sandbox.url, tmp_path, str(manifest)),
-        "--concurrency",
-        "2",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        env=cli_env(),
-        cwd=ROOT,
+    first = await start_cli(
+        *run_args(sandbox.url, tmp_path, str(manifest)), "--concurrency", "2", quiet=True
     )
     try:
         for _ in range(100):
@@ -336,16 +325,7 @@ async def test_kill_9_loop_loses_nothing_and_creates_nothing_twice(
     args = [*run_args(sandbox.url, tmp_path, str(manifest)), "--concurrency", "16", "--rate", "150"]
     kills = 0
     while kills < 22:
-        proc = await asyncio.create_subprocess_exec(
-            PYTHON,
-            "-m",
-            "provisioner",
-            *args,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-            env=cli_env(),
-            cwd=ROOT,
-        )
+        proc = await start_cli(*args, quiet=True)
         await asyncio.sleep(rng.uniform(0.35, 0.9))
         if proc.returncode is None:
             proc.send_signal(signal.SIGKILL)

@@ -5,7 +5,6 @@ creates nothing twice."""
 
 from __future__ import annotations
 
-import asyncio
 import resource
 import shutil
 from collections import Counter
@@ -18,12 +17,11 @@ from provisioner.sandbox import Sandbox
 from tests.conftest import SandboxFactory
 
 from .helpers import (
-    PYTHON,
-    ROOT,
     assert_invariant,
     campaigns,
-    cli_env,
     outputs,
+    start_cli,
+    wait_for_created,
     write_csv,
 )
 from .test_cli import provisioner, run_args
@@ -126,22 +124,17 @@ async def test_output_folder_removed_during_the_run_loses_nothing(
     which then writes complete files; the next run sends nothing."""
     sandbox = await sandbox_factory(daily_quota=10_000)
     out = tmp_path / "out"
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "provisioner",
+    proc = await start_cli(
         *run_args(sandbox.url, tmp_path, "-", "--format", "jsonl", "--concurrency", "4"),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=cli_env(), cwd=ROOT,
-    )  # fmt: skip
+        stdin=True,
+    )
     assert proc.stdin is not None
     # More than one batch of the reader (512 rows), so that the first batch is sent while
     # the manifest is still open (the reader then waits on the pipe).
     data = b"".join(b'{"campaign_id": "c%d", "send_id": "s%d"}\n' % (i, i) for i in range(600))
     proc.stdin.write(data)
     await proc.stdin.drain()
-    for _ in range(800):
-        if sandbox.ledger.created:
-            break
-        await asyncio.sleep(0.025)
+    await wait_for_created(sandbox)
     assert sandbox.ledger.created
     shutil.rmtree(out)
     proc.stdin.close()  # the manifest ends (communicate() does not close it in 3.11)

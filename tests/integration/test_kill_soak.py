@@ -14,7 +14,7 @@ import pytest
 from provisioner.sandbox import FaultRule
 from tests.conftest import SandboxFactory
 
-from .helpers import PYTHON, ROOT, assert_invariant, campaigns, cli_env, outputs, write_csv
+from .helpers import assert_invariant, campaigns, outputs, start_cli, write_csv
 from .test_cli import provisioner, run_args
 
 pytestmark = pytest.mark.slow
@@ -43,11 +43,7 @@ async def test_kills_faults_and_quota_together_lose_nothing(
     args = [*run_args(sandbox.url, tmp_path, str(manifest)), "--concurrency", "16", "--rate", "250"]
     kills = terms = starts = 0
     while kills + terms < KILLS:
-        proc = await asyncio.create_subprocess_exec(
-            PYTHON, "-m", "provisioner", *args,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            env=cli_env(), cwd=ROOT,
-        )  # fmt: skip
+        proc = await start_cli(*args, quiet=True)
         starts += 1
         await asyncio.sleep(rng.uniform(0.3, 0.8))
         if proc.returncode is None:

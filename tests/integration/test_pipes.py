@@ -9,26 +9,19 @@ from pathlib import Path
 
 from provisioner.sandbox import Sandbox
 
-from .helpers import PYTHON, ROOT, assert_invariant, cli_env, outputs
+from .helpers import assert_invariant, outputs, start_cli, wait_for_created
 from .test_cli import run_args
 
 
 async def _spawn(sandbox: Sandbox, tmp_path: Path) -> asyncio.subprocess.Process:
     args = [*run_args(sandbox.url, tmp_path, "-"), "--format", "csv", "--log-format", "json"]
-    return await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "provisioner", *args,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, env=cli_env(), cwd=ROOT,
-    )  # fmt: skip
+    return await start_cli(*args, stdin=True)
 
 
 async def _created(sandbox: Sandbox, count: int) -> None:
     """Wait (up to 20 s on a busy machine) until the sandbox has created ``count`` rows."""
-    for _ in range(2000):
-        if len(sandbox.ledger.created) >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{len(sandbox.ledger.created)} created, expected {count}")
+    if not await wait_for_created(sandbox, count):
+        raise AssertionError(f"{len(sandbox.ledger.created)} created, expected {count}")
 
 
 def _rows(start: int, stop: int) -> bytes:

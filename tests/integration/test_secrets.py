@@ -33,7 +33,7 @@ from provisioner.api import build_settings, run, run_async
 from provisioner.errors import ProvisionerError
 from provisioner.sandbox import FaultRule, Sandbox, SandboxConfig
 
-from .helpers import PYTHON, ROOT, campaigns, cli_env, write_csv
+from .helpers import PYTHON, ROOT, campaigns, cli_env, start_cli, wait_for_created, write_csv
 from .test_cli import provisioner, run_args
 
 # Characters that base64 and URL-encoding change, so that each form is a different string.
@@ -306,15 +306,15 @@ async def refused_before_sending(ctx: Ctx) -> None:
 async def interrupted(ctx: Ctx) -> None:
     sandbox = await ctx.start(latency_ms=30)
     m = manifest(ctx, campaigns(200))
-    proc = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "provisioner", *run_args(sandbox.url, ctx.tmp, str(m)),
-        "--log-level", "debug", "--concurrency", "2",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=ctx.env(), cwd=ROOT,
-    )  # fmt: skip
-    for _ in range(400):
-        if sandbox.ledger.created:
-            break
-        await asyncio.sleep(0.025)
+    proc = await start_cli(
+        *run_args(sandbox.url, ctx.tmp, str(m)),
+        "--log-level",
+        "debug",
+        "--concurrency",
+        "2",
+        env=ctx.env(),
+    )
+    await wait_for_created(sandbox)
     proc.send_signal(signal.SIGTERM)
     out, err = await proc.communicate()
     ctx.texts += [out.decode(), err.decode()]
