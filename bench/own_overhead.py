@@ -24,8 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import orjson
-from bench_run import NullStore
 from scenarios import CONCURRENCY, Line, Sizes
+from stores import NullStore
 from support import KEY, Measure, run_loop, write_manifest
 
 from provisioner import client

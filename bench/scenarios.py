@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import baselines
-import bench_run
+import stores
 from support import (
     KEY,
     Measure,
@@ -276,13 +276,12 @@ def quota_precision(sizes: Sizes, work: Path) -> Line:
 
 def incremental_skip(sizes: Sizes, work: Path) -> Line:
     """Scenario 5: every row was created by an earlier run (the store is filled as
-    ``bench_run.prepopulate`` does); the run must skip them all and send nothing."""
+    ``stores.prepopulate`` does); the run must skip them all and send nothing."""
     n = sizes.skip
     manifest = work / "skip.csv"
-    bench_run.write_manifest(manifest, n)
+    write_manifest(manifest, n, "")
     state = work / "skip-state.sqlite3"
-    bench_run.prepopulate(state, n)  # bench_run.KEY is the key the sandbox accepts here
-    assert bench_run.KEY == KEY
+    stores.prepopulate(state, n)
     notes: list[str] = []
     with SandboxProcess() as sb:
         make = _provision(sb.url, manifest, work, "skip", state_path=str(state))
