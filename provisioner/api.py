@@ -215,6 +215,9 @@ async def _run(
             run_id=run_id, manifest=manifest.display_name, exit_code=exit_code
         )
         summary["out_dir"] = str(settings.out_dir)
+        # Rows past a cut-short reading are in no output file: the 9 am reader must see it.
+        summary["rows_read"] = run.rows_read
+        summary["manifest_read_to_end"] = run.read_to_end
         summary["quota"] = run.default.summary()
         summary["workspaces"] = [lane.summary() for lane in lanes.values()]
         for lane in lanes.values():

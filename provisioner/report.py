@@ -51,6 +51,13 @@ def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:
         + (", ".join(parts) if parts else "no rows"),
         f"  outputs: {out_dir}/results.jsonl, failures.jsonl, deferred.csv, summary.json",
     ]
+    if summary.get("manifest_read_to_end") is False:  # absent in summaries of older runs
+        lines.append(
+            f"  the manifest was not read to its end (a second signal, or its pipe went "
+            f"silent after a stop): rows after the first {summary.get('rows_read')} are in no "
+            "output file; run the same command again to process them (rows already created "
+            "are skipped)"
+        )
     failed = counts.get("failed", 0)
     if failed:
         errors: Mapping[str, int] = summary.get("errors", {})

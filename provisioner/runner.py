@@ -94,6 +94,8 @@ class Run:
         self.stop_reason: str | None = None
         self.stop_exit: int | None = None
         self.drain_abandoned = False
+        #: Set once the reader has reached the manifest's end (not a stop that cut it short).
+        self.read_to_end = False
         self.manifest: Manifest | None = None
         self.rows_read = 0
         self._scoped = len(lanes) > 1
@@ -177,6 +179,7 @@ class Run:
                 # the state writer's queue stays bounded (long stretches of invalid rows).
                 chunk, more = await self._take(feed, n)
                 if not chunk:
+                    self.read_to_end = not self.drain_abandoned
                     break
                 for item in chunk:
                     n += 1

@@ -41,9 +41,10 @@ async def test_rows_on_an_open_pipe_are_sent_before_it_closes(
     proc.stdin.close()
     _, err = await proc.communicate()
     assert proc.returncode == 0, err.decode()
-    results, _, _, _ = outputs(tmp_path / "out")
+    results, _, _, summary = outputs(tmp_path / "out")
     assert sorted(r["campaign_id"] for r in results) == [f"c{i:04d}" for i in range(12)]
     assert_invariant(tmp_path / "out", 12)
+    assert (summary["manifest_read_to_end"], summary["rows_read"]) == (True, 12)
 
 
 async def test_sigterm_while_the_pipe_is_silent_exits_with_outputs(
@@ -62,3 +63,5 @@ async def test_sigterm_while_the_pipe_is_silent_exits_with_outputs(
     assert b"drain_abandoned" in err
     assert b"Traceback" not in err
     assert_invariant(tmp_path / "out", 3)
+    _, _, _, summary = outputs(tmp_path / "out")
+    assert (summary["manifest_read_to_end"], summary["rows_read"]) == (False, 3)

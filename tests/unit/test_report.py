@@ -52,3 +52,19 @@ def test_summary_says_how_many_windows_deferred_rows_need() -> None:
         Path("out"),
     )  # fmt: skip
     assert "workspace us (ws-1): 250 deferred rows need 3 more quota window(s)" in text
+
+
+def test_summary_says_when_the_manifest_was_not_read_to_its_end() -> None:
+    """A cut-short reading: how many rows were read and that the rest are in no file."""
+    text = human_summary(
+        {"run_id": "r", "exit_code": 143, "duration_s": 1.0, "counts": {"created": 3},
+         "rows_read": 3, "manifest_read_to_end": False},
+        Path("out"),
+    )  # fmt: skip
+    assert "not read to its end" in text
+    assert "rows after the first 3 are in no output file" in text
+    for finished in (True, None):  # a whole reading, or a summary from an older run
+        summary = {"run_id": "r", "exit_code": 0, "duration_s": 1.0, "counts": {"created": 3}}
+        if finished is not None:
+            summary["manifest_read_to_end"] = finished
+        assert "not read to its end" not in human_summary(summary, Path("out"))
