@@ -28,7 +28,7 @@ from .lane import Job, Lane
 from .limiter import Deferred
 from .logs import get_logger
 from .manifest import Manifest
-from .models import Outcome, RawRow, Row, RowError, Status
+from .models import Outcome, RawRow, Row, RowError, Skip, Status
 from .observe import RunObserver, Snapshot
 from .outcomes import (
     deferred,
@@ -36,7 +36,6 @@ from .outcomes import (
     failed_from_error,
     failed_in_doubt,
     final_outcome,
-    skipped,
     unknown_workspace,
 )
 from .retry import RetryBudget, RetryPolicy, Transient
@@ -249,20 +248,41 @@ class Run:
         # queue (and so memory) bounded.
         await self.store.throttle()
         priors = self.store.lookup_many(lane.label, [job.key for job in batch])
+        force = self.settings.force
+        # Rows to skip are gathered and emitted together (per row, emit() was ~40% of a
+        # skip run's time); before any other outcome or await, so the order is unchanged.
+        skips: list[Skip] = []
         for job in batch:
             prior = priors.get(job.key)
-            if prior is not None and not self.settings.force:
-                if prior.kind == "created":
-                    self.emit(skipped(job.row, job.send_id, prior), job.key, lane)
-                    continue
-                if job.send_id is None and not self.settings.retry_in_doubt:
-                    self.emit(failed_in_doubt(job.row, prior=prior), job.key, lane)
-                    continue
+            if prior is not None and not force and prior.kind == "created":
+                skips.append(
+                    (job.row, job.key, prior.send_id or job.send_id, prior.run_id, prior.at)
+                )
+                continue
+            if skips:
+                self._emit_skipped(lane, skips)
+                skips = []
+            in_doubt = job.send_id is None and not self.settings.retry_in_doubt
+            if prior is not None and not force and in_doubt:
+                self.emit(failed_in_doubt(job.row, prior=prior), job.key, lane)
+                continue
             reason = self._deferral_reason(lane)
             if reason is not None:
                 self.emit(deferred(job.row, job.send_id, reason), job.key, lane)
                 continue
             await lane.queue.put(job)
+        if skips:
+            self._emit_skipped(lane, skips)
+
+    def _emit_skipped(self, lane: Lane, skips: list[Skip]) -> None:
+        """``emit`` for rows an earlier run created (``outcomes.skipped``), a batch at once."""
+        self.store.record_skipped(self.run_id, lane.label, skips)  # the store first, as emit
+        if self.output_error is None:
+            try:
+                self.sink.write_skipped(skips)
+            except OutputError as exc:
+                self.output_failed(exc)
+        self.stats.counts[Status.SKIPPED.value] += len(skips)
 
     # -- the workers -------------------------------------------------------------------
     async def work(self, lane: Lane) -> None:

@@ -42,7 +42,7 @@ import functools
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -50,7 +50,15 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import orjson
 
 from provisioner.errors import OutputError
-from provisioner.models import CAMPAIGN_ID, RESERVED_COLUMNS, SEND_ID, Columns, Outcome, Status
+from provisioner.models import (
+    CAMPAIGN_ID,
+    RESERVED_COLUMNS,
+    SEND_ID,
+    Columns,
+    Outcome,
+    Skip,
+    Status,
+)
 
 if TYPE_CHECKING:
     from _csv import Writer
@@ -125,6 +133,10 @@ class ResultSink(Protocol):
 
     def write(self, outcome: Outcome) -> None:
         """Record one row's final outcome."""
+
+    def write_skipped(self, skips: Sequence[Skip]) -> None:
+        """Record rows an earlier run created, in order: what ``write`` writes for each
+        one's ``outcomes.skipped`` Outcome."""
 
     def commit(self, summary: Mapping[str, object]) -> None:
         """Make every output final, the summary last."""
@@ -238,6 +250,33 @@ class FileSink:
                 self._failures.write(_dumps(self._failure(outcome)))
             else:
                 self._results.write(_dumps(self._result(outcome)))
+        except OSError as exc:
+            raise self._fail(exc) from None
+
+    def write_skipped(self, skips: Sequence[Skip]) -> None:
+        """Append skipped rows' results lines, as ``write`` would one by one, in one write.
+
+        A skip run writes every row this way: no Outcome per row, and one call per batch.
+        """
+        if self._finished:
+            raise RuntimeError("FileSink.write_skipped after commit or abort")
+        lines: list[bytes] = []
+        for row, _, send_id, created_run, created_at in skips:
+            record: dict[str, Any] = {
+                "line": row.line,
+                "campaign_id": row.campaign_id,
+                "send_id": send_id,
+                "status": "skipped",
+                "attempts": 0,
+                "http_status": None,
+                "latency_ms": None,
+                "created_run": created_run,
+                "created_at": _iso(created_at),
+            }
+            _pass_through(record, row.columns, _RESULT_FIELDS, keep_odd_ids=False)
+            lines.append(_dumps(record))
+        try:
+            self._results.write(b"".join(lines))
         except OSError as exc:
             raise self._fail(exc) from None
 
