@@ -39,7 +39,7 @@ from .outcomes import (
     unknown_workspace,
 )
 from .retry import RetryBudget, RetryPolicy, Transient
-from .seen import SeenIndex
+from .seen import Assigned, SeenIndex
 from .sinks import ResultSink
 from .state import StateStore
 from .stats import RunStats
@@ -231,46 +231,55 @@ class Run:
 
     async def _identify(self, seen: SeenIndex, rows: list[Row]) -> None:
         """Give a batch of valid rows their identities; report repeats, dispatch the rest."""
-        scopes = [self.lane_of(r).name for r in rows] if self._scoped else None
-        by_lane: dict[str, list[Job]] = {}
+        if not self._scoped:  # one lane: no lane to look up per row
+            lane, kept = self.default, []
+            for a in seen.assign(rows):
+                if a.duplicate_of is not None and a.send_id is not None:
+                    self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
+                else:
+                    kept.append(a)
+            if kept:
+                await self.dispatch(lane, kept)
+            return
+        scopes = [self.lane_of(r).name for r in rows]
+        by_lane: dict[str, list[Assigned]] = {}
         for a in seen.assign(rows, scopes):
             lane = self.lane_of(a.row)
             if a.duplicate_of is not None and a.send_id is not None:
                 self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
             else:
-                by_lane.setdefault(lane.name, []).append(Job(a.row, a.key, a.send_id))
-        for name, jobs in by_lane.items():
-            await self.dispatch(self.lanes[name], jobs)
+                by_lane.setdefault(lane.name, []).append(a)
+        for name, batch in by_lane.items():
+            await self.dispatch(self.lanes[name], batch)
 
-    async def dispatch(self, lane: Lane, batch: list[Job]) -> None:
+    async def dispatch(self, lane: Lane, batch: list[Assigned]) -> None:
         """Skip what earlier runs did, report what is in doubt, queue the rest."""
         # Backpressure: a run that only skips can outpace the writer thread; keep its
         # queue (and so memory) bounded.
         await self.store.throttle()
-        priors = self.store.lookup_many(lane.label, [job.key for job in batch])
+        priors = self.store.lookup_many(lane.label, [a.key for a in batch])
         force = self.settings.force
         # Rows to skip are gathered and emitted together (per row, emit() was ~40% of a
         # skip run's time); before any other outcome or await, so the order is unchanged.
+        # A Job is built only for a row that goes to the workers.
         skips: list[Skip] = []
-        for job in batch:
-            prior = priors.get(job.key)
+        for a in batch:
+            prior = priors.get(a.key)
             if prior is not None and not force and prior.kind == "created":
-                skips.append(
-                    (job.row, job.key, prior.send_id or job.send_id, prior.run_id, prior.at)
-                )
+                skips.append((a.row, a.key, prior.send_id or a.send_id, prior.run_id, prior.at))
                 continue
             if skips:
                 self._emit_skipped(lane, skips)
                 skips = []
-            in_doubt = job.send_id is None and not self.settings.retry_in_doubt
+            in_doubt = a.send_id is None and not self.settings.retry_in_doubt
             if prior is not None and not force and in_doubt:
-                self.emit(failed_in_doubt(job.row, prior=prior), job.key, lane)
+                self.emit(failed_in_doubt(a.row, prior=prior), a.key, lane)
                 continue
             reason = self._deferral_reason(lane)
             if reason is not None:
-                self.emit(deferred(job.row, job.send_id, reason), job.key, lane)
+                self.emit(deferred(a.row, a.send_id, reason), a.key, lane)
                 continue
-            await lane.queue.put(job)
+            await lane.queue.put(Job(a.row, a.key, a.send_id))
         if skips:
             self._emit_skipped(lane, skips)
 
