@@ -324,7 +324,7 @@ class SqliteStateStore(schema.StoreReader):
         ops = self._ops
         # One operation per row, as record() queues them: the writer's batch size and
         # throttle() count rows, so a batch of skips weighs what its records would.
-        ops.extend([(OUTCOMES, schema.SQL_OUTCOME, row) for row in rows])
+        ops.extend([(OUTCOMES, schema.SQL_SKIPPED, row) for row in rows])
         if len(ops) >= _WAKE_AT and not self._wake.is_set():
             self._wake.set()
         if len(ops) > _HARD_CAP:
