@@ -156,7 +156,12 @@ def _iso(epoch: float | None) -> str | None:
     micros = round((epoch - second) * 1e6)
     if micros >= 1_000_000:
         second, micros = second + 1, micros - 1_000_000
-    return f"{_iso_second(second)}.{micros // 1000:03d}Z"
+    return _iso_second(second) + _MILLIS[micros // 1000]
+
+
+#: ".000Z" to ".999Z": formatting the milliseconds with a format spec cost more than
+#: the rest of _iso.
+_MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))
 
 
 @functools.lru_cache(maxsize=1024)
