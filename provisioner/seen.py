@@ -109,8 +109,7 @@ class SeenIndex:
                     continue
                 send_id = derive_send_id(self.derive_prefix, row.campaign_id, n)
                 key = (row.campaign_id, "s:" + send_id)
-            # pair_digest(scope, send_id), inlined: this loop runs for every valid row.
-            pending.append((len(out), hash((scope, send_id)), row.line))
+            pending.append((len(out), pair_digest(scope, send_id), row.line))
             out.append(Assigned(row, key, send_id, None))
         # One transaction per batch: in autocommit mode each executemany row is its own
         # transaction, which measured 5x slower (4.5 against 0.9 us a row).
