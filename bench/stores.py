@@ -13,7 +13,7 @@ from support import KEY
 
 from provisioner.access import ApiKey
 from provisioner.identity import RowKey
-from provisioner.models import Outcome, Status
+from provisioner.models import Outcome, Skip, Status
 from provisioner.state import Prior, QuotaWindow, RunRecord, open_store
 
 
@@ -49,6 +49,9 @@ class NullStore:
         """Nothing to make durable."""
 
     def record(self, run_id: str, workspace: str, key: RowKey | None, outcome: Outcome) -> None:
+        """Nothing to record."""
+
+    def record_skipped(self, run_id: str, workspace: str, skips: Sequence[Skip]) -> None:
         """Nothing to record."""
 
     async def flush(self) -> None:

@@ -96,3 +96,10 @@ class Outcome:
     #: skipped rows: the run that created the combination, and when (epoch seconds).
     created_run: str | None = None
     created_at: float | None = None
+
+
+#: A row an earlier run created, which this run skips, as the runner hands a batch of them to
+#: the state store and the sink without building an Outcome for each (a skip run handles
+#: every row so): (row, key, send_id, created_run, created_at). ``key`` is the row's
+#: ``identity.RowKey``; send_id is the created one (else the row's); created_at in epoch s.
+Skip = tuple[Row, tuple[str, str], str | None, str, float]

@@ -75,7 +75,11 @@ def deferred(row: Row, send_id: str | None, reason: str) -> Outcome:
 
 
 def skipped(row: Row, send_id: str | None, prior: Prior) -> Outcome:
-    """A row an earlier run already created: nothing sent."""
+    """A row an earlier run already created: nothing sent.
+
+    The run itself hands skipped rows to the store and the sink a batch at a time, without
+    this Outcome (``Run._emit_skipped``); what they write must equal what they write for it.
+    """
     return Outcome(
         line=row.line,
         status=Status.SKIPPED,

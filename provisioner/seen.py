@@ -88,16 +88,20 @@ class SeenIndex:
         ``scopes`` names each row's workspace when there are several: the same pair in two
         workspaces is two combinations, and occurrences are counted per workspace.
         """
-        scoped = [
-            r.campaign_id if not scopes or not scopes[i] else f"{scopes[i]}\x00{r.campaign_id}"
-            for i, r in enumerate(rows)
-        ]
+        if scopes:
+            scoped = [
+                r.campaign_id if not scope else f"{scope}\x00{r.campaign_id}"
+                for r, scope in zip(rows, scopes, strict=True)
+            ]
+        else:
+            scoped = [r.campaign_id for r in rows]
         counts = self._occurrences(rows, scoped)
         out: list[Assigned] = []
         pending: list[tuple[int, int, int]] = []  # (index into out, digest, line)
         for row, scope in zip(rows, scoped, strict=True):
-            if row.send_id is not None:
-                key, send_id = (row.campaign_id, "s:" + row.send_id), row.send_id
+            send_id = row.send_id
+            if send_id is not None:
+                key = (row.campaign_id, "s:" + send_id)
             else:
                 n = counts[scope] = counts[scope] + 1
                 if self.derive_prefix is None:

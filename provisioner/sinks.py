@@ -42,7 +42,7 @@ import functools
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -50,7 +50,15 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 import orjson
 
 from provisioner.errors import OutputError
-from provisioner.models import CAMPAIGN_ID, RESERVED_COLUMNS, SEND_ID, Columns, Outcome, Status
+from provisioner.models import (
+    CAMPAIGN_ID,
+    RESERVED_COLUMNS,
+    SEND_ID,
+    Columns,
+    Outcome,
+    Skip,
+    Status,
+)
 
 if TYPE_CHECKING:
     from _csv import Writer
@@ -126,6 +134,10 @@ class ResultSink(Protocol):
     def write(self, outcome: Outcome) -> None:
         """Record one row's final outcome."""
 
+    def write_skipped(self, skips: Sequence[Skip]) -> None:
+        """Record rows an earlier run created, in order: what ``write`` writes for each
+        one's ``outcomes.skipped`` Outcome."""
+
     def commit(self, summary: Mapping[str, object]) -> None:
         """Make every output final, the summary last."""
 
@@ -144,7 +156,12 @@ def _iso(epoch: float | None) -> str | None:
     micros = round((epoch - second) * 1e6)
     if micros >= 1_000_000:
         second, micros = second + 1, micros - 1_000_000
-    return f"{_iso_second(second)}.{micros // 1000:03d}Z"
+    return _iso_second(second) + _MILLIS[micros // 1000]
+
+
+#: ".000Z" to ".999Z": formatting the milliseconds with a format spec cost more than
+#: the rest of _iso.
+_MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -238,6 +255,34 @@ class FileSink:
                 self._failures.write(_dumps(self._failure(outcome)))
             else:
                 self._results.write(_dumps(self._result(outcome)))
+        except OSError as exc:
+            raise self._fail(exc) from None
+
+    def write_skipped(self, skips: Sequence[Skip]) -> None:
+        """Append skipped rows' results lines, as ``write`` would one by one.
+
+        A skip run writes every row this way: no Outcome per row, and one call per batch.
+        Each line goes to the buffer at once: kept in a list to be joined, orjson's output
+        (a 1 KiB allocation shrunk to the line) measured 8x slower (1.8 against 0.22 us).
+        """
+        if self._finished:
+            raise RuntimeError("FileSink.write_skipped after commit or abort")
+        write = self._results.write
+        try:
+            for row, _, send_id, created_run, created_at in skips:
+                record: dict[str, Any] = {
+                    "line": row.line,
+                    "campaign_id": row.campaign_id,
+                    "send_id": send_id,
+                    "status": "skipped",
+                    "attempts": 0,
+                    "http_status": None,
+                    "latency_ms": None,
+                    "created_run": created_run,
+                    "created_at": _iso(created_at),
+                }
+                _pass_through(record, row.columns, _RESULT_FIELDS, keep_odd_ids=False)
+                write(_dumps(record))
         except OSError as exc:
             raise self._fail(exc) from None
 

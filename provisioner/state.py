@@ -43,7 +43,7 @@ from provisioner import state_schema as schema
 from provisioner.errors import StateError
 from provisioner.identity import RowKey
 from provisioner.lock import Holder, RunLock
-from provisioner.models import Outcome, Status
+from provisioner.models import Outcome, Skip, Status
 from provisioner.state_batch import (
     CREATED,
     GROUP,
@@ -89,6 +89,7 @@ class StateStore(Protocol):
         wait: bool = True,
     ) -> None: ...
     def record(self, run_id: str, workspace: str, key: RowKey | None, outcome: Outcome) -> None: ...
+    def record_skipped(self, run_id: str, workspace: str, skips: Sequence[Skip]) -> None: ...
     async def flush(self) -> None: ...
     async def throttle(self) -> None: ...
     def record_quota(
@@ -311,6 +312,22 @@ class SqliteStateStore(schema.StoreReader):
         if len(ops) >= _WAKE_AT and not self._wake.is_set():
             self._wake.set()
         if len(ops) > _HARD_CAP:  # a safety net for memory; throttle() avoids reaching it
+            while len(ops) > _HARD_CAP // 2 and self._error is None:
+                time.sleep(0.001)
+
+    def record_skipped(self, run_id: str, workspace: str, skips: Sequence[Skip]) -> None:
+        """Enqueue the outcomes of rows an earlier run created: what ``record`` queues for
+        each one's ``outcomes.skipped`` Outcome (one outcomes row, no created or intent
+        change), in one call for a batch. Does not wait."""
+        seq = self._current(run_id)
+        rows = schema.encode_skipped(seq, workspace, skips, self._seqs)
+        ops = self._ops
+        # One operation per row, as record() queues them: the writer's batch size and
+        # throttle() count rows, so a batch of skips weighs what its records would.
+        ops.extend([(OUTCOMES, schema.SQL_SKIPPED, row) for row in rows])
+        if len(ops) >= _WAKE_AT and not self._wake.is_set():
+            self._wake.set()
+        if len(ops) > _HARD_CAP:
             while len(ops) > _HARD_CAP // 2 and self._error is None:
                 time.sleep(0.001)
 

@@ -64,11 +64,11 @@ def sort_batch(batch: list[Op]) -> Batch:
 
 
 #: Inserts written as one statement of many rows rather than executemany (see commit).
-_MULTI_ROW = frozenset({schema.SQL_OUTCOME, schema.SQL_CREATED})
+_MULTI_ROW = frozenset({schema.SQL_OUTCOME, schema.SQL_CREATED, schema.SQL_SKIPPED})
 _ROWS_PER_INSERT = 256
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _multi_row(sql: str, rows: int) -> str:
     """``sql`` (one ``VALUES (...)`` row, maybe an upsert clause) with ``rows`` rows."""
     head, _, rest = sql.partition(" VALUES (")

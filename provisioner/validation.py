@@ -108,18 +108,51 @@ def _kind(value: object) -> str:
     return type(value).__name__
 
 
-def validate(raw: RawRow) -> Row | RowError:
-    """Check a parsed record against Braze's rules; return a sendable Row or a RowError."""
+def _ids(columns: Columns) -> tuple[object, object, object]:
+    """The campaign_id, send_id and workspace values of ``columns`` (_MISSING, None, None
+    when absent)."""
     campaign_id: object = _MISSING
     send_id: object = None
     workspace: object = None
-    for name, value in raw.columns:
+    for name, value in columns:
         if name == CAMPAIGN_ID:
             campaign_id = value
         elif name == SEND_ID:
             send_id = value
         elif name == WORKSPACE:
             workspace = value
+    return campaign_id, send_id, workspace
+
+
+def validate(raw: RawRow) -> Row | RowError:
+    """Check a parsed record against Braze's rules; return a sendable Row or a RowError."""
+    cid, sid, ws = _ids(raw.columns)
+    # The usual row, checked without a regex search (printable ASCII has no control
+    # character); anything else goes through every rule (``check``), for its error.
+    if (
+        isinstance(cid, str)
+        and 0 < len(cid) <= MAX_CAMPAIGN_ID
+        and cid.isascii()
+        and cid.isprintable()
+        and (
+            sid is None
+            or sid == ""
+            or (
+                isinstance(sid, str)
+                and len(sid) <= MAX_SEND_ID
+                and sid.isascii()
+                and sid.isprintable()
+            )
+        )
+        and (ws is None or (isinstance(ws, str) and len(ws) <= MAX_WORKSPACE))
+    ):
+        return Row(raw.line, cid, sid or None, raw.columns, ws or None)
+    return check(raw)
+
+
+def check(raw: RawRow) -> Row | RowError:
+    """``validate`` rule by rule, without its shortcut for plainly valid rows."""
+    campaign_id, send_id, workspace = _ids(raw.columns)
     cid = campaign_id if isinstance(campaign_id, str) else None
     sid = send_id if isinstance(send_id, str) and send_id else None
 

@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 
 from provisioner.errors import OutputError
 from provisioner.manifest import Manifest
-from provisioner.models import Columns, Outcome, RawRow, Status
+from provisioner.models import Columns, Outcome, RawRow, Row, Skip, Status
+from provisioner.outcomes import skipped
 from provisioner.sinks import FileSink, OutputFolder, _iso
+from provisioner.state import Prior
 
 FINAL = {"results.jsonl", "failures.jsonl", "deferred.csv", "summary.json"}
 CSV_HEADER = ("campaign_id", "send_id", "note")
@@ -359,3 +361,74 @@ def test_iso_matches_datetime_to_the_millisecond(epoch: float) -> None:
     """The cached formatter writes exactly what datetime.isoformat does (ms, truncated)."""
     expected = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
     assert _iso(epoch) == expected
+
+
+# --- skipped rows in batches -------------------------------------------------------------
+
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**80), max_value=2**80),  # beyond 64 bits: the stdlib fallback
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),  # lone surrogates included: orjson refuses them
+    st.lists(st.integers(), max_size=2),
+)
+_SKIP_NAMES = st.sampled_from(
+    ["note", "status", "created_run", "created_at", "input.status", "line", "campaign_id",
+     "send_id", "ü"]
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.lists(st.tuples(_SKIP_NAMES, _VALUES), max_size=4),
+            st.one_of(st.none(), st.text(max_size=5)),
+            st.text(max_size=5),
+            st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False),
+        ),
+        max_size=6,
+    )
+)
+def test_skipped_batch_writes_what_per_row_writes_would(
+    rows: list[tuple[list[tuple[str, object]], str | None, str, float]],
+) -> None:
+    """write_skipped writes, byte for byte and in order, the results lines that write()
+    writes for each row's outcomes.skipped Outcome (collisions, odd values included)."""
+    skips: list[Skip] = []
+    for line, (extra, send_id, run, at) in enumerate(rows, 2):
+        columns: Columns = (("campaign_id", f"c{line}"), *extra)
+        row = Row(line, f"c{line}", send_id, columns)
+        skips.append((row, (row.campaign_id, f"s:{send_id}"), send_id, run, at))
+    written: list[bytes] = []
+    for batched in (True, False):
+        with tempfile.TemporaryDirectory() as tmp:
+            sink = FileSink(folder_at(Path(tmp)), deferred_header=None)
+            if batched:
+                sink.write_skipped(skips)
+            else:
+                for row, _, send_id, run, at in skips:
+                    sink.write(skipped(row, send_id, Prior("created", run, at, send_id)))
+            sink.commit({})
+            written.append((Path(tmp) / "results.jsonl").read_bytes())
+    assert written[0] == written[1]
+    assert written[0].count(b"\n") == len(rows)
+
+
+def test_skipped_batch_write_failure_is_an_output_error(tmp_path: Path) -> None:
+    """A disk error while writing a batch of skipped rows is an OutputError naming the
+    folder, like a failed write() (the runner then stops as for any output failure)."""
+
+    class Full:
+        def write(self, data: bytes) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    sink = FileSink(folder_at(tmp_path), deferred_header=None)
+    sink._results = Full()  # type: ignore[assignment]
+    row = Row(2, "c1", "s1", cols())
+    with pytest.raises(OutputError, match=str(tmp_path)):
+        sink.write_skipped([(row, ("c1", "s:s1"), "s1", "run-0", 1.5)])
+    sink.abort()
+    with pytest.raises(RuntimeError):  # after abort, as for write()
+        sink.write_skipped([])

@@ -16,7 +16,8 @@ import pytest
 
 from provisioner import state, state_batch, state_schema
 from provisioner.errors import StateError, StateLockedError
-from provisioner.models import Outcome, Status
+from provisioner.models import Outcome, Row, Skip, Status
+from provisioner.outcomes import skipped
 from provisioner.state import (
     SqliteStateStore,
     default_state_path,
@@ -554,3 +555,54 @@ async def test_throttle_returns_once_the_writer_is_down_to_half(
     assert store.pending <= 50
     await store.flush()
     assert store.pending == 0
+
+
+async def test_skipped_batch_stores_what_per_row_records_would(path: Path) -> None:
+    """record_skipped stores the outcomes rows record() stores for each row's
+    outcomes.skipped Outcome (a known and an unknown creating run, odd column values), and
+    touches neither created nor intents: export and status read them alike."""
+    columns: list[tuple[tuple[str, object], ...]] = [
+        (("campaign_id", "c1"), ("send_id", "s1"), ("note", "ü")),
+        (("campaign_id", "c2"), ("n", 2**70), ("f", 1.5), ("none", None)),  # stdlib fallback
+        (("campaign_id", "c3"), ("send_id", "s3"), ("list", [1, {"k": True}])),
+    ]
+    skips: list[Skip] = [
+        (Row(4, "c1", "s1", columns[0]), ("c1", "s:s1"), "s1", "run-0", 1234.5),
+        (Row(7, "c2", None, columns[1]), ("c2", "n:1"), "braze-made", "run-gone", 1.0),
+        (Row(9, "c3", "s3", columns[2]), ("c3", "s:s3"), "s3", "run-0", 99.25),
+    ]
+    dumps: list[list[tuple[object, ...]]] = []
+    for batched in (True, False):
+        where = path.parent / ("batched" if batched else "per-row") / "state.sqlite3"
+        s = open_store(where)
+        s.begin_run("run-0", "manifest.csv", 10.0, None, {})
+        seed = Outcome(2, Status.CREATED, "c0", "s0", created_at=5.0)  # no clock: comparable
+        s.record("run-0", WS, ("c0", "s:s0"), seed)
+        await s.flush()
+        s.finish_run("run-0", 11.0, 0, {}, {})
+        s.close()  # a store records one run: reopen it for the next
+        s = open_store(where)
+        s.begin_run("run-1", "manifest.csv", 20.0, None, {})
+        if batched:
+            s.record_skipped("run-1", WS, skips)
+        else:
+            for row, key, send_id, run, at in skips:
+                prior = state.Prior("created", run, at, send_id)
+                s.record("run-1", WS, key, skipped(row, send_id, prior))
+        await s.flush()
+        expected = [
+            skipped(r, sid, state.Prior("created", run, at, sid)) for r, _, sid, run, at in skips
+        ]
+        assert list(s.iter_outcomes("run-1")) == expected
+        s.close()
+        conn = sqlite3.connect(where)
+        dumps.append(
+            [
+                *conn.execute("SELECT * FROM outcomes ORDER BY run_seq, line"),
+                *conn.execute("SELECT * FROM created ORDER BY campaign_id"),
+                *conn.execute("SELECT * FROM intents"),
+            ]
+        )
+        conn.close()
+    assert dumps[0] == dumps[1]
+    assert len(dumps[0]) == 5  # one outcome of run-0, three of run-1, one created row

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from provisioner.models import RawRow, Row, RowError
@@ -16,6 +16,7 @@ from provisioner.validation import (
     clip_columns,
     validate,
 )
+from provisioner.validation import check as rules
 
 CID = "4c4d6b3e-35f8-4fa8-8f6e-3f0c4b8f7a21"
 
@@ -201,3 +202,38 @@ def test_row_without_send_id_keeps_its_workspace(send_id: str | None) -> None:
     assert isinstance(result, Row)
     assert result.workspace == "eu"
     assert failure(campaign_id=CID, send_id=send_id, workspace=7).field == "workspace"
+
+
+_PLAIN = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=8)
+_ID_VALUES = st.one_of(
+    _PLAIN,
+    _PLAIN,  # the shortcut's own case, as often as all the others
+    st.none(),
+    st.sampled_from([0, 1, False, True, 1.5, [], ["a"]]),
+    st.text(max_size=6),
+    st.text(st.characters(min_codepoint=0, max_codepoint=0xA0), max_size=6),  # controls, DEL
+    st.text(st.sampled_from("a~ \x7f"), min_size=60, max_size=70),  # around MAX_SEND_ID
+    st.text(st.sampled_from("ab"), min_size=250, max_size=260),  # around MAX_CAMPAIGN_ID
+)
+_ABSENT = object()
+_NAMES = ["campaign_id", "send_id", "note"]
+
+
+@settings(max_examples=400)
+@given(
+    cid=st.one_of(st.just(_ABSENT), _ID_VALUES),
+    sid=st.one_of(st.just(_ABSENT), _ID_VALUES),
+    ws=st.one_of(st.just(_ABSENT), _ID_VALUES),
+    extra=st.lists(
+        st.tuples(st.sampled_from(["campaign_id", "send_id", "note"]), _ID_VALUES), max_size=1
+    ),
+)
+def test_shortcut_for_plain_rows_agrees_with_every_rule(
+    cid: object, sid: object, ws: object, extra: list[tuple[str, object]]
+) -> None:
+    """validate's shortcut for plainly valid rows gives what the rules one by one give
+    (validation.check), for any values of campaign_id, send_id and workspace, absent or
+    repeated columns included."""
+    named = (("campaign_id", cid), ("send_id", sid), ("workspace", ws))
+    raw = RawRow(7, tuple((n, v) for n, v in named if v is not _ABSENT) + tuple(extra))
+    assert validate(raw) == rules(raw)
