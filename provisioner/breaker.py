@@ -94,9 +94,18 @@ class Breaker:
                 sleeper.cancel()
                 changed.cancel()
 
+    @property
+    def passing(self) -> bool:
+        """Closed and not deferred: ``allow`` would return False (no probe) at once."""
+        return self.opened_at is None and self.deferred is None
+
     def success(self, probe: bool = False) -> None:
         """A request got an answer that is not a server failure."""
         self.failures = 0
+        if self.opened_at is None and not probe:
+            # Closed: nothing changed that a waiter in allow() could be waiting for (the
+            # close that let it go already woke it), so the wake-up is skipped.
+            return
         if self.opened_at is not None and (probe or not self.probing):
             log.info(
                 "breaker_closed",

@@ -66,11 +66,11 @@ def _int_header(headers: CIMultiDictProxy[str], name: str) -> int | None:
     if value is None:
         return None
     try:
-        number = int(value.strip())
+        number = int(value)  # int() and float() ignore surrounding whitespace themselves
     except ValueError:
         try:
-            number = int(float(value.strip()))
-        except ValueError:
+            number = int(float(value))
+        except (ValueError, OverflowError):  # "nan" is a ValueError here, "inf" overflows
             return None
     return number if number >= 0 else None
 
@@ -113,6 +113,11 @@ def classify(status: int, raw: bytes) -> tuple[ReplyKind, str | None, str]:
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
         body = None
+    if 200 <= status < 300 and isinstance(body, dict) and body.get("message") == "success":
+        # The usual answer, decided without building a message from the errors it lacks.
+        send_id = body.get("send_id")
+        if isinstance(send_id, str) and send_id and not body.get("errors"):
+            return ReplyKind.CREATED, send_id, "success"
     message = _message(body, raw)
     if 200 <= status < 300:
         if isinstance(body, dict):
@@ -263,7 +268,6 @@ class BrazeClient:
                 raw = await read_body(resp.content)
                 status = resp.status
                 headers = resp.headers
-                location = resp.headers.get("Location")
         except aiohttp.ClientConnectorCertificateError as exc:
             # The handshake failed before any HTTP was sent: the key never left.
             err = exc.certificate_error
@@ -297,7 +301,9 @@ class BrazeClient:
             send_id=new_send_id,
             message=message,
             rate_limit=parse_rate_limit(headers),
-            retry_after=parse_retry_after(headers),
+            # Read only where they mean something: the budget waits on Retry-After after a
+            # 429 only, and the runner names a redirect's target.
+            retry_after=parse_retry_after(headers) if status == 429 else None,
             latency_ms=latency_ms,
-            location=location,
+            location=headers.get("Location") if kind is ReplyKind.REDIRECTED else None,
         )

@@ -414,8 +414,9 @@ class Run:
 
     async def attempt(self, lane: Lane, job: Job, attempts: list[int]) -> Reply:
         """Send one request for the job; 429s pause and resend here, not as retries."""
+        breaker = lane.breaker
         while True:
-            probe = await lane.breaker.allow()
+            probe = await breaker.allow() if not breaker.passing else False
             await lane.budget.acquire()
             if lane.spreader is not None:
                 # After acquire: the window is known by then (the probe has answered).
@@ -433,7 +434,7 @@ class Run:
                 await lane.budget.cancel()  # never sent; not a server failure either
                 raise
             except TransportError as exc:
-                lane.breaker.failure(probe, str(exc))
+                breaker.failure(probe, str(exc))
                 if isinstance(exc, InDoubt):
                     await lane.budget.settle_unknown()
                     if job.send_id is None:
@@ -446,7 +447,7 @@ class Run:
             if reply.kind is ReplyKind.REDIRECTED:
                 # Not the API answering: its headers say nothing of the quota.
                 await lane.budget.cancel()
-                lane.breaker.success(probe)
+                breaker.success(probe)
                 return reply
             limited = reply.kind is ReplyKind.RATE_LIMITED
             await lane.budget.observe(
@@ -456,9 +457,9 @@ class Run:
                 retry_after=reply.retry_after,
             )
             if reply.kind is ReplyKind.SERVER_ERROR:
-                lane.breaker.failure(probe, f"{lane.client.url} answered {reply.status}")
+                breaker.failure(probe, f"{lane.client.url} answered {reply.status}")
                 raise Transient(reply=reply)
-            lane.breaker.success(probe)
+            breaker.success(probe)
             if limited:
                 self.stats.http_429 += 1
                 continue

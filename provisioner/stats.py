@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from .models import Status
 
 _GROWTH = math.log(1.01)
+#: The class names of the usual statuses, formatted once rather than per response.
+_CLASSES = {status: f"{status // 100}xx" for status in range(100, 600)}
 
 
 class LatencyHistogram:
@@ -69,7 +71,7 @@ class RunStats:
 
     def note_status(self, status: int) -> None:
         """Count one HTTP response by class (2xx, 4xx ...)."""
-        self.http_by_class[f"{status // 100}xx"] += 1
+        self.http_by_class[_CLASSES.get(status) or f"{status // 100}xx"] += 1
 
     def elapsed(self) -> float:
         """Seconds since the run started."""

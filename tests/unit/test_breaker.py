@@ -61,6 +61,27 @@ async def test_opens_after_threshold_then_one_probe() -> None:
     assert not b.is_open
 
 
+async def test_passing_says_when_allow_need_not_be_awaited() -> None:
+    """``passing`` is true exactly while allow() would let a request through as no probe:
+    false while open and once deferred (the runner's fast path relies on it)."""
+    clock = Clock()
+    b = breaker(clock, max_wait=1e9)
+    assert b.passing
+    for _ in range(3):
+        b.failure()
+    assert not b.passing
+    assert await b.allow() is True  # after the cool-down: the probe
+    b.success(probe=True)
+    assert b.passing
+    b.success()  # a closed breaker's success changes nothing
+    assert b.passing
+    assert b.failures == 0
+    b.interrupt("interrupted")
+    assert not b.passing
+    with pytest.raises(Deferred):
+        await b.allow()
+
+
 async def test_failed_probe_doubles_the_cool_down() -> None:
     """A failed probe re-opens the breaker for twice as long."""
     clock = Clock()

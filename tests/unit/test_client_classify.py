@@ -79,6 +79,42 @@ def test_garbled_headers_are_tolerated() -> None:
     assert parse_retry_after(headers) is None
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "1e999", "nan", "Infinity"])
+def test_non_finite_header_numbers_are_tolerated(value: str) -> None:
+    """A rate-limit header reading inf or nan is garbled (None), not an OverflowError that
+    would escape the client's exception translation."""
+    headers = CIMultiDictProxy(
+        CIMultiDict(
+            {
+                "X-RateLimit-Limit": "100",
+                "X-RateLimit-Remaining": value,
+                "X-RateLimit-Reset": value,
+                "Retry-After": value,
+            }
+        )
+    )
+    rl = parse_rate_limit(headers)
+    assert rl is not None
+    assert (rl.limit, rl.remaining, rl.reset) == (100, None, None)
+    assert parse_retry_after(headers) is None
+
+
+def test_header_numbers_may_carry_whitespace() -> None:
+    """Values with spaces or tabs around them still count (a proxy may add them)."""
+    headers = CIMultiDictProxy(
+        CIMultiDict(
+            {
+                "X-RateLimit-Limit": " 100",
+                "X-RateLimit-Remaining": "7\t",
+                "X-RateLimit-Reset": " 1700000000.0 ",
+            }
+        )
+    )
+    rl = parse_rate_limit(headers)
+    assert rl is not None
+    assert (rl.limit, rl.remaining, rl.reset) == (100, 7, 1700000000.0)
+
+
 def test_derived_send_ids_are_stable_ascii_and_short() -> None:
     """Derived ids are deterministic, ASCII, at most 64 characters and distinct per row."""
     a = derive_send_id("mig2026", "campaign-é-1", 1)

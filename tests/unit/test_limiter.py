@@ -57,6 +57,46 @@ async def test_never_sends_more_than_server_remaining_minus_in_flight() -> None:
     blocked.cancel()
 
 
+async def test_the_window_s_last_tail_requests_go_one_at_a_time() -> None:
+    """With Remaining at or below ``tail``, a second request waits for the first's answer
+    (acquire's lock-free path must not let it through), and that answer wakes it."""
+    clock = FakeClock()
+    b = budget(clock, tail=3)
+    reset = clock.now + 10_000
+    await b.acquire()
+    await b.observe(RateLimit(100, 3, reset), created=True)
+    await b.acquire()
+    second = asyncio.create_task(b.acquire())
+    await asyncio.sleep(0.01)
+    assert not second.done()
+    await b.observe(RateLimit(100, 2, reset), created=True)
+    await asyncio.wait_for(second, 1)
+    assert (b.in_flight, b.remaining, b.spent) == (1, 2, 2)
+
+
+async def test_an_answer_wakes_every_worker_waiting_for_room() -> None:
+    """Workers waiting for room are woken by the answers that make it, each taking one
+    slot, and no more go than the window allows."""
+    clock = FakeClock()
+    b = budget(clock, max_wait=0)
+    reset = clock.now + 10_000
+    await b.acquire()
+    await b.observe(RateLimit(10, 4, reset), created=True)
+    for _ in range(4):
+        await b.acquire()  # the window's last four: all in flight
+    waiters = [asyncio.create_task(b.acquire()) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert not any(w.done() for w in waiters)
+    # Two answers that did not create (a 400): their slots come back, for two waiters.
+    await b.observe(RateLimit(10, 4, reset), created=False)
+    await b.observe(RateLimit(10, 4, reset), created=False)
+    await asyncio.sleep(0.01)
+    assert sum(w.done() for w in waiters) == 2
+    assert b.in_flight == 4
+    for w in waiters:
+        w.cancel()
+
+
 async def test_stale_higher_remaining_does_not_raise_the_budget() -> None:
     """Out-of-order responses: the lowest Remaining of a window wins."""
     clock = FakeClock()
