@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import shlex
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,10 +105,56 @@ async def run_pipeline(
                     hint="a run died without finishing; this run resumes its work",
                 )
         try:
-            return await _run(settings, manifest, folder, store, handle_signals, observers)
+            with _batch_gc.during_run():
+                return await _run(settings, manifest, folder, store, handle_signals, observers)
         finally:
             if own_store:
                 store.close()
+
+
+class _BatchGC:
+    """Collect cyclic garbage less often while runs are under way.
+
+    A run makes next to no cyclic garbage (measured: ~30 objects in 100k rows), yet at
+    the default threshold the collector ran every ~130 rows, traversing the requests in
+    flight and the state writer's queue each time, and now and then everything the
+    imports left: ~4 us of a row's CPU at latency 0. What exists before the first run is
+    frozen (never scanned) until the last one ends; the thresholds are restored then.
+    """
+
+    #: Young objects between collections during a run (Python's default is 700).
+    YOUNG = 20_000
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.saved: tuple[int, int, int] = gc.get_threshold()
+        self.freezes = False
+
+    @contextlib.contextmanager
+    def during_run(self) -> Iterator[None]:
+        """Tune the collector for the duration of one run (runs may overlap)."""
+        if self.runs == 0:
+            if not gc.isenabled():
+                yield  # the application turned the collector off: not ours to tune
+                return
+            self.saved = gc.get_threshold()
+            # An application that froze objects itself (before forking) keeps them so.
+            self.freezes = gc.get_freeze_count() == 0
+            if self.freezes:
+                gc.freeze()
+            gc.set_threshold(self.YOUNG, *self.saved[1:])
+        self.runs += 1
+        try:
+            yield
+        finally:
+            self.runs -= 1
+            if self.runs == 0:
+                gc.set_threshold(*self.saved)
+                if self.freezes:
+                    gc.unfreeze()
+
+
+_batch_gc = _BatchGC()
 
 
 def metrics_observers(settings: Settings) -> list[RunObserver]:

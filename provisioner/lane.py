@@ -84,10 +84,9 @@ class Lane:
         """Why this lane's rows are deferred now, or None while it is sending."""
         if self.stop_reason is not None:
             return self.stop_reason
-        for d in (self.budget.deferred, self.breaker.deferred):
-            if d is not None:
-                return d.reason
-        return None
+        # Asked before every request: no tuple to loop over (an exception is always true).
+        d = self.budget.deferred or self.breaker.deferred
+        return None if d is None else d.reason
 
     def seed_quota(self, store: StateStore) -> None:
         """Start from what earlier runs learned of the current window (durable budget)."""
