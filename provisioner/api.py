@@ -115,7 +115,7 @@ async def run_pipeline(
 class _BatchGC:
     """Collect cyclic garbage less often while runs are under way.
 
-    A run makes next to no cyclic garbage (measured: ~30 objects in 100k rows), yet at
+    A run makes next to no cyclic garbage (measured: ~30 objects in 50k rows), yet at
     the default threshold the collector ran every ~130 rows, traversing the requests in
     flight and the state writer's queue each time, and now and then everything the
     imports left: ~4 us of a row's CPU at latency 0. What exists before the first run is
