@@ -122,8 +122,9 @@ class _BatchGC:
     frozen (never scanned) until the last one ends; the thresholds are restored then.
     """
 
-    #: Young objects between collections during a run (Python's default is 700).
-    YOUNG = 20_000
+    #: Young objects between collections during a run (Python's default is 700). A skip
+    #: run measured 0.8 us a row of collections at 700 and ~0 at 50,000.
+    YOUNG = 50_000
 
     def __init__(self) -> None:
         self.runs = 0
@@ -142,7 +143,8 @@ class _BatchGC:
             self.freezes = gc.get_freeze_count() == 0
             if self.freezes:
                 gc.freeze()
-            gc.set_threshold(self.YOUNG, *self.saved[1:])
+            # Raised, never lowered: an application's higher threshold is kept.
+            gc.set_threshold(max(self.YOUNG, self.saved[0]), *self.saved[1:])
         self.runs += 1
         try:
             yield

@@ -15,11 +15,9 @@ so every row still ends in exactly one output file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 from .client import Reply, ReplyKind, redirect_message
 from .config import Settings
@@ -54,33 +52,6 @@ _LOOKUP_BATCH = 512
 _SILENT_PIPE_S = 2.0
 #: row_failed events logged per run; the rest are only in failures.jsonl.
 _ROW_FAILED_LOGGED = 100
-
-
-#: The cyclic garbage collector's first threshold while a reader runs (default 700). At 700
-#: a skip run collected every ~50 rows, each time walking the records its batches still
-#: held: 0.8 us of CPU a row, of ~9. Those records are freed by reference counting, so
-#: the count of new objects stays far below this and collections become rare; garbage in
-#: cycles is still collected, every 50,000 net new objects.
-_GC_FIRST_THRESHOLD = 50_000
-_gc_readers = 0  # readers running in this process: the last one restores the threshold
-_gc_saved: tuple[int, int, int] | None = None
-
-
-@contextlib.contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Raise the collector's first threshold (never lower it) while the block runs."""
-    global _gc_readers, _gc_saved
-    if _gc_readers == 0:
-        _gc_saved = gc.get_threshold()
-        first, *rest = _gc_saved
-        gc.set_threshold(max(first, _GC_FIRST_THRESHOLD), *rest)
-    _gc_readers += 1
-    try:
-        yield
-    finally:
-        _gc_readers -= 1
-        if _gc_readers == 0 and _gc_saved is not None:
-            gc.set_threshold(*_gc_saved)
 
 
 def new_run_id() -> str:
@@ -202,10 +173,6 @@ class Run:
         self.manifest = manifest
         seen = SeenIndex(self.settings.derive_send_ids)
         feed = feed_for(manifest)
-        with _fewer_collections():
-            await self._read(feed, seen)
-
-    async def _read(self, feed: Feed, seen: SeenIndex) -> None:
         try:
             rows: list[Row] = []
             n = 0

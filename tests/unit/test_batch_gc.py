@@ -74,3 +74,11 @@ def test_objects_the_application_froze_stay_frozen() -> None:
     with _BatchGC().during_run():
         assert gc.get_threshold()[0] == _BatchGC.YOUNG
     assert gc.get_freeze_count() == frozen
+
+
+def test_a_higher_threshold_of_the_application_is_kept() -> None:
+    """The tuning only raises the young threshold: a higher one the program set stays."""
+    gc.set_threshold(10 * _BatchGC.YOUNG, 10, 10)
+    with _BatchGC().during_run():
+        assert gc.get_threshold() == (10 * _BatchGC.YOUNG, 10, 10)
+    assert gc.get_threshold() == (10 * _BatchGC.YOUNG, 10, 10)
