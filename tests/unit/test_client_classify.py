@@ -54,16 +54,19 @@ def test_success_keeps_braze_send_id() -> None:
     assert classify(201, b'{"message":"success","send_id":"sx"}')[1] == "sx"
 
 
+def _headers(values: dict[str, str]) -> CIMultiDictProxy[str]:
+    """Response headers as aiohttp hands them to the client."""
+    return CIMultiDictProxy(CIMultiDict(values))
+
+
 def test_rate_limit_headers_any_case() -> None:
     """X-RateLimit-* match case-insensitively (HTTP/2 sends them lower-case)."""
-    headers = CIMultiDictProxy(
-        CIMultiDict(
-            {
-                "x-ratelimit-limit": "100",
-                "X-RATELIMIT-REMAINING": "7",
-                "x-RateLimit-Reset": "1700000000",
-            }
-        )
+    headers = _headers(
+        {
+            "x-ratelimit-limit": "100",
+            "X-RATELIMIT-REMAINING": "7",
+            "x-RateLimit-Reset": "1700000000",
+        }
     )
     rl = parse_rate_limit(headers)
     assert rl is not None
@@ -72,7 +75,7 @@ def test_rate_limit_headers_any_case() -> None:
 
 def test_garbled_headers_are_tolerated() -> None:
     """Garbled values become None rather than an exception."""
-    headers = CIMultiDictProxy(CIMultiDict({"X-RateLimit-Limit": "lots", "Retry-After": "soon"}))
+    headers = _headers({"X-RateLimit-Limit": "lots", "Retry-After": "soon"})
     rl = parse_rate_limit(headers)
     assert rl is not None
     assert not rl.complete
@@ -83,15 +86,13 @@ def test_garbled_headers_are_tolerated() -> None:
 def test_non_finite_header_numbers_are_tolerated(value: str) -> None:
     """A rate-limit header reading inf or nan is garbled (None), not an OverflowError that
     would escape the client's exception translation."""
-    headers = CIMultiDictProxy(
-        CIMultiDict(
-            {
-                "X-RateLimit-Limit": "100",
-                "X-RateLimit-Remaining": value,
-                "X-RateLimit-Reset": value,
-                "Retry-After": value,
-            }
-        )
+    headers = _headers(
+        {
+            "X-RateLimit-Limit": "100",
+            "X-RateLimit-Remaining": value,
+            "X-RateLimit-Reset": value,
+            "Retry-After": value,
+        }
     )
     rl = parse_rate_limit(headers)
     assert rl is not None
@@ -101,14 +102,12 @@ def test_non_finite_header_numbers_are_tolerated(value: str) -> None:
 
 def test_header_numbers_may_carry_whitespace() -> None:
     """Values with spaces or tabs around them still count (a proxy may add them)."""
-    headers = CIMultiDictProxy(
-        CIMultiDict(
-            {
-                "X-RateLimit-Limit": " 100",
-                "X-RateLimit-Remaining": "7\t",
-                "X-RateLimit-Reset": " 1700000000.0 ",
-            }
-        )
+    headers = _headers(
+        {
+            "X-RateLimit-Limit": " 100",
+            "X-RateLimit-Remaining": "7\t",
+            "X-RateLimit-Reset": " 1700000000.0 ",
+        }
     )
     rl = parse_rate_limit(headers)
     assert rl is not None
