@@ -39,6 +39,7 @@ from typing import Protocol
 
 import orjson
 
+from provisioner import state_codec as codec
 from provisioner import state_schema as schema
 from provisioner.errors import StateError
 from provisioner.identity import RowKey
@@ -294,7 +295,7 @@ class SqliteStateStore(schema.StoreReader):
             raise ValueError(f"key {key!r} does not match campaign_id {outcome.campaign_id!r}")
         if status is Status.CREATED and (key is None or outcome.send_id is None):
             raise ValueError(f"line {outcome.line}: a created outcome needs a key and a send_id")
-        row = schema.encode_outcome(seq, workspace, key and key[1], outcome, self._seqs)
+        row = codec.encode_outcome(seq, workspace, key and key[1], outcome, self._seqs)
         op: Op = (OUTCOMES, schema.SQL_OUTCOME, row)
         if key is not None:
             ident = (workspace, key[0], key[1])
@@ -320,7 +321,7 @@ class SqliteStateStore(schema.StoreReader):
         each one's ``outcomes.skipped`` Outcome (one outcomes row, no created or intent
         change), in one call for a batch. Does not wait."""
         seq = self._current(run_id)
-        rows = schema.encode_skipped(seq, workspace, skips, self._seqs)
+        rows = codec.encode_skipped(seq, workspace, skips, self._seqs)
         ops = self._ops
         # One operation per row, as record() queues them: the writer's batch size and
         # throttle() count rows, so a batch of skips weighs what its records would.
