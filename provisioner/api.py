@@ -33,7 +33,7 @@ from .lane import Lane
 from .logs import get_logger
 from .manifest import Manifest
 from .metrics import MetricsFile, check_metrics_path
-from .observe import ProgressLog, RunObserver
+from .observe import ProgressLog, RunObserver, snapshot, watch
 from .runner import Run, new_run_id
 from .sinks import FileSink, OutputFolder
 from .state import SqliteStateStore, StateStore, default_state_path, open_store
@@ -230,7 +230,7 @@ async def _run(
             for sig, code in _SIGNAL_EXIT.items():
                 loop.add_signal_handler(sig, run.request_stop, "interrupted", code)
         watchers = [ProgressLog(settings.progress_interval), *observers]
-        background = [asyncio.create_task(run.watch(o)) for o in watchers]
+        background = [asyncio.create_task(watch(run, o)) for o in watchers]
         background.append(asyncio.create_task(run.save_quota_periodically()))
         workers = [
             asyncio.create_task(run.work(lane))
@@ -289,7 +289,7 @@ async def _run(
             sink.abort()
         if run.output_error is not None:
             exit_code = summary["exit_code"] = 2
-        final = run.snapshot(exit_code=exit_code)
+        final = snapshot(run, exit_code=exit_code)
         for observer in observers:
             try:
                 observer.close(final)

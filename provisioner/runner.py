@@ -29,7 +29,6 @@ from .limiter import Deferred
 from .logs import get_logger
 from .manifest import Manifest
 from .models import Outcome, RawRow, Row, RowError, Skip, Status
-from .observe import RunObserver, Snapshot
 from .outcomes import (
     deferred,
     duplicate,
@@ -435,61 +434,7 @@ class Run:
                 continue
             return reply
 
-    # -- observers ---------------------------------------------------------------------
-    def snapshot(self, *, exit_code: int | None = None) -> Snapshot:
-        """The run's state now, for observers (progress log, display, metrics file)."""
-        elapsed = self.stats.elapsed()
-        done = self.stats.rows_done
-        read = self.manifest.fraction_read() if self.manifest is not None else None
-        # The reader runs ahead of the workers (a whole small file is read at once), so the
-        # share of the file read is scaled by the share of the rows read that are done.
-        fraction = None if read is None else read * done / max(1, self.rows_read)
-        b = self.default.budget
-        paused = [lane.budget.paused_until for lane in self.lanes.values()]
-        return Snapshot(
-            run_id=self.run_id,
-            manifest=self.manifest_name,
-            workspace=self.default.label,
-            started_at=self.stats.started_at,
-            elapsed_s=elapsed,
-            rows_done=done,
-            counts={s.value: self.stats.counts.get(s.value, 0) for s in Status},
-            requests=self.stats.requests,
-            retries=self.stats.retries,
-            http_429=self.stats.http_429,
-            http_by_class=dict(self.stats.http_by_class),
-            rows_per_s=round(done / elapsed, 1) if elapsed > 0 else None,
-            fraction_read=fraction,
-            eta_s=elapsed * (1 - fraction) / fraction if fraction else None,
-            quota_limit=b.limit,
-            quota_remaining=b.remaining,
-            quota_reset_at=b.reset_at,
-            paused_until=max((p for p in paused if p is not None), default=None),
-            finished=exit_code is not None,
-            exit_code=exit_code,
-            errors=dict(self.stats.errors),
-            quotas={
-                lane.label: (lane.budget.remaining, lane.budget.limit, lane.budget.reset_at)
-                for lane in self.lanes.values()
-                if lane.budget.remaining is not None
-                and lane.budget.limit is not None
-                and lane.budget.reset_at is not None
-            },
-        )
-
-    async def watch(self, observer: RunObserver) -> None:
-        """Feed one observer a snapshot every ``observer.interval`` seconds."""
-        while True:
-            await asyncio.sleep(observer.interval)
-            try:
-                observer.update(self.snapshot())
-            except Exception as exc:  # a display or metrics failure must not stop the run
-                log.warning(
-                    "observer_failed",
-                    observer=type(observer).__name__,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-
+    # -- quota windows ------------------------------------------------------------------
     async def save_quota_periodically(self) -> None:
         """Persist the quota windows for the next run and ``status`` while the run lasts."""
         while True:
