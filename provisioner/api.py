@@ -85,6 +85,9 @@ async def run_pipeline(
     also raised at the end when the output files fail after requests were sent (disk full,
     folder removed): the run is then recorded in the store (exit code 2) and the message
     names the ``provisioner export`` command that writes its files.
+
+    While it runs, the process's garbage collector is tuned (``_BatchGC``) and restored
+    when the last run in the process ends.
     """
     folder = OutputFolder(settings.out_dir)
     folder.prepare()
