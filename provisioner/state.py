@@ -308,13 +308,8 @@ class SqliteStateStore(schema.StoreReader):
                 op = (GROUP, "", (op, (INTENTS, schema.SQL_DOUBT, doubt)))
             elif status is Status.FAILED or status is Status.DEFERRED:
                 op = (GROUP, "", (op, (INTENTS, schema.SQL_SETTLE_OWN, (*ident, seq))))
-        ops = self._ops
-        ops.append(op)
-        if len(ops) >= _WAKE_AT and not self._wake.is_set():
-            self._wake.set()
-        if len(ops) > _HARD_CAP:  # a safety net for memory; throttle() avoids reaching it
-            while len(ops) > _HARD_CAP // 2 and self._error is None:
-                time.sleep(0.001)
+        self._ops.append(op)
+        self._queued()
 
     def record_skipped(self, run_id: str, workspace: str, skips: Sequence[Skip]) -> None:
         """Enqueue the outcomes of rows an earlier run created: what ``record`` queues for
@@ -322,10 +317,15 @@ class SqliteStateStore(schema.StoreReader):
         change), in one call for a batch. Does not wait."""
         seq = self._current(run_id)
         rows = codec.encode_skipped(seq, workspace, skips, self._seqs)
-        ops = self._ops
         # One operation per row, as record() queues them: the writer's batch size and
         # throttle() count rows, so a batch of skips weighs what its records would.
-        ops.extend([(OUTCOMES, schema.SQL_SKIPPED, row) for row in rows])
+        self._ops.extend([(OUTCOMES, schema.SQL_SKIPPED, row) for row in rows])
+        self._queued()
+
+    def _queued(self) -> None:
+        """After records were queued: wake the writer at _WAKE_AT operations, and past
+        _HARD_CAP wait for it (a safety net for memory; throttle() avoids reaching it)."""
+        ops = self._ops
         if len(ops) >= _WAKE_AT and not self._wake.is_set():
             self._wake.set()
         if len(ops) > _HARD_CAP:
