@@ -35,7 +35,7 @@ from scenarios import (
 )
 from support import ROOT, has_uvloop
 
-from provisioner import logs
+from provisioner._core import logs
 
 COLUMNS = ("Scenario", "Provisioner", "(a) sequential", "(b) worker pool", "(c) gather",
            "Ratio", "Target", "Result")  # fmt: skip

@@ -28,9 +28,9 @@ from scenarios import CONCURRENCY, Line, Sizes
 from stores import NullStore
 from support import KEY, Measure, run_loop, write_manifest
 
-from provisioner import client
+from provisioner._braze import client
+from provisioner._config.settings import build_settings
 from provisioner.api import RunResult, run_pipeline
-from provisioner.config import build_settings
 
 _HEADERS = {
     "X-RateLimit-Limit": "1000000000",

@@ -26,8 +26,8 @@ from support import (
     write_manifest,
 )
 
+from provisioner._config.settings import build_settings
 from provisioner.api import RunResult, run_pipeline
-from provisioner.config import build_settings
 
 CONCURRENCY = 64
 LATENCY_S = 0.05

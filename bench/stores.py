@@ -11,10 +11,10 @@ from pathlib import Path
 
 from support import KEY
 
-from provisioner.access import ApiKey
-from provisioner.identity import RowKey
-from provisioner.models import Outcome, Skip, Status
-from provisioner.state import Prior, QuotaWindow, RunRecord, open_store
+from provisioner._config.access import ApiKey
+from provisioner._core.identity import RowKey
+from provisioner._core.models import Outcome, Skip, Status
+from provisioner._state.store import Prior, QuotaWindow, RunRecord, open_store
 
 
 class NullStore:

@@ -26,18 +26,18 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .client import BrazeClient
-from .config import Settings, build_settings
-from .errors import OutputError
-from .lane import Lane
-from .logs import get_logger
-from .manifest import Manifest
-from .metrics import MetricsFile, check_metrics_path
-from .observe import ProgressLog, RunObserver, snapshot, watch
-from .runner import Run, new_run_id
-from .sinks import FileSink, OutputFolder
-from .state import SqliteStateStore, StateStore, default_state_path, open_store
-from .stats import iso
+from provisioner._braze.client import BrazeClient
+from provisioner._config.settings import Settings, build_settings
+from provisioner._core.logs import get_logger
+from provisioner._manifest.reader import Manifest
+from provisioner._outputs.files import FileSink, OutputFolder
+from provisioner._outputs.metrics import MetricsFile, check_metrics_path
+from provisioner._outputs.observe import ProgressLog, RunObserver, snapshot, watch
+from provisioner._outputs.stats import iso
+from provisioner._pipeline.lane import Lane
+from provisioner._pipeline.runner import Run, new_run_id
+from provisioner._state.store import SqliteStateStore, StateStore, default_state_path, open_store
+from provisioner.errors import OutputError
 
 __all__ = ["RunResult", "Settings", "build_settings", "run", "run_async", "run_pipeline"]
 

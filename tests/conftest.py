@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from provisioner.sandbox import Sandbox, SandboxConfig
+from provisioner.sandbox.server import Sandbox, SandboxConfig
 
 
 class SandboxFactory(Protocol):

@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from provisioner.config import Settings, build_settings
-from provisioner.sandbox import Sandbox
+from provisioner._config.settings import Settings, build_settings
+from provisioner.sandbox.server import Sandbox
 
 KEY = "sandbox-key"
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 
 from provisioner import api
 from provisioner.errors import ManifestError, ProvisionerError
-from provisioner.sandbox import Sandbox
+from provisioner.sandbox.server import Sandbox
 
 from .helpers import ROOT, campaigns, settings_for, write_csv
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from provisioner.sandbox import Sandbox
+from provisioner.sandbox.server import Sandbox
 from tests.conftest import SandboxFactory
 
 from .helpers import (

@@ -14,10 +14,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from provisioner._state.schema import APPLICATION_ID
+from provisioner._state.store import open_store
 from provisioner.api import run_pipeline
-from provisioner.sandbox import FaultRule, Sandbox
-from provisioner.state import open_store
-from provisioner.state_schema import APPLICATION_ID
+from provisioner.sandbox.server import FaultRule, Sandbox
 from tests.conftest import SandboxFactory
 
 from .helpers import (

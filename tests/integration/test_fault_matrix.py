@@ -31,7 +31,7 @@ import pytest
 from aiohttp import web
 
 from provisioner.api import run_pipeline
-from provisioner.sandbox import FaultRule, Sandbox, SandboxConfig
+from provisioner.sandbox.server import FaultRule, Sandbox, SandboxConfig
 
 from .helpers import assert_invariant, campaigns, outputs, settings_for, write_csv
 

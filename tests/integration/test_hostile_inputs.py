@@ -20,9 +20,9 @@ from typing import Literal
 import pytest
 
 from provisioner import api
+from provisioner._pipeline.validate import forecast
 from provisioner.errors import ManifestError
-from provisioner.forecast import forecast
-from provisioner.sandbox import Sandbox
+from provisioner.sandbox.server import Sandbox
 from tests.conftest import SandboxFactory
 
 from .helpers import PYTHON, ROOT, assert_invariant, cli_env, outputs, read_jsonl, settings_for
@@ -184,7 +184,7 @@ async def test_hostile_case_through_stdin(
 
 def test_corpus_covers_every_kind_of_bad_line() -> None:
     """The corpus exercises every reader and validation error code (a new code needs a case)."""
-    from provisioner.validation import ERROR_CODES
+    from provisioner._manifest.rules import ERROR_CODES
 
     produced = {f.error for c in CASES for f in c.failed}
     # (unknown_workspace is not in ERROR_CODES: it needs a config; test_workspaces.py has it.)

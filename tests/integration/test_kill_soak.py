@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.sandbox import FaultRule
+from provisioner.sandbox.server import FaultRule
 from tests.conftest import SandboxFactory
 
 from .helpers import assert_invariant, campaigns, outputs, start_cli, write_csv

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from provisioner._outputs.metrics import LAST_SUCCESS, MetricsFile
+from provisioner._outputs.observe import Snapshot
 from provisioner.api import run_pipeline
-from provisioner.metrics import LAST_SUCCESS, MetricsFile
-from provisioner.observe import Snapshot
-from provisioner.sandbox import FaultRule, Sandbox
+from provisioner.sandbox.server import FaultRule, Sandbox
 from tests.conftest import SandboxFactory
 
 from .helpers import KEY, campaigns, outputs, settings_for, write_csv

@@ -7,7 +7,7 @@ import asyncio
 import signal
 from pathlib import Path
 
-from provisioner.sandbox import Sandbox
+from provisioner.sandbox.server import Sandbox
 
 from .helpers import assert_invariant, outputs, start_cli, wait_for_created
 from .test_cli import run_args

@@ -31,9 +31,9 @@ import orjson
 import pytest
 import yaml
 
-from provisioner.cli_args import build_parser
-from provisioner.config import build_settings
-from provisioner.sandbox import Sandbox
+from provisioner._cli.args import build_parser
+from provisioner._config.settings import build_settings
+from provisioner.sandbox.server import Sandbox
 
 from .helpers import KEY, PYTHON, ROOT, assert_invariant, campaigns, cli_env, outputs, write_csv
 

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from provisioner.api import run_pipeline
-from provisioner.sandbox import FaultRule, Sandbox
+from provisioner.sandbox.server import FaultRule, Sandbox
 from tests.conftest import SandboxFactory
 
 from .helpers import assert_invariant, campaigns, outputs, settings_for, write_csv

@@ -19,7 +19,7 @@ import pytest
 from multidict import CIMultiDictProxy
 
 from provisioner.errors import ConfigError, UsageError
-from provisioner.sandbox import (
+from provisioner.sandbox.server import (
     FaultRule,
     Sandbox,
     SandboxConfig,
@@ -766,7 +766,7 @@ async def test_serve_prints_url_first_and_stops_on_sigterm(
 ) -> None:
     """serve() prints its URL as the first stdout line, serves, and exits 0 on SIGTERM."""
     code = (
-        "from provisioner.sandbox import SandboxConfig, serve; "
+        "from provisioner.sandbox.server import SandboxConfig, serve; "
         "serve(SandboxConfig(api_keys=('k1', 'k2')))"
     )
     proc = await asyncio.create_subprocess_exec(

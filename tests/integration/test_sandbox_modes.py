@@ -18,10 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from provisioner import cli, cli_args
+from provisioner._cli import args as cli_args
+from provisioner._cli import main as cli
 from provisioner.errors import UsageError
-from provisioner.sandbox import FaultRule, Sandbox, SandboxConfig, workspace_label
-from provisioner.sandbox_modes import GARBLE_VARIANTS, HEADER_MODES, Outage, parse_outage
+from provisioner.sandbox.modes import GARBLE_VARIANTS, HEADER_MODES, Outage, parse_outage
+from provisioner.sandbox.server import FaultRule, Sandbox, SandboxConfig, workspace_label
 from tests.conftest import SandboxFactory
 from tests.integration.test_sandbox import KEY, RATE_HEADERS, Answer, FakeClock, post
 
@@ -371,7 +372,7 @@ def test_parse_outage_rejects_bad_specs(text: str) -> None:
 def test_cli_flags_become_sandbox_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """The new flags parse into SandboxConfig; --garble alone implies --headers garble."""
     seen: list[SandboxConfig] = []
-    monkeypatch.setattr("provisioner.sandbox.serve", seen.append)
+    monkeypatch.setattr("provisioner.sandbox.server.serve", seen.append)
     args = ["sandbox", "--shared-consumer", "3", "--shared-at", "0.25", "--shared-span", "0.5"]
     args += ["--garble", "text", "--garble", "empty", "--outage", "1:2", "--outage", "4:0.5:refuse"]
     assert cli.main(args) == 0
@@ -390,7 +391,7 @@ def test_cli_refuses_bad_mode_flags(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: list[str]
 ) -> None:
     """A bad --outage, or --garble with other headers, exits 2 with a message naming it."""
-    monkeypatch.setattr("provisioner.sandbox.serve", lambda config: None)
+    monkeypatch.setattr("provisioner.sandbox.server.serve", lambda config: None)
     assert cli.main(["sandbox", *args]) == 2
     assert args[-2] in capsys.readouterr().err
 

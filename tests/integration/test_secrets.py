@@ -28,10 +28,10 @@ import pytest
 import structlog
 from aiohttp import web
 
-from provisioner import logs
+from provisioner._core import logs
 from provisioner.api import build_settings, run, run_async
 from provisioner.errors import ProvisionerError
-from provisioner.sandbox import FaultRule, Sandbox, SandboxConfig
+from provisioner.sandbox.server import FaultRule, Sandbox, SandboxConfig
 
 from .helpers import PYTHON, ROOT, campaigns, cli_env, start_cli, wait_for_created, write_csv
 from .test_cli import provisioner, run_args

@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
+from provisioner._core.models import Skip
+from provisioner._pipeline.lane import Lane
+from provisioner._pipeline.outcomes import skipped
+from provisioner._pipeline.runner import Run
+from provisioner._state.store import Prior
 from provisioner.api import run_pipeline
-from provisioner.lane import Lane
-from provisioner.models import Skip
-from provisioner.outcomes import skipped
-from provisioner.runner import Run
-from provisioner.sandbox import FaultRule
-from provisioner.state import Prior
+from provisioner.sandbox.server import FaultRule
 from tests.conftest import SandboxFactory
 
 from .helpers import assert_invariant, campaigns, outputs, settings_for, write_csv

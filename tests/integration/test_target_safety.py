@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from provisioner.api import run_pipeline
-from provisioner.sandbox import FaultRule
+from provisioner.sandbox.server import FaultRule
 from tests.conftest import SandboxFactory, TlsFiles
 
 from .helpers import (

@@ -7,9 +7,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from provisioner._config.settings import Settings, build_settings
 from provisioner.api import run_pipeline
-from provisioner.config import Settings, build_settings
-from provisioner.sandbox import FaultRule, Sandbox, workspace_label
+from provisioner.sandbox.server import FaultRule, Sandbox, workspace_label
 from tests.conftest import SandboxFactory
 
 from .helpers import campaigns, outputs, settings_for, write_csv

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from provisioner.breaker import Breaker
-from provisioner.limiter import Deferred
+from provisioner._braze.breaker import Breaker
+from provisioner._braze.quota import Deferred
 
 
 class Clock:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from provisioner.client import (
+from provisioner._braze.client import (
     ReplyKind,
     classify,
     parse_rate_limit,
@@ -17,8 +17,8 @@ from provisioner.client import (
     redirect_target,
     tls_context,
 )
-from provisioner.identity import derive_send_id
-from provisioner.retry import RetryBudget
+from provisioner._braze.retry import RetryBudget
+from provisioner._core.identity import derive_send_id
 
 
 @pytest.mark.parametrize(
@@ -137,10 +137,10 @@ def test_retry_budget_bounds_retries() -> None:
 async def test_a_row_the_budget_denied_says_so() -> None:
     """When the retry budget (not the row's attempts) stops the retries, the exception is
     marked and the row's message says the budget was spent, not just "1 attempts"."""
-    from provisioner.client import Reply
-    from provisioner.models import Row
-    from provisioner.outcomes import final_outcome
-    from provisioner.retry import RetryPolicy, Transient
+    from provisioner._braze.client import Reply
+    from provisioner._braze.retry import RetryPolicy, Transient
+    from provisioner._core.models import Row
+    from provisioner._pipeline.outcomes import final_outcome
 
     reply = Reply(ReplyKind.SERVER_ERROR, 503, None, "down", None, None, 1.0)
     calls = 0
@@ -226,7 +226,7 @@ async def test_read_body_waits_for_every_piece() -> None:
     from aiohttp import StreamReader
     from aiohttp.base_protocol import BaseProtocol
 
-    from provisioner.client import MAX_BODY, read_body
+    from provisioner._braze.client import MAX_BODY, read_body
 
     loop = asyncio.get_running_loop()
     protocol = BaseProtocol(loop)
@@ -255,8 +255,8 @@ async def test_read_body_waits_for_every_piece() -> None:
 def test_client_refuses_an_unsafe_base_url(url: str) -> None:
     """The client itself refuses plain http to a remote host (and other unsafe URLs), even
     when its settings were not built by build_settings."""
-    from provisioner.access import ApiKey
-    from provisioner.client import BrazeClient
+    from provisioner._braze.client import BrazeClient
+    from provisioner._config.access import ApiKey
     from provisioner.errors import ConfigError
 
     with pytest.raises(ConfigError):

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from provisioner.access import ApiKey, check_base_url
-from provisioner.config import Settings, build_settings
+from provisioner._config.access import ApiKey, check_base_url
+from provisioner._config.settings import Settings, build_settings
 from provisioner.errors import ConfigError
 
 ENV = {"BRAZE_API_KEY": "k-123"}

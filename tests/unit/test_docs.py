@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.cli_args import build_parser
+from provisioner._cli.args import build_parser
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from provisioner.limiter import Deferred, Pacer, QuotaBudget, RateLimit
+from provisioner._braze.quota import Deferred, Pacer, QuotaBudget, RateLimit
 
 
 class FakeClock:
@@ -225,7 +225,7 @@ async def test_pacer_first_acquisition_is_immediate() -> None:
 
 async def test_even_pace_spreads_what_is_left_until_the_reset() -> None:
     """pace=even: 10 requests left and 100 s to the reset: one request every 10 s."""
-    from provisioner.limiter import Spreader
+    from provisioner._braze.quota import Spreader
 
     clock = FakeClock()
     b = budget(clock)
@@ -241,7 +241,7 @@ async def test_even_pace_spreads_what_is_left_until_the_reset() -> None:
 
 async def test_even_pace_honours_a_shorter_span() -> None:
     """pace_span shorter than the window: the quota is spread over the span instead."""
-    from provisioner.limiter import Spreader
+    from provisioner._braze.quota import Spreader
 
     clock = FakeClock()
     b = budget(clock)

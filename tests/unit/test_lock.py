@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from provisioner._state.lock import RunLock, live_holder, lock_path_for, pid_alive, read_holder
 from provisioner.errors import StateError, StateLockedError
-from provisioner.lock import RunLock, live_holder, lock_path_for, pid_alive, read_holder
 
 
 def test_holder_text_is_written_and_emptied_on_release(tmp_path: Path) -> None:

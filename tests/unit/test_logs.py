@@ -7,7 +7,7 @@ import io
 import pytest
 import structlog
 
-from provisioner import logs
+from provisioner._core import logs
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from provisioner._core.models import RawRow, RowError
+from provisioner._manifest.lines import Lines
+from provisioner._manifest.reader import FIELD_SIZE_LIMIT, Manifest, detect_format
 from provisioner.errors import ManifestError
-from provisioner.manifest import FIELD_SIZE_LIMIT, Manifest, detect_format
-from provisioner.manifest_lines import Lines
-from provisioner.models import RawRow, RowError
 
 HEADER = b"campaign_id,send_id,note\n"
 

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from provisioner._core.models import RawRow, RowError
+from provisioner._manifest.reader import Manifest
+from provisioner._manifest.rules import ERROR_CODES, validate
 from provisioner.errors import ManifestError
-from provisioner.manifest import Manifest
-from provisioner.models import RawRow, RowError
-from provisioner.validation import ERROR_CODES, validate
 
 from .test_manifest import HEADER, read, rows
 

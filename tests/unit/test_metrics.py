@@ -12,9 +12,9 @@ import prometheus_client.exposition
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from provisioner._outputs.metrics import LAST_SUCCESS, MetricsFile, check_metrics_path
+from provisioner._outputs.observe import RunObserver, Snapshot
 from provisioner.errors import OutputError
-from provisioner.metrics import LAST_SUCCESS, MetricsFile, check_metrics_path
-from provisioner.observe import RunObserver, Snapshot
 
 WS = "ws-1a2b3c4d5e"
 NOW = 1_750_000_000.0
@@ -363,7 +363,7 @@ def test_check_refuses_a_folder_that_takes_no_files(
     def refuse(*args: object, **kwargs: object) -> tuple[int, str]:
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr("provisioner.metrics.tempfile.mkstemp", refuse)
+    monkeypatch.setattr("provisioner._outputs.metrics.tempfile.mkstemp", refuse)
     with pytest.raises(OutputError) as info:
         check_metrics_path(tmp_path / "provisioner.prom")
     message = str(info.value)

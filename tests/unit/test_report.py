@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from provisioner.report import human_summary
+from provisioner._outputs.report import human_summary
 
 
 def test_summary_says_when_deferred_rows_can_run() -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from provisioner.identity import derive_send_id
-from provisioner.models import Row
-from provisioner.seen import SeenIndex, pair_digest
+from provisioner._core.identity import derive_send_id
+from provisioner._core.models import Row
+from provisioner._manifest.seen import SeenIndex, pair_digest
 
 
 def row(line: int, cid: str, sid: str | None = None) -> Row:

@@ -13,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from provisioner._core.models import Columns, Outcome, RawRow, Row, Skip, Status
+from provisioner._manifest.reader import Manifest
+from provisioner._outputs.files import FileSink, OutputFolder, _iso
+from provisioner._pipeline.outcomes import skipped
+from provisioner._state.store import Prior
 from provisioner.errors import OutputError
-from provisioner.manifest import Manifest
-from provisioner.models import Columns, Outcome, RawRow, Row, Skip, Status
-from provisioner.outcomes import skipped
-from provisioner.sinks import FileSink, OutputFolder, _iso
-from provisioner.state import Prior
 
 FINAL = {"results.jsonl", "failures.jsonl", "deferred.csv", "summary.json"}
 CSV_HEADER = ("campaign_id", "send_id", "note")
@@ -237,7 +237,7 @@ def test_commit_failure_is_an_output_error_and_leaves_nothing(
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("provisioner.sinks.os.fsync", full)
+    monkeypatch.setattr("provisioner._outputs.files.os.fsync", full)
     with pytest.raises(OutputError, match="No space left"):
         sink.commit({})
     assert list(tmp_path.iterdir()) == []

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provisioner.models import RawRow, Row, RowError
-from provisioner.validation import (
+from provisioner._core.models import RawRow, Row, RowError
+from provisioner._manifest.rules import (
     ECHO_MAX,
     ERROR_CODES,
     MAX_CAMPAIGN_ID,
@@ -16,7 +16,7 @@ from provisioner.validation import (
     clip_columns,
     validate,
 )
-from provisioner.validation import check as rules
+from provisioner._manifest.rules import check as rules
 
 CID = "4c4d6b3e-35f8-4fa8-8f6e-3f0c4b8f7a21"
 

@@ -1,0 +1,7 @@
+"""Talking to Braze: the HTTP client, the quota and pacing, the circuit breaker, retries.
+
+Seam: ``client.BrazeClient.create`` sends one request and classifies its answer;
+``quota`` decides when the next request may go, ``breaker`` when to stop sending at all.
+"""
+
+from __future__ import annotations

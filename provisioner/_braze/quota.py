@@ -1,0 +1,444 @@
+"""Pacing and the quota budget.
+
+Two different things bound how fast rows go out:
+
+- ``Pacer``: an even pace in requests per second (aiolimiter's leaky bucket). aiolimiter
+  lets a full bucket through at once; a bucket of ``max_rate`` would double the rate in the
+  first period (see engineering-notes), so the bucket here holds ~10 ms of requests (at
+  least one) and starts full, so there is no start-up burst at all.
+- ``QuotaBudget``: the server's fixed-window quota (100 per UTC day by default). It is a
+  budget, not a pace: it follows ``X-RateLimit-*`` on every response, counts what is in
+  flight, learns a window with one probe request before going wide, pauses everything
+  until the reset when the window is spent (or on a 429), and decides to defer the rest
+  when the reset is further away than ``max_wait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiolimiter import AsyncLimiter
+
+from provisioner._core.logs import get_logger
+
+log = get_logger(__name__)
+
+# Extra seconds after a window's reset before probing it again, for clock skew.
+RESET_MARGIN = 0.05
+# How long to pause on a 429 that says neither when the window resets nor Retry-After.
+UNKNOWN_RESET_PAUSE = 60.0
+
+
+async def sleep_unless(
+    sleep: Callable[[float], Awaitable[None]], delay: float, stop: asyncio.Event
+) -> None:
+    """Sleep ``delay`` seconds, or less if ``stop`` is set meanwhile (a SIGTERM must not
+    wait out a quota pause of several minutes)."""
+    if stop.is_set():
+        return
+    sleeper = asyncio.ensure_future(sleep(delay))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        sleeper.cancel()
+        stopper.cancel()
+
+
+class Pacer:
+    """An even pace of ``rate`` acquisitions per second, without aiolimiter's burst."""
+
+    def __init__(self, rate: float) -> None:
+        # A 1-token bucket cannot go faster than the loop's ~1 ms timer resolution (measured:
+        # ~900/s whatever the rate), so the bucket holds 10 ms of tokens, at least one.
+        self._burst = max(1, math.ceil(rate * 0.01))
+        self._limiter = AsyncLimiter(self._burst, self._burst / rate)
+        self._primed = False
+
+    async def wait(self) -> None:
+        """Wait for the next slot."""
+        if not self._primed:
+            # Fill the bucket but for one token: the first request goes at once, the rest
+            # at the even pace, never in a burst.
+            self._primed = True
+            if self._burst > 1:
+                await self._limiter.acquire(self._burst - 1)
+        await self._limiter.acquire()
+
+
+class Spreader:
+    """``pace = "even"``: spread the quota left in the window evenly over time.
+
+    Each request waits for its slot: the time left (until the window's reset, or the
+    configured span if shorter) divided by the requests the budget still allows. Spending
+    100 a day this way sends one request every ~15 minutes instead of 100 at midnight,
+    which leaves room for other clients and spreads Braze's load. Before the window is
+    known (the probe) there is nothing to spread.
+    """
+
+    def __init__(
+        self,
+        budget: QuotaBudget,
+        span: float | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.budget = budget
+        self.span = span
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = asyncio.Lock()
+        self._last: float | None = None
+        self._stopping = asyncio.Event()
+        self.stop_reason: str | None = None
+
+    def interval(self, now: float) -> float:
+        """Seconds between requests now (0 while the window is unknown)."""
+        b = self.budget
+        if not b.known or b.reset_at is None or b.remaining is None:
+            return 0.0
+        horizon = max(0.0, b.reset_at - now)
+        if self.span is not None:
+            horizon = min(horizon, self.span)
+        allowed = b.remaining if b.cap is None else min(b.remaining, b.cap - b.spent)
+        return horizon / max(1, allowed)
+
+    async def wait(self) -> None:
+        """Wait for this request's slot; slots are handed out one at a time."""
+        async with self._lock:
+            now = self._clock()
+            # The step is measured from the previous request, with the budget as it is now.
+            slot = now if self._last is None else max(now, self._last + self.interval(now))
+            if slot > now:
+                await sleep_unless(self._sleep, slot - now, self._stopping)
+                if self._stopping.is_set():
+                    raise Deferred(self.stop_reason or "interrupted", None)
+            self._last = slot
+
+    def interrupt(self, reason: str) -> None:
+        """Cut a wait for a slot short (a signal, a refused key)."""
+        self.stop_reason = reason
+        self._stopping.set()
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """The ``X-RateLimit-*`` headers of one response (any of them may be missing)."""
+
+    limit: int | None
+    remaining: int | None
+    reset: float | None
+
+    @property
+    def complete(self) -> bool:
+        """All three headers present and sane."""
+        return self.limit is not None and self.remaining is not None and self.reset is not None
+
+
+class Deferred(Exception):
+    """Raised by ``QuotaBudget.acquire`` when the rest of the run must be deferred."""
+
+    def __init__(self, reason: str, resume_at: float | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.resume_at = resume_at
+
+
+class QuotaBudget:
+    """The workspace's quota window, shared by all workers of a run.
+
+    ``acquire`` before every request, then exactly one ``observe`` (or ``cancel``) after.
+    """
+
+    def __init__(
+        self,
+        *,
+        default_limit: int = 100,
+        default_window: int = 86400,
+        cap: int | None = None,
+        max_wait: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tail: int = 0,
+    ) -> None:
+        self.default_limit = default_limit
+        self.default_window = default_window
+        self.cap = cap
+        self.max_wait = max_wait
+        self.tail = tail
+        self._clock = clock
+        self._sleep = sleep
+        self._cond = asyncio.Condition()
+        self.known = False  # a response of the current window has been seen
+        self.reset_at: float | None = None
+        self.limit: int | None = None
+        self.remaining: int | None = None  # lowest the server reported in this window
+        self.spent = 0  # our creations in the current window
+        self.in_flight = 0
+        self.paused_until: float | None = None
+        self._pause_started: float | None = None
+        self._deferred: Deferred | None = None
+        self.http_429 = 0
+        self.headers_missing_logged = False
+        self._stopping = asyncio.Event()
+        # Workers waiting on the condition for room. While none waits and the lock is
+        # free, acquire and observe decide without it: none of their critical sections
+        # awaits, so on one event loop the lock only orders waiters, and taking it cost
+        # ~1 us per request (four coroutines) on the hot path.
+        self._waiting = 0
+
+    # -- what may be sent ------------------------------------------------------------
+    def _available(self) -> int:
+        assert self.remaining is not None
+        room = self.remaining - self.in_flight
+        if self.cap is not None:
+            room = min(room, self.cap - self.spent - self.in_flight)
+        return room
+
+    def _roll_window_if_due(self, now: float) -> None:
+        if self.reset_at is not None and now >= self.reset_at:
+            # A new window: learn it with a single probe before going wide.
+            self.known = False
+            self.reset_at = None
+            self.remaining = None
+            self.spent = 0
+
+    def _uncontended(self) -> bool:
+        """Nobody waits for room and nobody holds the lock: a decision taken now without
+        the lock is the one the lock would let through first. (No critical section here
+        awaits while holding the lock, so nobody ever queues for the lock itself.)"""
+        return not self._waiting and not self._cond.locked()
+
+    def _take(self, now: float) -> bool:
+        """Take a slot if one may be sent now, without waiting (the caller checked the
+        deferral and the pause)."""
+        self._roll_window_if_due(now)
+        if not self.known:
+            if self.in_flight == 0:
+                self.in_flight += 1
+                return True
+        elif self._available() > 0 and (self.in_flight == 0 or (self.remaining or 0) > self.tail):
+            # In the window's last `tail` requests, one at a time: another client may have
+            # spent them, and only one request may then meet a 429.
+            self.in_flight += 1
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Wait until one more request may be sent; raise ``Deferred`` when it never may."""
+        # The usual case: no deferral, no pause, nobody ahead, and room.
+        fast = self._deferred is None and self.paused_until is None and self._uncontended()
+        if fast and self._take(self._clock()):
+            return
+        async with self._cond:
+            while True:
+                if self._deferred is not None:
+                    raise self._deferred
+                now = self._clock()
+                if self.paused_until is not None:
+                    if now < self.paused_until:
+                        await self._wait_pause(now)
+                        continue
+                    self.paused_until = None
+                if self._take(now):
+                    return
+                if self.known and self.in_flight == 0:
+                    # Spent and nothing pending that could give room back: wait for the reset.
+                    assert self.reset_at is not None
+                    self._pause(self.reset_at + RESET_MARGIN, "quota_spent")
+                    continue
+                self._waiting += 1
+                try:
+                    await self._cond.wait()
+                finally:
+                    self._waiting -= 1
+
+    async def _wait_pause(self, now: float) -> None:
+        """Sleep until the pause ends; the lock is released so observers can proceed."""
+        assert self.paused_until is not None
+        delay = self.paused_until - now
+        self._cond.release()
+        try:
+            await sleep_unless(self._sleep, delay, self._stopping)
+        finally:
+            await self._cond.acquire()
+
+    def _pause(self, until: float, why: str) -> None:
+        """Pause all sending until ``until``, or defer if that is past ``max_wait``."""
+        now = self._clock()
+        started = self._pause_started if self._pause_started is not None else now
+        if until - started > self.max_wait:
+            self._deferred = Deferred("quota" if why == "quota_spent" else "rate_limited", until)
+            log.warning(
+                "quota_deferred",
+                reason=self._deferred.reason,
+                resume_at=until,
+                wait_s=round(until - now, 1),
+                max_wait_s=self.max_wait,
+            )
+            self._notify()
+            return
+        self._pause_started = started
+        if self.paused_until is None or until > self.paused_until:
+            self.paused_until = until
+            log.info("rate_limit_pause", reason=why, until=until, wait_s=round(until - now, 2))
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake the workers waiting for room; with none waiting the lock may not be held
+        (``observe``'s fast path), and there is nobody to wake."""
+        if self._waiting:
+            self._cond.notify_all()
+
+    # -- what the server said ---------------------------------------------------------
+    async def observe(
+        self,
+        rate_limit: RateLimit | None,
+        *,
+        created: bool,
+        rate_limited: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        """Account one finished request with the headers of its response (None if none)."""
+        if self._uncontended():
+            # Nobody to wake, and the accounting never awaits: no lock needed.
+            self._account(rate_limit, created, rate_limited, retry_after)
+            return
+        async with self._cond:
+            self._account(rate_limit, created, rate_limited, retry_after)
+            self._cond.notify_all()
+
+    def _account(
+        self,
+        rate_limit: RateLimit | None,
+        created: bool,
+        rate_limited: bool,
+        retry_after: float | None,
+    ) -> None:
+        """``observe``'s bookkeeping; wakes waiters only through ``_notify``."""
+        self.in_flight -= 1
+        now = self._clock()
+        self._roll_window_if_due(now)
+        if rate_limit is not None and rate_limit.complete:
+            self._observe_headers(rate_limit, now)
+        else:
+            self._observe_without_headers(now, created, rate_limit)
+        if created:
+            self.spent += 1
+        if not rate_limited:
+            self._pause_started = None  # the server answered: a pause chain is over
+        else:
+            self.http_429 += 1
+            complete = rate_limit is not None and rate_limit.complete
+            stale = complete and rate_limit is not None and (rate_limit.reset or 0) <= now
+            until: float | None
+            if stale:
+                # The 429 was for a window that has closed since: nothing to wait for;
+                # the next request probes the new window.
+                until = now + retry_after if retry_after is not None else None
+            else:
+                if complete:
+                    self.remaining = 0
+                else:
+                    # A 429 that does not say its window: after the pause, probe again.
+                    self.known = False
+                    self.reset_at = None
+                    self.remaining = None
+                if retry_after is not None:
+                    until = now + retry_after
+                elif self.reset_at is not None and self.reset_at > now:
+                    until = self.reset_at + RESET_MARGIN
+                else:
+                    until = now + UNKNOWN_RESET_PAUSE
+            if until is not None:
+                self._pause(until, "http_429")
+
+    def _observe_headers(self, rl: RateLimit, now: float) -> None:
+        assert rl.limit is not None
+        assert rl.remaining is not None
+        assert rl.reset is not None
+        if rl.reset <= now:
+            return  # a window that has already closed says nothing about this one
+        if not self.known or self.reset_at is None or rl.reset > self.reset_at:
+            if self.known and self.reset_at is not None and rl.reset > self.reset_at:
+                self.spent = 0
+            self.known = True
+            self.reset_at = rl.reset
+            self.limit = rl.limit
+            self.remaining = rl.remaining
+            log.debug("quota_window", limit=rl.limit, remaining=rl.remaining, reset=rl.reset)
+        elif rl.reset == self.reset_at:
+            # The server's Remaining only goes down within a window; the lowest is the latest.
+            self.remaining = min(
+                self.remaining if self.remaining is not None else rl.remaining, rl.remaining
+            )
+
+    def _observe_without_headers(self, now: float, created: bool, rl: RateLimit | None) -> None:
+        if not self.headers_missing_logged:
+            self.headers_missing_logged = True
+            log.warning(
+                "rate_limit_headers_missing",
+                got=None if rl is None else str(rl),
+                assumed_limit=self.default_limit,
+                assumed_window_s=self.default_window,
+            )
+        if not self.known:
+            window = self.default_window
+            self.known = True
+            self.reset_at = (math.floor(now / window) + 1) * window
+            self.limit = self.default_limit
+            self.remaining = self.default_limit
+        if created and self.remaining is not None:
+            self.remaining -= 1
+
+    def seed(self, reset_at: float, limit: int, remaining: int, spent: int) -> None:
+        """Start from a window an earlier run saw (the state store), if it is still open:
+        a restart within the window neither bursts nor forgets what was spent."""
+        if reset_at <= self._clock():
+            return
+        self.known = True
+        self.reset_at = reset_at
+        self.limit = limit
+        self.remaining = remaining
+        self.spent = spent
+        log.info(
+            "quota_window_resumed", limit=limit, remaining=remaining, spent=spent, reset=reset_at
+        )
+
+    async def settle_unknown(self) -> None:
+        """Account a request whose fate is unknown (it may have created): count it as spent
+        so the operator cap stays safe; the server's next headers correct the rest."""
+        async with self._cond:
+            self.in_flight -= 1
+            self.spent += 1
+            if self.remaining is not None:
+                self.remaining -= 1
+            self._cond.notify_all()
+
+    async def cancel(self) -> None:
+        """Account a request that was never sent (or whose fate says nothing of quota)."""
+        async with self._cond:
+            self.in_flight -= 1
+            self._cond.notify_all()
+
+    async def defer(self, reason: str) -> None:
+        """Make every waiting and later ``acquire`` raise ``Deferred`` (e.g. key refused)."""
+        self.interrupt(reason)
+        async with self._cond:
+            self._cond.notify_all()
+
+    def interrupt(self, reason: str) -> None:
+        """``defer`` for synchronous callers (a signal handler): also cuts a pause short."""
+        if self._deferred is None:
+            self._deferred = Deferred(reason, None)
+        self._stopping.set()
+
+    @property
+    def deferred(self) -> Deferred | None:
+        """Why the budget stopped, if it did."""
+        return self._deferred

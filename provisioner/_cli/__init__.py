@@ -1,0 +1,3 @@
+"""The ``provisioner`` command: arguments into settings, the runner, errors into exit codes."""
+
+from __future__ import annotations

@@ -1,0 +1,195 @@
+"""Command line: parse arguments into settings, call the runner, map errors to exit codes.
+
+Exit codes (a public contract, see the README): 0 every row provisioned; 1 some rows
+failed; 2 usage, config, manifest, output or state error (nothing sent, except when the
+outputs or the store fail mid-run: the message then names the way back); 3 rows deferred
+and none failed; 4 aborted because the key was refused; 75 another run holds the state
+store; 130/143 interrupted by SIGINT/SIGTERM after in-flight requests finished and the
+outputs were written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from provisioner._cli.args import build_parser
+from provisioner._config.settings import build_settings
+from provisioner._core import logs
+from provisioner.errors import ProvisionerError, StateError
+
+if TYPE_CHECKING:
+    from provisioner._outputs.observe import RunObserver
+    from provisioner._state.store import SqliteStateStore
+
+T = TypeVar("T")
+
+
+def _asyncio_run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when the optional extra is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from provisioner._outputs.report import human_summary
+    from provisioner.api import run_pipeline
+
+    cli = {
+        k: getattr(args, k, None)
+        for k in (
+            "base_url",
+            "concurrency",
+            "rate",
+            "quota",
+            "max_wait",
+            "log_format",
+            "log_level",
+            "state_path",
+            "derive_send_ids",
+            "manifest_format",
+            "force",
+            "retry_in_doubt",
+            "metrics_file",
+        )
+    }
+    settings = build_settings(
+        manifest=args.manifest, out_dir=args.out, cli=cli, env=os.environ, config_path=args.config
+    )
+    logs.configure(settings.log_format, settings.log_level)
+    observers: list[RunObserver] = []
+    if args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty()):
+        from provisioner._outputs.display import TerminalDisplay
+
+        observers.append(TerminalDisplay())
+    result = _asyncio_run(run_pipeline(settings, handle_signals=True, observers=observers))
+    print(human_summary(result.summary, settings.out_dir), file=sys.stderr)
+    return result.exit_code
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from provisioner.errors import UsageError
+    from provisioner.sandbox.modes import parse_outage
+    from provisioner.sandbox.server import SandboxConfig, load_faults, serve
+
+    outages = []
+    for text in args.outages or ():
+        try:
+            outages.append(parse_outage(text))
+        except ValueError as exc:
+            raise UsageError(f"--outage: {exc}") from None
+    # --garble alone is a request for garbled headers: no need to say --headers too.
+    headers = args.headers or ("garble" if args.garble else "normal")
+    config = SandboxConfig(
+        host=args.host,
+        port=args.port,
+        api_keys=tuple(args.api_keys or ("sandbox-key",)),
+        daily_quota=args.daily_quota,
+        window_seconds=args.window_seconds,
+        latency_ms=args.latency_ms,
+        error_rate=args.error_rate,
+        seed=args.seed,
+        repeat_counts=args.repeat_counts,
+        faults=load_faults(args.faults) if args.faults else (),
+        shared_consumer=args.shared_consumer,
+        shared_at=args.shared_at,
+        shared_span=args.shared_span,
+        headers=headers,
+        garble=tuple(args.garble or ()),
+        outages=tuple(outages),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+    serve(config)
+    return 0
+
+
+def _open_for_reading(state_path: str | None) -> SqliteStateStore:
+    from provisioner._state.store import default_state_path, open_store
+
+    path = Path(state_path).expanduser() if state_path else default_state_path()
+    if not path.exists():
+        raise StateError(
+            f"state store {path} does not exist: pass --state PATH of a store that a run has used"
+        )
+    return open_store(path, lock=False)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from provisioner._outputs.report import export_run
+
+    store = _open_for_reading(args.state_path)
+    try:
+        summary = export_run(store, args.run_id, Path(args.out))
+    finally:
+        store.close()
+    print(
+        f"provisioner: run {args.run_id} exported to {args.out} ({summary.get('rows_total')} rows)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from provisioner._outputs.report import format_status, status_report
+
+    store = _open_for_reading(args.state_path)
+    try:
+        report = status_report(store, time.time())
+    finally:
+        store.close()
+    if args.json:
+        print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_status(report))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from provisioner._pipeline.validate import forecast
+
+    cli = {k: getattr(args, k, None) for k in (
+        "state_path", "manifest_format", "quota", "derive_send_ids")}  # fmt: skip
+    settings = build_settings(
+        manifest=args.manifest, out_dir=".", cli=cli, env=os.environ, config_path=args.config
+    )
+    report = forecast(settings)
+    if args.json:
+        print(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(report.text())
+    return report.exit_code
+
+
+_COMMANDS = {
+    "run": _cmd_run,
+    "sandbox": _cmd_sandbox,
+    "export": _cmd_export,
+    "status": _cmd_status,
+    "validate": _cmd_validate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``provisioner`` and ``python -m provisioner``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ProvisionerError as exc:
+        print(f"provisioner: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("provisioner: interrupted", file=sys.stderr)
+        return 130

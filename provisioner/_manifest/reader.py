@@ -1,0 +1,477 @@
+"""Streaming manifest reader: CSV or JSONL, optionally gzip-compressed, from a file or stdin.
+
+``Manifest`` is a context manager. ``__enter__`` opens the input and checks it as a whole
+(readable, has a ``campaign_id`` column/key, no duplicate header names) so that a broken
+manifest is refused before any request is sent. Iterating then yields one ``RawRow`` per
+record, or a ``RowError`` for a record that cannot be parsed; a bad record never raises.
+
+Lines are *physical* lines (``manifest_lines.Lines``): the input is split on LF only (CRLF
+ends with LF), so a line number is what ``sed -n Np``, ``wc -l`` and editors show. A lone
+CR is data, not a line break: inside a quoted CSV field it is kept; in an unquoted field it
+is a ``malformed_csv`` record. Memory stays constant whatever the length of the manifest or
+of one line: rows are never collected, a record over ``max_row_bytes`` is skipped unparsed
+(``line_too_long``), and the JSONL look-ahead done at open is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import sys
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any, BinaryIO
+
+import orjson
+
+from provisioner._core.models import CAMPAIGN_ID, SEND_ID, WORKSPACE, Columns, RawRow, RowError
+from provisioner._manifest.lines import (
+    DEFAULT_MAX_ROW_BYTES,
+    Decoded,
+    Format,
+    Lines,
+    LineTooLong,
+    chain_lines,
+    detect_format,
+    first_bad_byte,
+    format_of,
+    one_line,
+    open_source,
+    sanitize,
+    show_head,
+    too_long_error,
+)
+from provisioner._manifest.rules import clip_columns, clip_text
+from provisioner.errors import ManifestError
+
+__all__ = [
+    "DEFAULT_MAX_ROW_BYTES",
+    "FIELD_SIZE_LIMIT",
+    "Format",
+    "Manifest",
+    "detect_format",
+]
+#: Fields this long are parsed whole (validation rejects them with a readable message); the
+#: bound exists because an unbalanced quote turns the rest of a file into one field, and an
+#: unbounded field would then grow memory with the file (the parser holds 4 bytes/char).
+#: ``max_row_bytes`` (at most this much) normally stops such a record first.
+FIELD_SIZE_LIMIT = 64 * 1024 * 1024
+csv.field_size_limit(FIELD_SIZE_LIMIT)
+#: How far the JSONL open-time check looks for a first object before giving up on it
+#: (records after that are still checked one by one by validation).
+_PEEK_MAX_LINES = 1000
+_PEEK_MAX_BYTES = 16 * 1024 * 1024
+#: orjson reports "line 1 column 5 (char 4)"; in JSONL the line is ours, only the column helps.
+_JSON_POSITION = re.compile(r":? ?line \d+ column (\d+) \(char \d+\)")
+#: Keys whose value decides what is sent; a line naming one twice is refused.
+RESERVED_KEYS = (CAMPAIGN_ID, SEND_ID, WORKSPACE)
+_RESERVED_KEYS = tuple(f'"{key}"'.encode() for key in RESERVED_KEYS)
+#: Characters a header name may carry invisibly (a second BOM, zero-width space, NBSP).
+_INVISIBLE = "\ufeff\u200b\u00a0 \t"
+
+
+def _ids(columns: Columns) -> dict[str, Any]:
+    """The RowError fields a malformed record still offers: its columns and string ids."""
+    found = dict(columns)
+    campaign_id, send_id = found.get(CAMPAIGN_ID), found.get(SEND_ID)
+    return {
+        "columns": clip_columns(columns),
+        "campaign_id": clip_text(campaign_id) if isinstance(campaign_id, str) else None,
+        "send_id": clip_text(send_id) if isinstance(send_id, str) else None,
+    }
+
+
+def _hint(names: list[str]) -> str:
+    """Point at a near miss of ``campaign_id`` (case, spaces, dashes), if there is one."""
+    for name in names:
+        if name.strip(_INVISIBLE).lower().replace("-", "_").replace(" ", "_") == CAMPAIGN_ID:
+            return f" (found {clip_text(name)!r}: rename it to exactly 'campaign_id')"
+    return ""
+
+
+class Manifest:
+    """A manifest opened for streaming; use as ``with Manifest(path) as m: for r in m``."""
+
+    def __init__(
+        self,
+        path: str,
+        fmt: str | None = None,
+        *,
+        stdin: BinaryIO | None = None,
+        max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+    ) -> None:
+        """Prepare to read ``path`` ("-" reads ``stdin``, default ``sys.stdin.buffer``);
+        a record longer than ``max_row_bytes`` is a ``line_too_long`` row error."""
+        self.path = path
+        self.display_name = "<stdin>" if path == "-" else path
+        self.header: tuple[str, ...] | None = None
+        self.format: Format | None = None
+        self.gzipped = False
+        self.max_row_bytes = max_row_bytes
+        self._explicit = fmt
+        self._stdin = stdin
+        self._closers: list[io.IOBase | BinaryIO] = []
+        self._lines: Lines | None = None
+        self._text: Decoded | None = None
+        self._reader: Iterator[list[str]] = iter(())
+        self._peeked: list[bytes | LineTooLong] = []
+        self._started = False
+
+    def __enter__(self) -> Manifest:
+        """Open the manifest and check it as a whole; raise ManifestError if it is unusable."""
+        self.format = format_of(self.path, self._explicit)
+        try:
+            stream, self.gzipped = open_source(
+                self.path, self.display_name, self._stdin, self._closers
+            )
+            self._lines = Lines(stream, confirm_eof=self.gzipped, max_row_bytes=self.max_row_bytes)
+            if self.format == "csv":
+                self._check_csv_header()
+            else:
+                self._peek_jsonl()
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close what was opened (never the caller's stdin)."""
+        self._close()
+
+    def fraction_read(self) -> float | None:
+        """How far through the file the reader is, by bytes (compressed bytes for .gz);
+        None for standard input. Used for the progress events' ETA."""
+        if self.path == "-" or not self._closers:
+            return None
+        raw = self._closers[0]
+        try:
+            size = os.fstat(raw.fileno()).st_size
+            position = raw.tell()
+        except (OSError, ValueError):
+            return None
+        return min(1.0, position / size) if size else None
+
+    def source_fileno(self) -> int | None:
+        """The file descriptor the manifest is read from, or None (an in-memory stream)."""
+        source: object = self._closers[0] if self._closers else None
+        if self.path == "-":
+            source = self._stdin if self._stdin is not None else sys.stdin.buffer
+        fileno = getattr(source, "fileno", None)
+        if fileno is None:
+            return None
+        try:
+            return int(fileno())
+        except (OSError, ValueError):  # io.UnsupportedOperation (BytesIO) is an OSError
+            return None
+
+    def detach(self) -> None:
+        """Forget the open files without closing them: a thread blocked reading one holds
+        its lock, and closing would wait for that thread. The process exit closes them."""
+        self._closers.clear()
+
+    def _close(self) -> None:
+        for closer in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                closer.close()
+        self._closers.clear()
+
+    def _fail_open(self, what: str, fix: str) -> ManifestError:
+        # One line whatever the file holds: header names are echoed, and a quoted name may
+        # hold a line break.
+        message = f"{self.display_name}: {what}; {fix}"
+        return ManifestError(one_line(message))
+
+    def _unreadable_at_open(self) -> ManifestError:
+        assert self._lines is not None
+        return self._fail_open(
+            f"cannot be read ({self._lines.failure})", "check or re-copy the file"
+        )
+
+    def _check_csv_header(self) -> None:
+        """Read the header record now, so a manifest without campaign_id sends nothing."""
+        assert self._lines is not None
+        self._text = Decoded(self._lines)
+        self._reader = csv.reader(self._text, strict=True)
+        record: list[str] = []
+        while not record:
+            line = self._lines.number + 1
+            self._lines.new_record()  # blank lines before the header are not part of it
+            try:
+                record = next(self._reader)
+            except StopIteration:
+                if self._lines.failure is not None:
+                    raise self._unreadable_at_open() from None
+                raise self._fail_open(
+                    "is empty (no header line)",
+                    "the first line must name the columns, e.g. campaign_id,send_id",
+                ) from None
+            except LineTooLong as exc:
+                raise self._fail_open(
+                    f"line {line}: the header is longer than max_row_bytes "
+                    f"({self.max_row_bytes:,} bytes); it starts with {show_head(exc.head)}",
+                    "check that this is a manifest, or raise max_row_bytes",
+                ) from None
+            except csv.Error as exc:
+                raise self._fail_open(
+                    f"line {line}: the header is not valid CSV ({exc})",
+                    "fix its quoting (files with CR-only line endings must be converted to LF)",
+                ) from None
+        if self._lines.failure is not None:
+            raise self._unreadable_at_open()
+        if self._text.bad_utf8:
+            utf16 = record[0].startswith(("\udcff\udcfe", "\udcfe\udcff"))
+            raise self._fail_open(
+                f"line {line}: the header is not UTF-8 text" + (" (it looks like UTF-16)" * utf16),
+                "save the file as UTF-8",
+            )
+        if CAMPAIGN_ID not in record:
+            raise self._fail_open(
+                f"line {line}: the header has no campaign_id column{_hint(record)}",
+                f"the header must name a campaign_id column (it has: {', '.join(record)[:200]})",
+            )
+        seen: dict[str, int] = {}
+        for index, name in enumerate(record, 1):
+            if name in seen:
+                raise self._fail_open(
+                    f"line {line}: the header names column {clip_text(name)!r} twice "
+                    f"(columns {seen[name]} and {index})",
+                    "give every column a distinct name",
+                )
+            seen[name] = index
+        self.header = tuple(record)
+
+    def _peek_jsonl(self) -> None:
+        """Buffer lines up to the first JSON object and check that it has campaign_id."""
+        lines = self._lines
+        assert lines is not None
+        size = 0
+        while len(self._peeked) < _PEEK_MAX_LINES and size < _PEEK_MAX_BYTES:
+            lines.new_record()
+            try:
+                raw = next(lines)
+            except StopIteration:
+                break
+            except LineTooLong as exc:
+                self._peeked.append(exc)
+                continue
+            self._peeked.append(raw)
+            size += len(raw)
+            if raw.isspace():
+                continue
+            try:
+                value = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                if CAMPAIGN_ID not in value:
+                    keys = [str(k) for k in value]
+                    raise self._fail_open(
+                        f"line {lines.number}: the first record has no campaign_id key"
+                        f"{_hint(keys)}",
+                        f"every record needs one (it has: {', '.join(keys)[:200]})",
+                    )
+                return
+        if lines.failure is not None and not self._peeked:
+            raise self._unreadable_at_open()
+
+    def __iter__(self) -> Iterator[RawRow | RowError]:
+        """Yield each record in file order; a record that cannot be parsed is a RowError."""
+        if self._lines is None or self._started:
+            raise RuntimeError("a Manifest is iterated once, inside its `with` block")
+        self._started = True
+        if self.format == "csv":
+            return self._csv_rows()
+        return self._jsonl_rows()
+
+    def _unreadable(self, line: int) -> RowError:
+        assert self._lines is not None
+        return RowError(
+            line=line,
+            error="unreadable",
+            message=(
+                f"{self.display_name}: the rest of the file, from line {line}, could not be read "
+                f"({self._lines.failure}); those rows were not processed: fix or re-copy the "
+                "file and run again"
+            ),
+        )
+
+    def _csv_rows(self) -> Iterator[RawRow | RowError]:
+        lines, text, reader, header = self._lines, self._text, self._reader, self.header
+        assert lines is not None
+        assert text is not None
+        assert header is not None
+        width = len(header)
+        while True:
+            start = lines.number + 1
+            text.bad_utf8 = False
+            lines.new_record()
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except LineTooLong as exc:
+                # The reader starts afresh at the next line: one oversized record costs one
+                # row, not the rest of the file.
+                yield too_long_error(exc, start, self.max_row_bytes)
+                continue
+            except csv.Error as exc:
+                if lines.failure is not None:
+                    break  # the read failed inside a quoted field
+                yield self._malformed_csv(start, str(exc))
+                continue
+            if lines.failure is not None:
+                break  # the read failed inside this record: what was returned is a fragment
+            if not values:
+                continue  # a blank line
+            if text.bad_utf8:
+                yield RowError(
+                    line=start,
+                    error="invalid_utf8",
+                    message=(
+                        f"line {start} is not valid UTF-8: {first_bad_byte(values, header)}; "
+                        "save the manifest as UTF-8"
+                    ),
+                    **_ids(tuple(zip(header, map(sanitize, values), strict=False))),
+                )
+                continue
+            if len(values) != width:
+                got = f"{len(values)} column" + "s" * (len(values) != 1)
+                yield RowError(
+                    line=start,
+                    error="wrong_column_count",
+                    message=(
+                        f"line {start} has {got}, the header has {width}: quote values that "
+                        "contain commas, or add/remove the missing/extra columns"
+                    ),
+                    **_ids(tuple(zip(header, values, strict=False))),
+                )
+                continue
+            yield RawRow(start, tuple(zip(header, values, strict=True)))
+        if lines.failure is not None:
+            yield self._unreadable(start)
+
+    def _malformed_csv(self, line: int, reason: str) -> RowError:
+        if "new-line" in reason:
+            why = "a carriage return (CR) inside an unquoted field: quote the field or remove it"
+        elif "field larger" in reason:
+            why = (
+                f"a field longer than {FIELD_SIZE_LIMIT} characters, usually an unbalanced "
+                'quote: check the quotes from this line on (a literal " inside a quoted '
+                'field is written "")'
+            )
+        elif "end of data" in reason:
+            why = 'a quoted field is never closed: add the missing closing quote (")'
+        else:
+            why = f'{reason}: a quote inside a quoted field must be doubled ("")'
+        return RowError(
+            line=line, error="malformed_csv", message=f"line {line} is not valid CSV: {why}"
+        )
+
+    def _jsonl_rows(self) -> Iterator[RawRow | RowError]:
+        lines = self._lines
+        assert lines is not None
+        number = 0
+        for item in chain_lines(self._peeked, lines):
+            number += 1
+            if isinstance(item, LineTooLong):
+                yield too_long_error(item, number, self.max_row_bytes)
+                continue
+            raw = item
+            if raw.isspace():
+                continue  # a blank line
+            try:
+                value = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                yield self._bad_json(number, raw, str(exc))
+                continue
+            if not isinstance(value, dict):
+                yield RowError(
+                    line=number,
+                    error="not_an_object",
+                    message=(
+                        f"line {number} is a JSON {_json_kind(value)}, not an object: each "
+                        'line must be one object such as {"campaign_id": "..."}'
+                    ),
+                )
+                continue
+            twice = _repeated_key(raw)
+            if twice is not None:
+                yield RowError(
+                    line=number,
+                    error="malformed_json",
+                    message=(
+                        f"line {number} names the key {twice!r} twice, so which value counts "
+                        "is ambiguous: keep one"
+                    ),
+                    **_ids(tuple(value.items())),
+                )
+                continue
+            yield RawRow(number, tuple(value.items()))
+        if lines.failure is not None:
+            yield self._unreadable(number + 1)
+
+    @staticmethod
+    def _bad_json(line: int, raw: bytes, reason: str) -> RowError:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return RowError(
+                line=line,
+                error="invalid_utf8",
+                message=(
+                    f"line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02X} at byte "
+                    f"{exc.start + 1}): save the manifest as UTF-8"
+                ),
+            )
+        where = _JSON_POSITION.sub(r" at column \1", reason)
+        return RowError(
+            line=line,
+            error="malformed_json",
+            message=f"line {line} is not valid JSON ({where}): each line must be one JSON object",
+        )
+
+
+def _repeated_key(raw: bytes) -> str | None:
+    """The reserved key a JSON object names twice, if any.
+
+    orjson keeps the last of repeated keys silently; another tool reading the same line
+    may keep the first, so a repeated campaign_id/send_id/workspace is refused rather than
+    guessed. The exact check (the stdlib parser) runs only on lines that may repeat one:
+    a reserved key written twice, or any \\u escape (an escaped key reads the same).
+    """
+    if b"\\u" not in raw and not any(raw.count(key) > 1 for key in _RESERVED_KEYS):
+        return None
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
+        # Called innermost object first: only the last call (the top level) is kept.
+        names = [name for name, _ in items]
+        repeated[:] = [n for n in RESERVED_KEYS if names.count(n) > 1]
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None
+    return repeated[0] if repeated else None
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return "number"

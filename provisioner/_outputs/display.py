@@ -1,0 +1,113 @@
+"""The live progress display on a terminal (rich), for people watching a run.
+
+Only used when stderr is a terminal (or ``--progress always``); cron, systemd and
+Kubernetes get structured log lines instead, without control characters.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from provisioner._outputs.observe import Snapshot
+
+_STATUS_STYLE = {
+    "created": "green",
+    "duplicate": "cyan",
+    "skipped": "blue",
+    "failed": "red",
+    "deferred": "yellow",
+}
+
+
+def _clock(seconds: float | None) -> str:
+    """Seconds as H:MM:SS (or "-" when unknown)."""
+    if seconds is None or seconds < 0:
+        return "-"
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def render(snapshot: Snapshot, now: float) -> RenderableType:
+    """The display for one snapshot (pure: used by tests and by the live display)."""
+    s = snapshot
+    head = Text.assemble(("provisioner ", "bold"), f"run {s.run_id}  ", (s.manifest, "dim"))
+    fraction = 1.0 if s.finished else (s.fraction_read or 0.0)
+    bar = Table.grid(padding=(0, 1))
+    bar.add_row(
+        ProgressBar(total=1.0, completed=fraction, width=36),
+        Text(f"{fraction:4.0%}" if s.fraction_read is not None or s.finished else "  ? "),
+        Text(f"{s.rows_done:,} rows"),
+        Text(f"{s.rows_per_s or 0:,.0f} rows/s"),
+        Text(f"ETA {_clock(0 if s.finished else s.eta_s)}"),
+    )
+    counts = Text("  ")
+    for status, style in _STATUS_STYLE.items():
+        counts.append(f"{status} ", style="dim")
+        counts.append(f"{s.counts.get(status, 0):,}", style=style)
+        counts.append("   ")
+    lines: list[RenderableType] = [head, bar, counts]
+    quotas = s.quotas or (
+        {s.workspace: (s.quota_remaining, s.quota_limit, s.quota_reset_at or 0)}
+        if s.quota_limit is not None and s.quota_remaining is not None
+        else {}
+    )
+    for workspace, (remaining, limit, reset_at) in quotas.items():
+        resets = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(reset_at))
+        lines.append(
+            Text(f"  quota {workspace}: {remaining:,} of {limit:,} left, resets {resets}",
+                 style="dim")
+        )  # fmt: skip
+    if s.paused_until is not None and s.paused_until > now and not s.finished:
+        lines.append(
+            Text(
+                f"  paused for the quota reset: {_clock(s.paused_until - now)} left",
+                style="bold yellow",
+            )
+        )
+    return Group(*lines)
+
+
+class TerminalDisplay:
+    """A ``RunObserver`` that redraws a few lines on stderr four times a second."""
+
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        interval: float = 0.25,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._console = console or Console(stderr=True)
+        self._live: Live | None = None
+
+    def update(self, snapshot: Snapshot) -> None:
+        """Redraw with the latest snapshot (the first call starts the display)."""
+        view = render(snapshot, self._clock())
+        if self._live is None:
+            # Log lines printed meanwhile go above the display (rich redirects stderr).
+            self._live = Live(
+                view,
+                console=self._console,
+                auto_refresh=False,
+                redirect_stdout=False,
+                redirect_stderr=True,
+                transient=False,
+            )
+            self._live.start()
+        self._live.update(view, refresh=True)
+
+    def close(self, snapshot: Snapshot) -> None:
+        """Draw the final state and leave it on the screen."""
+        self.update(snapshot)
+        if self._live is not None:
+            self._live.stop()
+            self._live = None

@@ -1,0 +1,172 @@
+"""What a person reads: the end-of-run summary, written for someone at 9 am."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from provisioner._outputs.files import FileSink, OutputFolder
+from provisioner._outputs.stats import iso
+from provisioner._state.schema import StoreReader
+
+_NEXT_STEP = {
+    "quota": "the quota window is spent; the next window opens {resume}: run the same command "
+    "again then (rows already created are skipped)",
+    "rate_limited": "Braze kept answering 429 past --max-wait; the next window opens {resume}: "
+    "run the same command again then",
+    "outage": "Braze was unavailable for longer than --max-wait: run the same command again "
+    "later (nothing was lost)",
+    "key_refused": "Braze refused the API key: fix the key or its sends.id.create permission, "
+    "then run the same command again",
+    "interrupted": "the run was interrupted: run the same command again to finish",
+    "output_failed": "the output files could not be written, so the run stopped: run the same "
+    "command again once the output folder can be written",
+    "redirected": "the base URL answered a redirect (never followed: the key would go with "
+    "it): set base_url to your instance's REST endpoint, then run the same command again",
+    "certificate_failed": "the server's TLS certificate could not be verified: set [braze] "
+    "ca_file to the CA that signed it (or fix the server), then run the same command again",
+}
+
+
+def _friendly_time(value: object) -> str:
+    """An ISO time from summary.json as "2026-11-27 00:00 UTC" (or a phrase if unknown)."""
+    if not isinstance(value, str):
+        return "at the next quota reset"
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return value
+    return when.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:
+    """A few lines: the counts, where the files are, and what to do next."""
+    counts: Mapping[str, int] = summary.get("counts", {})
+    parts = [f"{n} {status}" for status, n in counts.items() if n]
+    lines = [
+        f"provisioner: run {summary.get('run_id')} finished with exit code "
+        f"{summary.get('exit_code')} in {summary.get('duration_s')} s: "
+        + (", ".join(parts) if parts else "no rows"),
+        f"  outputs: {out_dir}/results.jsonl, failures.jsonl, deferred.csv, summary.json",
+    ]
+    if summary.get("manifest_read_to_end") is False:  # absent in summaries of older runs
+        lines.append(
+            f"  the manifest was not read to its end (a second signal, or its pipe went "
+            f"silent after a stop): rows after the first {summary.get('rows_read')} are in no "
+            "output file; run the same command again to process them (rows already created "
+            "are skipped)"
+        )
+    failed = counts.get("failed", 0)
+    if failed:
+        errors: Mapping[str, int] = summary.get("errors", {})
+        common = ", ".join(f"{code} ({n})" for code, n in list(errors.items())[:3])
+        lines.append(f"  {failed} rows failed: see failures.jsonl; most common: {common}")
+        if errors.get("in_doubt"):
+            lines.append(
+                "  in_doubt rows may have been created: check them in the Braze dashboard "
+                "before using --retry-in-doubt"
+            )
+    deferred = counts.get("deferred", 0)
+    if deferred:
+        reasons: Mapping[str, int] = summary.get("deferred_reasons", {})
+        quota: Mapping[str, Any] = summary.get("quota", {}) or {}
+        resume = _friendly_time(quota.get("deferred_until") or quota.get("reset_at"))
+        for reason, n in reasons.items():
+            step = _NEXT_STEP.get(reason, "run the same command again later")
+            lines.append(f"  {n} rows deferred by {reason}: " + step.format(resume=resume))
+        for w in summary.get("workspaces", []) or []:
+            if w.get("stop_message"):
+                lines.append(f"  workspace {w.get('name')} stopped: {w['stop_message']}")
+        needed = [w for w in summary.get("workspaces", []) or [] if w.get("windows_needed")]
+        for w in needed:
+            lines.append(
+                f"  workspace {w.get('name')} ({w.get('workspace')}): {w.get('deferred_rows')} "
+                f"deferred rows need {w['windows_needed']} more quota window(s)"
+            )
+    return "\n".join(lines)
+
+
+def export_run(store: StoreReader, run_id: str, out_dir: Path) -> dict[str, object]:
+    """Write a run's four output files again from the state store; return its summary.
+
+    The files are produced by the same sink as during the run, so they are identical
+    (same order by line, same fields), and written through temporaries and renames.
+    """
+    _record, header, summary = store.run_info(run_id)
+    folder = OutputFolder(out_dir)
+    folder.prepare()
+    sink = FileSink(folder, deferred_header=header)
+    try:
+        for outcome in store.iter_outcomes(run_id):
+            sink.write(outcome)
+    except BaseException:
+        sink.abort()
+        raise
+    sink.commit(summary)
+    return summary
+
+
+def status_report(store: StoreReader, now: float) -> dict[str, object]:
+    """Recent runs, quota used in the current window per workspace, rows needing care."""
+    runs = [
+        {
+            "run_id": r.run_id,
+            "manifest": r.manifest,
+            "started_at": iso(r.started_at),
+            "finished_at": iso(r.finished_at) if r.finished_at else None,
+            "exit_code": r.exit_code,
+            "counts": {k: v for k, v in r.counts.items() if v},
+            "pid": r.pid,
+        }
+        for r in store.recent_runs(10)
+    ]
+    quota = []
+    for ws in store.workspaces():
+        window = store.quota_window(ws, now)
+        if window is not None:
+            quota.append(
+                {
+                    "workspace": ws,
+                    "limit": window.limit,
+                    "remaining": window.remaining,
+                    "spent_by_provisioner": window.spent,
+                    "resets_at": iso(window.reset_at),
+                }
+            )
+    return {
+        "state": str(store.path),
+        "runs": runs,
+        "quota": quota,
+        "problems": store.open_problems(),
+    }
+
+
+def format_status(report: Mapping[str, Any]) -> str:
+    """The status report as a few aligned lines for a terminal."""
+    lines = [f"state store: {report['state']}", "", "recent runs:"]
+    runs: list[Mapping[str, Any]] = report["runs"]
+    if not runs:
+        lines.append("  (none)")
+    for r in runs:
+        code = "running" if r["exit_code"] is None else f"exit {r['exit_code']}"
+        counts = ", ".join(f"{n} {s}" for s, n in r["counts"].items()) or "no rows"
+        lines.append(f"  {r['run_id']}  {r['started_at']}  {code:>8}  {counts}  {r['manifest']}")
+    lines += ["", "quota in the current window:"]
+    quota: list[Mapping[str, Any]] = report["quota"]
+    if not quota:
+        lines.append("  (no window seen yet)")
+    for q in quota:
+        lines.append(
+            f"  {q['workspace']}: {q['remaining']} of {q['limit']} left, "
+            f"{q['spent_by_provisioner']} spent by provisioner, resets {q['resets_at']}"
+        )
+    p: Mapping[str, int] = report["problems"]
+    lines += [
+        "",
+        f"rows in doubt: {p.get('in_doubt', 0)} (check the Braze dashboard, then --retry-in-doubt)",
+        f"rows in flight when a run died: {p.get('in_flight_stale', 0)}",
+        f"rows deferred by the last run: {p.get('deferred_last_run', 0)}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,137 @@
+"""A lane: one workspace's share of a run, isolated from the others.
+
+Each workspace has its own client (key and base URL), quota budget, pace, circuit
+breaker, queue and workers, so that one workspace's refused key, spent quota or outage
+does not slow the others: their rows keep flowing through their own lanes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+from provisioner._braze.breaker import Breaker
+from provisioner._braze.client import BrazeClient
+from provisioner._braze.quota import Pacer, QuotaBudget, Spreader
+from provisioner._config.settings import Settings
+from provisioner._config.workspaces import WorkspaceSettings
+from provisioner._core.identity import RowKey
+from provisioner._core.logs import get_logger
+from provisioner._core.models import Row
+from provisioner._state.store import StateStore
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A valid row on its way to Braze."""
+
+    row: Row
+    key: RowKey
+    send_id: str | None  # the send_id requested (the row's, or derived); None: Braze picks
+
+
+class Lane:
+    """One workspace's client, budget, pace, breaker, queue and stop state."""
+
+    def __init__(self, ws: WorkspaceSettings, settings: Settings, client: BrazeClient) -> None:
+        self.name = ws.name
+        self.label = ws.api_key.label  # the store's and the logs' name for it: not the key
+        self.client = client
+        self.concurrency = ws.concurrency or settings.concurrency
+        self.pacer = Pacer(ws.rate or settings.rate)
+        self.budget = QuotaBudget(
+            default_limit=settings.default_quota,
+            default_window=settings.default_window,
+            cap=ws.quota if ws.quota is not None else settings.quota,
+            max_wait=settings.max_wait,
+            tail=self.concurrency,
+        )
+        self.breaker = Breaker(workspace=self.label, max_wait=settings.max_wait)
+        self.spreader = (
+            Spreader(self.budget, settings.pace_span) if settings.pace == "even" else None
+        )
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.concurrency * 4)
+        self.stop_reason: str | None = None
+        self.stop_exit: int | None = None
+        self.stop_message: str | None = None
+        self.deferred_rows = 0
+        self._spent_recorded = 0
+
+    def stop(self, reason: str, exit_code: int | None = None, message: str | None = None) -> None:
+        """Stop this workspace only; its remaining rows are deferred with ``reason``;
+        ``message`` (what went wrong and the fix) goes to the summary."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stop_exit = exit_code
+            self.stop_message = message
+            log.warning("workspace_stopping", workspace=self.label, name=self.name, reason=reason)
+
+    def interrupt(self, reason: str) -> None:
+        """Wake every wait of this lane (quota pause, even pace, outage) so that a signal
+        takes effect at once; the lane's remaining rows are deferred with ``reason``."""
+        self.budget.interrupt(reason)
+        # Workers blocked on the budget's condition need a notify, which needs its lock.
+        self._wakeup = asyncio.ensure_future(self.budget.defer(reason))
+        self.breaker.interrupt(reason)
+        if self.spreader is not None:
+            self.spreader.interrupt(reason)
+
+    def deferral_reason(self) -> str | None:
+        """Why this lane's rows are deferred now, or None while it is sending."""
+        if self.stop_reason is not None:
+            return self.stop_reason
+        # Asked before every request: no tuple to loop over (an exception is always true).
+        d = self.budget.deferred or self.breaker.deferred
+        return None if d is None else d.reason
+
+    def seed_quota(self, store: StateStore) -> None:
+        """Start from what earlier runs learned of the current window (durable budget)."""
+        window = store.quota_window(self.label, time.time())
+        if window is not None:
+            self.budget.seed(window.reset_at, window.limit, window.remaining, window.spent)
+            self._spent_recorded = self.budget.spent
+
+    def save_quota(self, store: StateStore) -> None:
+        """Persist the current window's figures (read by the next run and by status)."""
+        b = self.budget
+        if b.known and b.reset_at is not None and b.limit is not None and b.remaining is not None:
+            delta = max(0, b.spent - self._spent_recorded)
+            store.record_quota(self.label, b.reset_at, b.limit, b.remaining, delta)
+            self._spent_recorded = b.spent
+
+    def windows_needed(self) -> int | None:
+        """How many quota windows the deferred rows need (for the summary's forecast)."""
+        per_window = self.budget.cap or self.budget.limit or self.budget.default_limit
+        if not self.deferred_rows or not per_window:
+            return None
+        if self.deferral_reason() not in ("quota", "rate_limited"):
+            return None  # a refused key, an outage or a signal: more windows would not help
+        return math.ceil(self.deferred_rows / per_window)
+
+    def summary(self) -> dict[str, object]:
+        """The lane's figures for summary.json."""
+        from provisioner._outputs.stats import iso
+
+        b = self.budget
+        return {
+            "workspace": self.label,
+            "name": self.name,
+            "limit": b.limit,
+            "remaining": b.remaining,
+            "reset_at": iso(b.reset_at) if b.reset_at else None,
+            "spent_this_window": b.spent,
+            "cap": b.cap,
+            "http_429": b.http_429,
+            "deferred_until": iso(b.deferred.resume_at)
+            if b.deferred is not None and b.deferred.resume_at
+            else None,
+            "stopped": self.deferral_reason(),
+            "stop_message": self.stop_message or self.breaker.outage_message(),
+            "deferred_rows": self.deferred_rows,
+            "windows_needed": self.windows_needed(),
+            "breaker_opened": self.breaker.opened,
+        }

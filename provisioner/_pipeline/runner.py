@@ -1,0 +1,466 @@
+"""The pipeline: manifest -> validation -> state lookup -> workers -> outputs and state.
+
+One reader task streams the manifest, validates rows, finds duplicates and rows already
+done, and feeds each workspace's lane (``lane.py``): a bounded queue and a fixed pool of
+worker coroutines (cheaper per request than a task per row, see engineering-notes) that
+send through the lane's breaker, quota budget and pacer. Every row's outcome goes to the
+sink (the four output files) and to the state store. Memory does not grow with the
+manifest: queues are bounded and nothing keeps rows once they are written.
+
+When a lane must stop (key refused, quota beyond --max-wait, an outage), or the whole run
+(SIGTERM/SIGINT), workers stop taking rows and the rest is drained into ``deferred.csv``,
+so every row still ends in exactly one output file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from provisioner._braze.client import Reply, ReplyKind, redirect_message
+from provisioner._braze.quota import Deferred
+from provisioner._braze.retry import RetryBudget, RetryPolicy, Transient
+from provisioner._config.settings import Settings
+from provisioner._core.identity import RowKey
+from provisioner._core.logs import get_logger
+from provisioner._core.models import Outcome, RawRow, Row, RowError, Skip, Status
+from provisioner._manifest.feed import Feed, feed_for
+from provisioner._manifest.reader import Manifest
+from provisioner._manifest.rules import validate
+from provisioner._manifest.seen import Assigned, SeenIndex
+from provisioner._outputs.files import ResultSink
+from provisioner._outputs.stats import RunStats
+from provisioner._pipeline.lane import Job, Lane
+from provisioner._pipeline.outcomes import (
+    deferred,
+    duplicate,
+    failed_from_error,
+    failed_in_doubt,
+    final_outcome,
+    unknown_workspace,
+)
+from provisioner._state.store import StateStore
+from provisioner.errors import CertificateRejected, InDoubt, OutputError, TransportError
+
+log = get_logger(__name__)
+
+_LOOKUP_BATCH = 512
+#: While stopping, how long a silent manifest pipe is waited for before the drain ends.
+_SILENT_PIPE_S = 2.0
+#: row_failed events logged per run; the rest are only in failures.jsonl.
+_ROW_FAILED_LOGGED = 100
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id such as ``20261126T061500Z-3f9a1c``."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+class Run:
+    """One run of the pipeline. Use ``api.run_pipeline`` rather than this class directly."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: StateStore,
+        sink: ResultSink,
+        lanes: dict[str, Lane],
+        default_lane: str,
+        run_id: str,
+        manifest_name: str,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.sink = sink
+        self.lanes = lanes
+        self.default = lanes[default_lane]
+        self.run_id = run_id
+        self.manifest_name = manifest_name
+        self.stats = RunStats()
+        self.policy = RetryPolicy(
+            attempts=settings.retry_attempts,
+            max_time=settings.retry_max_time,
+            backoff_base=settings.retry_backoff_base,
+            backoff_cap=settings.retry_backoff_cap,
+        )
+        self.retry_budget = RetryBudget()
+        self._sleep = sleep
+        self.stop_reason: str | None = None
+        self.stop_exit: int | None = None
+        self.drain_abandoned = False
+        #: Set once the reader has reached the manifest's end (not a stop that cut it short).
+        self.read_to_end = False
+        self.manifest: Manifest | None = None
+        self.rows_read = 0
+        self._scoped = len(lanes) > 1
+        #: Set when the output files could not be written: the run stops taking rows and
+        #: keeps recording outcomes in the store, from which ``export`` writes the files.
+        self.output_error: OutputError | None = None
+
+    # -- stopping ----------------------------------------------------------------------
+    def request_stop(self, reason: str, exit_code: int | None = None) -> None:
+        """Stop taking rows in every lane (a signal); the rest is deferred with ``reason``."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.stop_exit = exit_code
+            log.warning("run_stopping", reason=reason, run_id=self.run_id)
+            for lane in self.lanes.values():
+                lane.interrupt(reason)
+        elif reason == "interrupted" and self.stop_reason == "interrupted":
+            # A second signal: stop draining the manifest; in-flight requests still finish.
+            self.drain_abandoned = True
+            log.warning("drain_abandoned", run_id=self.run_id)
+
+    def output_failed(self, exc: OutputError) -> None:
+        """The output files cannot be written: stop sending (in-flight requests finish and
+        are recorded in the store), defer the rest; the run then ends with exit 2."""
+        if self.output_error is None:
+            self.output_error = exc
+            log.error("output_failed", run_id=self.run_id, error=str(exc))
+            self.request_stop("output_failed", 2)
+
+    def _deferral_reason(self, lane: Lane) -> str | None:
+        return self.stop_reason or lane.deferral_reason()
+
+    # -- outcomes ----------------------------------------------------------------------
+    def emit(self, outcome: Outcome, key: RowKey | None, lane: Lane | None = None) -> None:
+        """Send one final outcome to the outputs, the state store and the counters."""
+        lane = lane or self.default
+        # The store first: if the output files fail (disk full), the outcome is kept there
+        # and `provisioner export` writes it later.
+        self.store.record(self.run_id, lane.label, key, outcome)
+        if self.output_error is None:
+            try:
+                self.sink.write(outcome)
+            except OutputError as exc:
+                self.output_failed(exc)
+        status = outcome.status
+        # _value_ (the member's value, an enum attribute) rather than the slower .value
+        # property: this runs for every row.
+        self.stats.counts[status._value_] += 1
+        if status is Status.FAILED:
+            self.stats.errors[outcome.error or "unknown"] += 1
+            failed = self.stats.counts[status._value_]
+            if failed > _ROW_FAILED_LOGGED:
+                if failed == _ROW_FAILED_LOGGED + 1:
+                    # A million bad lines must not become a million lines of cron mail.
+                    log.warning(
+                        "row_failed_logging_capped", limit=_ROW_FAILED_LOGGED,
+                        hint="the other failed rows are in failures.jsonl and counted in "
+                        "summary.json's errors",
+                    )  # fmt: skip
+                return
+            log.warning(
+                "row_failed",
+                line=outcome.line,
+                campaign_id=outcome.campaign_id,
+                error=outcome.error,
+                message=outcome.message,
+                http_status=outcome.http_status,
+            )
+        elif status is Status.DEFERRED:
+            self.stats.deferred_reasons[outcome.reason or "unknown"] += 1
+            lane.deferred_rows += 1
+
+    # -- the reader --------------------------------------------------------------------
+    async def read(self, manifest: Manifest) -> None:
+        """Stream the manifest into outcomes (invalid, duplicate) and jobs (the lanes)."""
+        self.manifest = manifest
+        seen = SeenIndex(self.settings.derive_send_ids)
+        feed = feed_for(manifest)
+        try:
+            rows: list[Row] = []
+            n = 0
+            while not self.drain_abandoned:
+                # 256 records at a time: between chunks the workers and timers run, and
+                # the state writer's queue stays bounded (long stretches of invalid rows).
+                chunk, more = await self._take(feed, n)
+                if not chunk:
+                    self.read_to_end = not self.drain_abandoned
+                    break
+                for item in chunk:
+                    n += 1
+                    checked = item if isinstance(item, RowError) else validate(item)
+                    if isinstance(checked, RowError):
+                        self.emit(failed_from_error(checked), None)
+                    elif checked.workspace is not None and checked.workspace not in self.lanes:
+                        self.emit(unknown_workspace(checked, sorted(self.lanes)), None)
+                    else:
+                        rows.append(checked)
+                    if len(rows) >= _LOOKUP_BATCH:
+                        await self._identify(seen, rows)
+                        rows = []
+                self.rows_read = n
+                if rows and not more:  # a pipe gone quiet: send what has arrived
+                    await self._identify(seen, rows)
+                    rows = []
+                await self.store.throttle()
+                await asyncio.sleep(0)
+            if rows:
+                await self._identify(seen, rows)
+        finally:
+            feed.close()
+            seen.close()
+
+    async def _take(self, feed: Feed, n: int) -> tuple[list[RawRow | RowError], bool]:
+        """The next chunk; from a pipe, without waiting on a silent writer past a stop."""
+        if not feed.can_wait:
+            return await feed.take(256)
+        silent_since: float | None = None
+        while True:
+            try:  # cancelling take() loses nothing: it waits only while it holds no record
+                return await asyncio.wait_for(feed.take(256), 0.25)
+            except TimeoutError:
+                if self.stop_reason is None:
+                    continue
+            # Stopping: what the pipe still sends goes to deferred.csv, but a silent
+            # writer must not hold the exit until the next SIGKILL.
+            now = time.monotonic()
+            silent_since = silent_since or now
+            if now - silent_since >= _SILENT_PIPE_S:
+                self.drain_abandoned = True
+                log.warning(
+                    "drain_abandoned", run_id=self.run_id, rows_read=n,
+                    hint=f"the manifest's pipe sent nothing for {_SILENT_PIPE_S:g} s; rows it "
+                    "sends later were not read",
+                )  # fmt: skip
+                return [], False
+
+    def lane_of(self, row: Row) -> Lane:
+        """The lane (workspace) a valid row goes to."""
+        return self.lanes[row.workspace] if row.workspace is not None else self.default
+
+    async def _identify(self, seen: SeenIndex, rows: list[Row]) -> None:
+        """Give a batch of valid rows their identities; report repeats, dispatch the rest."""
+        if not self._scoped:  # one lane: no lane to look up per row
+            lane, kept = self.default, []
+            for a in seen.assign(rows):
+                if a.duplicate_of is not None and a.send_id is not None:
+                    self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
+                else:
+                    kept.append(a)
+            if kept:
+                await self.dispatch(lane, kept)
+            return
+        scopes = [self.lane_of(r).name for r in rows]
+        by_lane: dict[str, list[Assigned]] = {}
+        for a in seen.assign(rows, scopes):
+            lane = self.lane_of(a.row)
+            if a.duplicate_of is not None and a.send_id is not None:
+                self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
+            else:
+                by_lane.setdefault(lane.name, []).append(a)
+        for name, batch in by_lane.items():
+            await self.dispatch(self.lanes[name], batch)
+
+    async def dispatch(self, lane: Lane, batch: list[Assigned]) -> None:
+        """Skip what earlier runs did, report what is in doubt, queue the rest."""
+        # Backpressure: a run that only skips can outpace the writer thread; keep its
+        # queue (and so memory) bounded.
+        await self.store.throttle()
+        priors = self.store.lookup_many(lane.label, [a.key for a in batch])
+        force = self.settings.force
+        # Rows to skip are gathered and emitted together (per row, emit() was ~40% of a
+        # skip run's time); before any other outcome or await, so the order is unchanged.
+        # A Job is built only for a row that goes to the workers.
+        skips: list[Skip] = []
+        for a in batch:
+            prior = priors.get(a.key)
+            if prior is not None and not force and prior.kind == "created":
+                skips.append((a.row, a.key, prior.send_id or a.send_id, prior.run_id, prior.at))
+                continue
+            if skips:
+                self._emit_skipped(lane, skips)
+                skips = []
+            in_doubt = a.send_id is None and not self.settings.retry_in_doubt
+            if prior is not None and not force and in_doubt:
+                self.emit(failed_in_doubt(a.row, prior=prior), a.key, lane)
+                continue
+            reason = self._deferral_reason(lane)
+            if reason is not None:
+                self.emit(deferred(a.row, a.send_id, reason), a.key, lane)
+                continue
+            await lane.queue.put(Job(a.row, a.key, a.send_id))
+        if skips:
+            self._emit_skipped(lane, skips)
+
+    def _emit_skipped(self, lane: Lane, skips: list[Skip]) -> None:
+        """``emit`` for rows an earlier run created (``outcomes.skipped``), a batch at once."""
+        self.store.record_skipped(self.run_id, lane.label, skips)  # the store first, as emit
+        if self.output_error is None:
+            try:
+                self.sink.write_skipped(skips)
+            except OutputError as exc:
+                self.output_failed(exc)
+        self.stats.counts[Status.SKIPPED.value] += len(skips)
+
+    # -- the workers -------------------------------------------------------------------
+    async def work(self, lane: Lane) -> None:
+        """Take the lane's jobs until the sentinel; each ends in exactly one outcome."""
+        while True:
+            job = await lane.queue.get()
+            if job is None:
+                return
+            reason = self._deferral_reason(lane)
+            if reason is not None:
+                self.emit(deferred(job.row, job.send_id, reason), job.key, lane)
+                continue
+            self.emit(await self.provision(lane, job), job.key, lane)
+
+    async def provision(self, lane: Lane, job: Job) -> Outcome:
+        """Create one send id, with the retries, pauses and doubts the policy allows."""
+        attempts = [0]
+        # Only a row without a send_id must have its intent on disk before the request
+        # leaves (it could otherwise be created twice); a known send_id is safe to resend.
+        await self.store.intent(
+            self.run_id, lane.label, job.key, job.send_id, job.row.line,
+            wait=job.send_id is None,
+        )  # fmt: skip
+        try:
+            try:
+                reply = await self.attempt(lane, job, attempts)
+            except Transient as first:
+                reply = await self._retry(lane, job, attempts, first)
+        except Deferred as exc:
+            return deferred(job.row, job.send_id, exc.reason)
+        except Transient as exc:
+            return final_outcome(job.row, job.send_id, attempts[0], None, exc)
+        except InDoubt as exc:
+            return failed_in_doubt(job.row, attempts=attempts[0], detail=str(exc))
+        except CertificateRejected as exc:
+            # Nothing was sent and no retry can help: stop like a refused key.
+            await self._stop_lane(lane, "certificate_failed", "certificate_rejected", str(exc))
+            return deferred(job.row, job.send_id, "certificate_failed")
+        if reply.kind is ReplyKind.KEY_REFUSED:
+            hint = _KEY_HINTS.get(reply.status, "")
+            await self._stop_lane(
+                lane, "key_refused", "key_refused", reply.message, http_status=reply.status,
+                hint=hint,
+            )  # fmt: skip
+            return deferred(job.row, job.send_id, "key_refused")
+        if reply.kind is ReplyKind.REDIRECTED:
+            # The base URL is not the API (moved, a proxy, a login page): a misconfiguration
+            # for the whole workspace, and following it would send the key elsewhere.
+            message = redirect_message(reply.status, reply.location, lane.client.url)
+            await self._stop_lane(
+                lane, "redirected", "base_url_redirected", message, http_status=reply.status
+            )
+            return deferred(job.row, job.send_id, "redirected")
+        return final_outcome(job.row, job.send_id, attempts[0], reply, None)
+
+    async def _stop_lane(
+        self, lane: Lane, reason: str, event: str, message: str, **fields: object
+    ) -> None:
+        """Stop a workspace whose configuration is wrong (exit 4); the rest is deferred with
+        ``reason``. Logged once, by the first request that found out."""
+        first = lane.stop_reason is None
+        lane.stop(reason, 4, message)
+        lane.interrupt(reason)
+        await lane.budget.defer(reason)
+        if first:
+            log.error(event, workspace=lane.label, name=lane.name, message=message, **fields)
+
+    async def _retry(self, lane: Lane, job: Job, attempts: list[int], first: Transient) -> Reply:
+        pending: Transient | None = first
+        async for attempt in self.policy.retrying(self.retry_budget, sleep=self._sleep):
+            with attempt:
+                if pending is not None:
+                    exc, pending = pending, None
+                    raise exc
+                sent = attempts[0]
+                try:
+                    return await self.attempt(lane, job, attempts)
+                finally:
+                    # Counted once it went out: a retry held back by the breaker or a stop
+                    # and then deferred was never sent.
+                    if attempts[0] > sent:
+                        self.stats.retries += 1
+        raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+    async def attempt(self, lane: Lane, job: Job, attempts: list[int]) -> Reply:
+        """Send one request for the job; 429s pause and resend here, not as retries."""
+        breaker = lane.breaker
+        while True:
+            probe = await breaker.allow() if not breaker.passing else False
+            await lane.budget.acquire()
+            if lane.spreader is not None:
+                # After acquire: the window is known by then (the probe has answered).
+                await lane.spreader.wait()
+            await lane.pacer.wait()
+            if lane.stop_reason is not None or self.stop_reason == "key_refused":
+                await lane.budget.cancel()
+                raise Deferred(lane.stop_reason or "key_refused", None)
+            attempts[0] += 1
+            self.stats.requests += 1
+            self.retry_budget.note_request()
+            try:
+                reply = await lane.client.create(job.row.campaign_id, job.send_id)
+            except CertificateRejected:
+                await lane.budget.cancel()  # never sent; not a server failure either
+                raise
+            except TransportError as exc:
+                breaker.failure(probe, str(exc))
+                if isinstance(exc, InDoubt):
+                    await lane.budget.settle_unknown()
+                    if job.send_id is None:
+                        raise  # resending could create a second id
+                else:  # ConnectFailed: never reached the server, spent nothing
+                    await lane.budget.cancel()
+                raise Transient(error=exc) from exc
+            self.stats.note_status(reply.status)
+            self.stats.latency.add(reply.latency_ms)
+            if reply.kind is ReplyKind.REDIRECTED:
+                # Not the API answering: its headers say nothing of the quota.
+                await lane.budget.cancel()
+                breaker.success(probe)
+                return reply
+            limited = reply.kind is ReplyKind.RATE_LIMITED
+            await lane.budget.observe(
+                reply.rate_limit,
+                created=reply.kind in (ReplyKind.CREATED, ReplyKind.QUEUED),
+                rate_limited=limited,
+                retry_after=reply.retry_after,
+            )
+            if reply.kind is ReplyKind.SERVER_ERROR:
+                breaker.failure(probe, f"{lane.client.url} answered {reply.status}")
+                raise Transient(reply=reply)
+            breaker.success(probe)
+            if limited:
+                self.stats.http_429 += 1
+                continue
+            return reply
+
+    # -- quota windows ------------------------------------------------------------------
+    async def save_quota_periodically(self) -> None:
+        """Persist the quota windows for the next run and ``status`` while the run lasts."""
+        while True:
+            await asyncio.sleep(min(5.0, self.settings.progress_interval))
+            self.save_quota()
+
+    def save_quota(self) -> None:
+        """Persist every lane's current window."""
+        for lane in self.lanes.values():
+            lane.save_quota(self.store)
+
+    def exit_code(self) -> int:
+        """0 all provisioned, 1 failures, 3 deferred, 4 key refused, 130/143 signals."""
+        if self.stop_exit is not None:
+            return self.stop_exit
+        if any(lane.stop_exit == 4 for lane in self.lanes.values()):
+            return 4
+        if self.stats.counts.get(Status.FAILED.value):
+            return 1
+        if self.stats.counts.get(Status.DEFERRED.value):
+            return 3
+        return 0
+
+
+_KEY_HINTS = {
+    401: "the key is unknown or missing: check BRAZE_API_KEY and the instance's base URL",
+    403: "the key lacks the sends.id.create permission, or the plan does not allow it",
+    404: "the key is unknown to this instance: check the base URL (rest.iad-0N, fra-0N ...)",
+}

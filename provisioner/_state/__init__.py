@@ -1,0 +1,7 @@
+"""The state store: what every earlier run did, row by row, in SQLite.
+
+Seam: ``store.SqliteStateStore``; ``schema`` owns the tables and migrations, ``codec`` the
+row encoding, ``batch`` the background writer, ``lock`` the one-run-per-store lock.
+"""
+
+from __future__ import annotations
