@@ -71,7 +71,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     logs.configure(settings.log_format, settings.log_level)
     observers: list[RunObserver] = []
     if args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty()):
-        from provisioner._outputs.display import TerminalDisplay
+        from provisioner._outputs.progress import TerminalDisplay
 
         observers.append(TerminalDisplay())
     result = _asyncio_run(run_pipeline(settings, handle_signals=True, observers=observers))

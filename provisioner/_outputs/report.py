@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from provisioner._outputs.files import FileSink, OutputFolder
-from provisioner._outputs.stats import iso
+from provisioner._outputs.summary import iso
 from provisioner._state.schema import StoreReader
 
 _NEXT_STEP = {

@@ -1,7 +1,7 @@
 """The pipeline: manifest -> validation -> state lookup -> workers -> outputs and state.
 
 One reader task streams the manifest, validates rows, finds duplicates and rows already
-done, and feeds each workspace's lane (``lane.py``): a bounded queue and a fixed pool of
+done, and feeds each workspace's lane (``workspace_lane.py``): a bounded queue and a fixed pool of
 worker coroutines (cheaper per request than a task per row, see engineering-notes) that
 send through the lane's breaker, quota budget and pacer. Every row's outcome goes to the
 sink (the four output files) and to the state store. Memory does not grow with the
@@ -31,8 +31,7 @@ from provisioner._manifest.reader import Manifest
 from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import Assigned, SeenIndex
 from provisioner._outputs.files import ResultSink
-from provisioner._outputs.stats import RunStats
-from provisioner._pipeline.lane import Job, Lane
+from provisioner._outputs.summary import RunStats
 from provisioner._pipeline.outcomes import (
     deferred,
     duplicate,
@@ -41,6 +40,7 @@ from provisioner._pipeline.outcomes import (
     final_outcome,
     unknown_workspace,
 )
+from provisioner._pipeline.workspace_lane import Job, Lane
 from provisioner._state.store import StateStore
 from provisioner.errors import CertificateRejected, InDoubt, OutputError, TransportError
 

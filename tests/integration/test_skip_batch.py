@@ -12,9 +12,9 @@ import orjson
 import pytest
 
 from provisioner._core.models import Skip
-from provisioner._pipeline.lane import Lane
 from provisioner._pipeline.outcomes import skipped
 from provisioner._pipeline.runner import Run
+from provisioner._pipeline.workspace_lane import Lane
 from provisioner._state.store import Prior
 from provisioner.api import run_pipeline
 from provisioner.sandbox.server import FaultRule

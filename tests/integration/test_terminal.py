@@ -9,8 +9,8 @@ import time
 
 from rich.console import Console
 
-from provisioner._outputs.display import render
 from provisioner._outputs.observe import Snapshot
+from provisioner._outputs.progress import render
 from tests.conftest import SandboxFactory
 
 from .helpers import PYTHON, ROOT, campaigns, cli_env, write_csv

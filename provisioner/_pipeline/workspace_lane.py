@@ -114,7 +114,7 @@ class Lane:
 
     def summary(self) -> dict[str, object]:
         """The lane's figures for summary.json."""
-        from provisioner._outputs.stats import iso
+        from provisioner._outputs.summary import iso
 
         b = self.budget
         return {
