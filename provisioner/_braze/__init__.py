@@ -1,7 +1,8 @@
 """Talking to Braze: the HTTP client, the quota and pacing, the circuit breaker, retries.
 
-Seam: ``client.BrazeClient.create`` sends one request and classifies its answer;
-``quota`` decides when the next request may go, ``breaker`` when to stop sending at all.
+Seam: ``sender.Sender`` (``client.BrazeClient`` is the real one) sends one request and
+classifies its answer; ``quota`` decides when the next request may go, ``breaker`` when
+to stop sending at all.
 """
 
 from __future__ import annotations

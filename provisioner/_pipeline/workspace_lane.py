@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from provisioner._braze.breaker import Breaker
-from provisioner._braze.client import BrazeClient
 from provisioner._braze.quota import Pacer, QuotaBudget, Spreader
+from provisioner._braze.sender import Sender
 from provisioner._config.settings import Settings
 from provisioner._config.workspaces import WorkspaceSettings
 from provisioner._core.identity import RowKey
@@ -37,7 +38,17 @@ class Job:
 class Lane:
     """One workspace's client, budget, pace, breaker, queue and stop state."""
 
-    def __init__(self, ws: WorkspaceSettings, settings: Settings, client: BrazeClient) -> None:
+    def __init__(
+        self,
+        ws: WorkspaceSettings,
+        settings: Settings,
+        client: Sender,
+        *,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        # ``clock`` and ``sleep`` are for tests (``provisioner.testing.FakeClock``): one
+        # clock for the quota window (epoch time) and the breaker (monotonic by default).
         self.name = ws.name
         self.label = ws.api_key.label  # the store's and the logs' name for it: not the key
         self.client = client
@@ -49,10 +60,19 @@ class Lane:
             cap=ws.quota if ws.quota is not None else settings.quota,
             max_wait=settings.max_wait,
             tail=self.concurrency,
+            clock=clock or time.time,
+            sleep=sleep,
         )
-        self.breaker = Breaker(workspace=self.label, max_wait=settings.max_wait)
+        self.breaker = Breaker(
+            workspace=self.label,
+            max_wait=settings.max_wait,
+            clock=clock or time.monotonic,
+            sleep=sleep,
+        )
         self.spreader = (
-            Spreader(self.budget, settings.pace_span) if settings.pace == "even" else None
+            Spreader(self.budget, settings.pace_span, clock=clock or time.time, sleep=sleep)
+            if settings.pace == "even"
+            else None
         )
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.concurrency * 4)
         self.stop_reason: str | None = None

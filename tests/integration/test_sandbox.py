@@ -26,6 +26,7 @@ from provisioner.sandbox.server import (
     load_faults,
     workspace_label,
 )
+from provisioner.testing import FakeClock
 from tests.conftest import SandboxFactory, TlsFiles
 
 KEY = "sandbox-key"
@@ -45,16 +46,6 @@ class Answer:
     @property
     def remaining(self) -> int:
         return int(self.headers["X-RateLimit-Remaining"])
-
-
-class FakeClock:
-    """A settable epoch clock, so that tests cross windows without sleeping."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

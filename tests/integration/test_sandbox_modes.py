@@ -23,8 +23,9 @@ from provisioner._cli import main as cli
 from provisioner.errors import UsageError
 from provisioner.sandbox.modes import GARBLE_VARIANTS, HEADER_MODES, Outage, parse_outage
 from provisioner.sandbox.server import FaultRule, Sandbox, SandboxConfig, workspace_label
+from provisioner.testing import FakeClock
 from tests.conftest import SandboxFactory
-from tests.integration.test_sandbox import KEY, RATE_HEADERS, Answer, FakeClock, post
+from tests.integration.test_sandbox import KEY, RATE_HEADERS, Answer, post
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Start of a 2-second window: T0 // 2 * 2 == T0.

@@ -8,30 +8,16 @@ import pytest
 
 from provisioner._braze.breaker import Breaker
 from provisioner._braze.quota import Deferred
+from provisioner.testing import FakeClock
 
 
-class Clock:
-    """Monotonic time that jumps to a sleeper's target when it wakes."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        target = self.now + delay
-        await asyncio.sleep(0)
-        self.now = max(self.now, target)
-
-
-def breaker(clock: Clock, **kw: float) -> Breaker:
+def breaker(clock: FakeClock, **kw: float) -> Breaker:
     return Breaker(workspace="ws-test", threshold=3, clock=clock, sleep=clock.sleep, **kw)
 
 
 async def test_closed_breaker_lets_everything_through() -> None:
     """Below the threshold of consecutive failures nothing waits."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     b = breaker(clock)
     b.failure()
     b.failure()
@@ -43,7 +29,7 @@ async def test_closed_breaker_lets_everything_through() -> None:
 
 async def test_opens_after_threshold_then_one_probe() -> None:
     """After 3 consecutive failures requests wait; after the cool-down one probe goes."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     # The fake clock races ahead while the second caller waits: keep the outage limit out
     # of reach so that only the probe's verdict can release it.
     b = breaker(clock, max_wait=1e9)
@@ -64,7 +50,7 @@ async def test_opens_after_threshold_then_one_probe() -> None:
 async def test_passing_says_when_allow_need_not_be_awaited() -> None:
     """``passing`` is true exactly while allow() would let a request through as no probe:
     false while open and once deferred (the runner's fast path relies on it)."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     b = breaker(clock, max_wait=1e9)
     assert b.passing
     for _ in range(3):
@@ -84,7 +70,7 @@ async def test_passing_says_when_allow_need_not_be_awaited() -> None:
 
 async def test_failed_probe_doubles_the_cool_down() -> None:
     """A failed probe re-opens the breaker for twice as long."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     b = breaker(clock)
     for _ in range(3):
         b.failure()
@@ -98,7 +84,7 @@ async def test_failed_probe_doubles_the_cool_down() -> None:
 
 async def test_outage_longer_than_max_wait_defers() -> None:
     """When the breaker has been open longer than max_wait, allow() raises Deferred."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     b = breaker(clock, max_wait=5.0)
     for _ in range(3):
         b.failure()
@@ -117,7 +103,7 @@ async def test_outage_longer_than_max_wait_defers() -> None:
 
 async def test_outage_is_deferred_at_max_wait_not_at_the_next_probe() -> None:
     """With a cool-down longer than max_wait, the waiters give up at max_wait."""
-    clock = Clock()
+    clock = FakeClock(100.0)
     b = breaker(clock, max_wait=0.5)
     for _ in range(3):
         b.failure()

@@ -7,23 +7,7 @@ import asyncio
 import pytest
 
 from provisioner._braze.quota import Deferred, Pacer, QuotaBudget, RateLimit
-
-
-class FakeClock:
-    """Epoch time that only moves when a sleeper wakes (to its target time)."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        target = self.now + max(0.0, delay)
-        self.slept.append(delay)
-        await asyncio.sleep(0)
-        self.now = max(self.now, target)
+from provisioner.testing import FakeClock
 
 
 def budget(clock: FakeClock, **kw: object) -> QuotaBudget:
