@@ -29,11 +29,11 @@ from pathlib import Path
 from provisioner._braze.client import BrazeClient
 from provisioner._config.settings import Settings, build_settings
 from provisioner._core.logs import get_logger
+from provisioner._core.times import iso
 from provisioner._manifest.reader import Manifest
 from provisioner._outputs.files import FileSink, OutputFolder
 from provisioner._outputs.metrics import MetricsFile, check_metrics_path
 from provisioner._outputs.observe import ProgressLog, RunObserver, snapshot, watch
-from provisioner._outputs.summary import iso
 from provisioner._pipeline.runner import Run, new_run_id
 from provisioner._pipeline.workspace_lane import Lane
 from provisioner._state.store import SqliteStateStore, StateStore, default_state_path, open_store

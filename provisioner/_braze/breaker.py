@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from provisioner._braze.quota import Deferred
+from provisioner._braze.quota import Deferred, sleep_unless
 from provisioner._core.logs import get_logger
 
 log = get_logger(__name__)
@@ -86,13 +86,9 @@ class Breaker:
             # Wake at max_wait too, not only at the next probe: with cool-downs up to 30 s
             # the rows would otherwise be deferred up to 30 s late.
             wait = min(wait, deadline - now)
-            sleeper = asyncio.ensure_future(self._sleep(wait))
-            changed = asyncio.ensure_future(self._changed.wait())
-            try:
-                await asyncio.wait({sleeper, changed}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                sleeper.cancel()
-                changed.cancel()
+            # Woken early by any change (a probe's answer, an interrupt): the quota's
+            # interruptible sleep, with the change as its stop event.
+            await sleep_unless(self._sleep, wait, self._changed)
 
     @property
     def passing(self) -> bool:

@@ -32,6 +32,7 @@ from provisioner._config.workspaces import (
     parse_workspaces,
     secret_advice,
 )
+from provisioner._core.identity import MAX_SEND_ID
 from provisioner.errors import ConfigError
 
 
@@ -272,7 +273,8 @@ def check_send_id_prefix(prefix: str) -> str:
     if not prefix or len(prefix) > MAX_PREFIX or any(not 0x21 <= ord(c) <= 0x7E for c in prefix):
         raise ConfigError(
             f"send_id prefix {prefix[:40]!r} must be 1 to {MAX_PREFIX} printable ASCII characters "
-            f"without spaces (derived send ids must stay ASCII and at most 64 characters)"
+            f"without spaces (derived send ids must stay ASCII and at most {MAX_SEND_ID} "
+            f"characters)"
         )
     return prefix
 

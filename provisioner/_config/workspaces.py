@@ -16,7 +16,6 @@ Values given on the command line apply to every workspace.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -143,8 +142,3 @@ def default_name(workspaces: tuple[WorkspaceSettings, ...], raw: tuple[RawWorksp
         if w.default:
             return w.name
     return workspaces[0].name if workspaces else DEFAULT_NAME
-
-
-def by_name(workspaces: tuple[WorkspaceSettings, ...]) -> Mapping[str, WorkspaceSettings]:
-    """Workspaces by name."""
-    return {w.name: w for w in workspaces}

@@ -18,6 +18,8 @@ import hashlib
 #: (campaign_id, key) where key is "s:<send_id>" or "n:<occurrence>".
 RowKey = tuple[str, str]
 
+#: Braze: "The identifier must be all ASCII characters and at most 64 characters long."
+#: The one bound on a send_id: the manifest's rules, derived ids and the sandbox use it.
 MAX_SEND_ID = 64
 _DIGEST_CHARS = 26  # 130 bits of base32: collisions are not a practical concern
 

@@ -26,10 +26,6 @@ class Status(StrEnum):
     DEFERRED = "deferred"
 
 
-#: Statuses written to results.jsonl (the rest go to failures.jsonl or deferred.csv).
-RESULT_STATUSES = frozenset({Status.CREATED, Status.DUPLICATE, Status.SKIPPED})
-
-
 @dataclass(frozen=True, slots=True)
 class RawRow:
     """A manifest record as parsed, before validation. ``line`` is 1-based and counts

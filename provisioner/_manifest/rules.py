@@ -13,6 +13,7 @@ import re
 
 import orjson
 
+from provisioner._core.identity import MAX_SEND_ID
 from provisioner._core.models import CAMPAIGN_ID, SEND_ID, WORKSPACE, Columns, RawRow, Row, RowError
 
 ERROR_CODES: frozenset[str] = frozenset(
@@ -35,8 +36,6 @@ ERROR_CODES: frozenset[str] = frozenset(
     }
 )
 
-#: Braze: "The identifier must be all ASCII characters and at most 64 characters long."
-MAX_SEND_ID = 64
 #: Braze campaign ids are 36 characters; the bound only keeps a hostile field from turning
 #: into an oversized request (413) or a huge log line.
 MAX_CAMPAIGN_ID = 256

@@ -38,12 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import functools
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -58,6 +55,7 @@ from provisioner._core.models import (
     Skip,
     Status,
 )
+from provisioner._core.times import iso_or_none
 from provisioner.errors import OutputError
 
 if TYPE_CHECKING:
@@ -143,30 +141,6 @@ class ResultSink(Protocol):
 
     def abort(self) -> None:
         """Discard everything written; leave no partial output."""
-
-
-def _iso(epoch: float | None) -> str | None:
-    """Epoch seconds as ISO-8601 UTC with milliseconds, e.g. 2024-05-01T12:00:00.000Z."""
-    if epoch is None:
-        return None
-    # What datetime.fromtimestamp does (fraction rounded half-even to microseconds, then
-    # truncated to milliseconds), with the date and time formatted once per second: a
-    # skip run formats one created_at per row, and isoformat was 8% of its time.
-    second = math.floor(epoch)
-    micros = round((epoch - second) * 1e6)
-    if micros >= 1_000_000:
-        second, micros = second + 1, micros - 1_000_000
-    return _iso_second(second) + _MILLIS[micros // 1000]
-
-
-#: ".000Z" to ".999Z": formatting the milliseconds with a format spec cost more than
-#: the rest of _iso.
-_MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))
-
-
-@functools.lru_cache(maxsize=1024)
-def _iso_second(second: int) -> str:
-    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _cell(value: object) -> str:
@@ -279,7 +253,7 @@ class FileSink:
                     "http_status": None,
                     "latency_ms": None,
                     "created_run": created_run,
-                    "created_at": _iso(created_at),
+                    "created_at": iso_or_none(created_at),
                 }
                 _pass_through(record, row.columns, _RESULT_FIELDS, keep_odd_ids=False)
                 write(_dumps(record))
@@ -301,7 +275,7 @@ class FileSink:
             record["duplicate_of"] = o.duplicate_of
         elif o.status is Status.SKIPPED:
             record["created_run"] = o.created_run
-            record["created_at"] = _iso(o.created_at)
+            record["created_at"] = iso_or_none(o.created_at)
         _pass_through(record, o.columns, _RESULT_FIELDS, keep_odd_ids=False)
         return record
 

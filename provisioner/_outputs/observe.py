@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from provisioner._core.logs import get_logger
 from provisioner._core.models import Status
-from provisioner._outputs.summary import iso
+from provisioner._core.times import iso
 
 if TYPE_CHECKING:
     from provisioner._pipeline.runner import Run

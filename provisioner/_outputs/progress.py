@@ -15,6 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from provisioner._core.times import utc_minute
 from provisioner._outputs.observe import Snapshot
 
 _STATUS_STYLE = {
@@ -59,7 +60,7 @@ def render(snapshot: Snapshot, now: float) -> RenderableType:
         else {}
     )
     for workspace, (remaining, limit, reset_at) in quotas.items():
-        resets = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(reset_at))
+        resets = utc_minute(reset_at)
         lines.append(
             Text(f"  quota {workspace}: {remaining:,} of {limit:,} left, resets {resets}",
                  style="dim")

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from provisioner._core.times import iso, utc_minute
 from provisioner._outputs.files import FileSink, OutputFolder
-from provisioner._outputs.summary import iso
 from provisioner._state.schema import StoreReader
 
 _NEXT_STEP = {
@@ -38,7 +38,7 @@ def _friendly_time(value: object) -> str:
         when = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
     except ValueError:
         return value
-    return when.strftime("%Y-%m-%d %H:%M UTC")
+    return utc_minute(when.timestamp())
 
 
 def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:

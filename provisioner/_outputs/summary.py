@@ -10,9 +10,9 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from provisioner._core.models import Status
+from provisioner._core.times import iso
 
 _GROWTH = math.log(1.01)
 #: The class names of the usual statuses, formatted once rather than per response.
@@ -42,11 +42,6 @@ class LatencyHistogram:
             if seen >= rank:
                 return round(math.exp((bucket + 0.5) * _GROWTH) / 100.0, 1)
         return None  # pragma: no cover - rank <= count
-
-
-def iso(ts: float) -> str:
-    """Epoch seconds as ISO-8601 UTC with a Z."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)

@@ -37,7 +37,6 @@ class WorkspaceForecast:
     in_doubt: int = 0
     per_window: int = 0
     left_this_window: int | None = None
-    next_reset_at: float | None = None
 
     def windows_needed(self) -> int:
         """Quota windows the rows to send need, counting what is left in the current one."""
@@ -129,7 +128,7 @@ def forecast(settings: Settings) -> Forecast:
         if window is not None:
             wf.per_window = min(cap or window.limit, window.limit)
             left = window.remaining if cap is None else min(window.remaining, cap - window.spent)
-            wf.left_this_window, wf.next_reset_at = max(0, left), window.reset_at
+            wf.left_this_window = max(0, left)
         report.workspaces[w.name] = wf
     seen = SeenIndex(settings.derive_send_ids)
     try:

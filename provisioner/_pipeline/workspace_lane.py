@@ -21,6 +21,7 @@ from provisioner._config.workspaces import WorkspaceSettings
 from provisioner._core.identity import RowKey
 from provisioner._core.logs import get_logger
 from provisioner._core.models import Row
+from provisioner._core.times import iso
 from provisioner._state.store import StateStore
 
 log = get_logger(__name__)
@@ -134,8 +135,6 @@ class Lane:
 
     def summary(self) -> dict[str, object]:
         """The lane's figures for summary.json."""
-        from provisioner._outputs.summary import iso
-
         b = self.budget
         return {
             "workspace": self.label,

@@ -16,11 +16,11 @@ import contextlib
 import fcntl
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
+from provisioner._core.times import iso
 from provisioner.errors import StateError, StateLockedError
 
 #: (pid, start time as ISO 8601 UTC) of a lock's owner.
@@ -69,7 +69,7 @@ class RunLock:
                 " filesystem with --state PATH"
             ) from None
         previous = _parse(os.pread(fd, 4096, 0))
-        started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        started = iso(time.time())
         text = orjson.dumps({"pid": os.getpid(), "started": started}) + b"\n"
         os.ftruncate(fd, 0)
         os.pwrite(fd, text, 0)

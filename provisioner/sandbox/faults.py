@@ -17,6 +17,7 @@ from pathlib import Path
 import orjson
 from aiohttp import web
 
+from provisioner._core.identity import MAX_SEND_ID
 from provisioner.errors import ConfigError
 
 #: Actions that answer without creating anything.
@@ -60,8 +61,6 @@ ERROR_MESSAGES = {
     504: "Gateway Timeout",
 }
 _JSON = "application/json"
-#: Braze's identifier rule: "all ASCII characters and at most 64 characters long".
-SEND_ID_MAX_CHARS = 64
 _SLOW_BODY_CHUNKS = 4
 
 
@@ -244,10 +243,8 @@ def parse_create_body(raw: bytes) -> tuple[str, str | None] | Invalid:
         errors.append(f"send_id: must be a string, got {json_type(send_id)}")
     elif not send_id.isascii():
         errors.append("send_id: must be all ASCII characters")
-    elif len(send_id) > SEND_ID_MAX_CHARS:
-        errors.append(
-            f"send_id: must be at most {SEND_ID_MAX_CHARS} characters, got {len(send_id)}"
-        )
+    elif len(send_id) > MAX_SEND_ID:
+        errors.append(f"send_id: must be at most {MAX_SEND_ID} characters, got {len(send_id)}")
     if errors or not isinstance(campaign_id, str):
         return Invalid(errors)
     return campaign_id, send_id if isinstance(send_id, str) else None

@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from provisioner._core.models import Columns, Outcome, RawRow, Row, Skip, Status
+from provisioner._core.times import iso
 from provisioner._manifest.reader import Manifest
-from provisioner._outputs.files import FileSink, OutputFolder, _iso
+from provisioner._outputs.files import FileSink, OutputFolder
 from provisioner._pipeline.outcomes import skipped
 from provisioner._state.store import Prior
 from provisioner.errors import OutputError
@@ -358,9 +359,9 @@ def test_deferred_from_jsonl_round_trips_string_values(body: list[dict[str, str]
 @settings(max_examples=2000)
 @given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
 def test_iso_matches_datetime_to_the_millisecond(epoch: float) -> None:
-    """The cached formatter writes exactly what datetime.isoformat does (ms, truncated)."""
+    """The one ISO formatter writes exactly what datetime.isoformat does (ms, truncated)."""
     expected = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
-    assert _iso(epoch) == expected
+    assert iso(epoch) == expected
 
 
 # --- skipped rows in batches -------------------------------------------------------------

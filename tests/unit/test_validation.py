@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from provisioner._core.identity import MAX_SEND_ID
 from provisioner._core.models import RawRow, Row, RowError
 from provisioner._manifest.rules import (
     ECHO_MAX,
     ERROR_CODES,
     MAX_CAMPAIGN_ID,
-    MAX_SEND_ID,
     clip,
     clip_columns,
     validate,
