@@ -5,7 +5,7 @@ exponential backoff (``wait_random_exponential``: sleep = random(0, min(cap, bas
 capped in attempts and in total time. Two things are deliberately NOT retried here:
 
 - a 429 or a spent quota window: that is a fixed window, not a transient error, and is
-  handled by pausing the whole run (``limiter.QuotaBudget``);
+  handled by pausing the whole run (``quota.QuotaBudget``);
 - a request that may have reached Braze for a row without a send_id (``InDoubt``):
   resending could create a second id and spend quota, so the row is reported in doubt.
 

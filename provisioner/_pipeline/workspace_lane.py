@@ -14,7 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from provisioner._braze.breaker import Breaker
-from provisioner._braze.quota import Pacer, QuotaBudget, Spreader
+from provisioner._braze.pacing import Pacer, Spreader
+from provisioner._braze.quota import QuotaBudget
 from provisioner._braze.sender import Sender
 from provisioner._config.settings import Settings
 from provisioner._config.workspaces import WorkspaceSettings

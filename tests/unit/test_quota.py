@@ -1,4 +1,4 @@
-"""QuotaBudget and Pacer, on a fake clock: no wall-clock assertions."""
+"""QuotaBudget, Pacer and Spreader on a fake clock: no wall-clock assertions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from provisioner._braze.quota import Deferred, Pacer, QuotaBudget, RateLimit
+from provisioner._braze.pacing import Pacer, Spreader
+from provisioner._braze.quota import Deferred, QuotaBudget, RateLimit
 from provisioner.testing import FakeClock
 
 
@@ -209,7 +210,6 @@ async def test_pacer_first_acquisition_is_immediate() -> None:
 
 async def test_even_pace_spreads_what_is_left_until_the_reset() -> None:
     """pace=even: 10 requests left and 100 s to the reset: one request every 10 s."""
-    from provisioner._braze.quota import Spreader
 
     clock = FakeClock()
     b = budget(clock)
@@ -225,7 +225,6 @@ async def test_even_pace_spreads_what_is_left_until_the_reset() -> None:
 
 async def test_even_pace_honours_a_shorter_span() -> None:
     """pace_span shorter than the window: the quota is spread over the span instead."""
-    from provisioner._braze.quota import Spreader
 
     clock = FakeClock()
     b = budget(clock)
