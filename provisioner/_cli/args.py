@@ -1,6 +1,6 @@
 """The command line's grammar: every subcommand, option and example (``provisioner --help``).
 
-Kept apart from ``cli.py`` so that file stays the thin part: settings, the runner, and
+Kept apart from ``main.py`` so that file stays the thin part: settings, the runner, and
 errors turned into exit codes. The README's option tables are checked against this
 parser by ``tests/unit/test_docs.py``.
 """

@@ -55,7 +55,7 @@ class Row:
 class RowError:
     """A row that cannot be sent: malformed in the file, or invalid by Braze's rules.
 
-    ``error`` is a stable machine-readable code (see ``validation.ERROR_CODES``);
+    ``error`` is a stable machine-readable code (see ``_manifest.rules.ERROR_CODES``);
     ``field`` names the offending column, or is None when the line itself is malformed.
     """
 

@@ -5,7 +5,7 @@
 manifest is refused before any request is sent. Iterating then yields one ``RawRow`` per
 record, or a ``RowError`` for a record that cannot be parsed; a bad record never raises.
 
-Lines are *physical* lines (``manifest_lines.Lines``): the input is split on LF only (CRLF
+Lines are *physical* lines (``lines.Lines``): the input is split on LF only (CRLF
 ends with LF), so a line number is what ``sed -n Np``, ``wc -l`` and editors show. A lone
 CR is data, not a line break: inside a quoted CSV field it is kept; in an unquoted field it
 is a ``malformed_csv`` record. Memory stays constant whatever the length of the manifest or

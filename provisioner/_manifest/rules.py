@@ -1,4 +1,5 @@
-"""Braze's rules for a manifest row, and the index that spots repeated combinations.
+"""Braze's rules for a manifest row: ``validate`` turns a ``RawRow`` into a ``Row`` or a
+``RowError``. (Repeated combinations are found later, by ``seen.SeenIndex``.)
 
 Values reach Braze byte-exact: nothing here strips, trims or normalises a value. A row is
 either a ``Row`` ready to send or a ``RowError`` whose message names the field, the
@@ -18,7 +19,7 @@ from provisioner._core.models import CAMPAIGN_ID, SEND_ID, WORKSPACE, Columns, R
 
 ERROR_CODES: frozenset[str] = frozenset(
     {
-        # --- produced by manifest.Manifest (the record cannot be parsed) ---
+        # --- produced by reader.Manifest (the record cannot be parsed) ---
         "invalid_utf8",  # the record's bytes are not valid UTF-8
         "wrong_column_count",  # a CSV record has more or fewer values than the header
         "malformed_csv",  # a CSV record breaks the quoting rules (unclosed quote, stray CR)

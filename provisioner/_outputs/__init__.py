@@ -1,7 +1,8 @@
-"""What a run leaves behind: the output files, the summary, the report, metrics, display.
+"""What a run leaves behind: the output files, the summary, the report, metrics, progress.
 
-Seam: ``files.Outputs`` (the four output files, written atomically), ``stats.Stats`` (the
-counts), ``observe.RunObserver`` (anything that watches a run without changing it).
+Seam: ``files.ResultSink`` (the four output files, written atomically by ``FileSink``),
+``summary.RunStats`` (the counts and summary.json's content), ``observe.RunObserver``
+(anything that watches a run without changing it).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every message says what happened, what it means and what to do. Error codes are stable
 (scripts match on them): ``invalid_campaign_id``, ``invalid_request``, ``in_doubt``,
 ``queued``, ``bad_response``, ``server_error``, ``connection_failed``,
-``unexpected_response``, plus the validation codes of ``validation.ERROR_CODES``.
+``unexpected_response``, plus the validation codes of ``rules.ERROR_CODES``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How the state store's writer thread turns queued operations into transactions.
 
-``state.SqliteStateStore`` queues operations from the event loop; its writer thread takes
+``store.SqliteStateStore`` queues operations from the event loop; its writer thread takes
 up to a batch at a time, sorts them by table (``sort_batch``), drops the work that cancels
 out (``coalesce_intents``), commits them in one transaction (``commit``) and settles the
 futures that waited for it (``settle``), on the loops they belong to.

@@ -1,8 +1,8 @@
 """The outcomes table's row codec: an ``Outcome`` (or a skipped row, ``models.Skip``) to
 the row the state store writes, and back.
 
-Split from ``state_schema.py``, which uses :data:`OUTCOME_COLUMNS` in its statements and
-:func:`decode_outcome` in its reader; ``state.py`` encodes on the caller's side of the
+Split from ``schema.py``, which uses :data:`OUTCOME_COLUMNS` in its statements and
+:func:`decode_outcome` in its reader; ``store.py`` encodes on the caller's side of the
 writer's queue.
 """
 
@@ -54,7 +54,7 @@ def _encode_columns(columns: Columns) -> str | bytes | None:
 def encode_skipped(
     run_seq: int, workspace: str, skips: Sequence[Skip], seq_of: Mapping[str, int]
 ) -> list[tuple[object, ...]]:
-    """The parameters of ``state_schema.SQL_SKIPPED`` for skipped rows: what :func:`encode_outcome`
+    """The parameters of ``schema.SQL_SKIPPED`` for skipped rows: what :func:`encode_outcome`
     stores for each one's ``outcomes.skipped`` Outcome, without building the Outcomes (a
     skip run's every row)."""
     seqs: dict[str, int | str] = {}  # a batch's rows were mostly created by one run

@@ -1,8 +1,8 @@
 """Everything SQL in the state store: DDL and migrations, file recognition, the writer's
 statements and :class:`StoreReader` (the read side). The outcome row codec is in
-``state_codec.py``.
+``codec.py``.
 
-``state.py`` holds the seam and the concurrency. Our files carry ``application_id`` =
+``store.py`` holds the seam and the concurrency. Our files carry ``application_id`` =
 :data:`APPLICATION_ID` and ``user_version`` = schema version, both set in the DDL's own
 transaction, so a file has both or is untouched.
 """

@@ -1,8 +1,8 @@
 """Durable state (SQLite, WAL): created combinations, intents, outcomes, runs, quota windows.
 
 This module is the seam (``StateStore``) and the concurrency; the SQL (format,
-migrations, statements, the read side) is in ``state_schema.py``, how a batch of queued
-operations becomes one transaction in ``state_batch.py``, the run lock in ``lock.py``.
+migrations, statements, the read side) is in ``schema.py``, how a batch of queued
+operations becomes one transaction in ``batch.py``, the run lock in ``lock.py``.
 
 Threads and the event loop:
 

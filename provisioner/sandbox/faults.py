@@ -1,8 +1,8 @@
 """How the sandbox reads a create request, spoils its answer and records it: the body's
 rules, fault rules (what a rule is, how rules are read, which one applies) and the ledger.
 
-Kept apart from ``sandbox.py`` so that the server module stays about serving; the public
-names (``FaultRule``, ``load_faults``) are re-exported there.
+Kept apart from ``server.py`` so that the server module stays about serving; the public
+names (``FaultRule``, ``load_faults``) are re-exported by ``provisioner.sandbox``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""The sandbox's run-time modes and the ledger that makes them observable.
+"""The sandbox's run-time modes, the per-key window state they act on, and the admin API.
 
 Modes (see ``docs/sandbox.md``): a shared consumer (another client of the same workspace
 spending part of each window's quota), how the rate-limit headers are sent (normal,
 omitted, garbled) and outage windows (every create answered 503, or its connection
 reset). They live in ``Modes``, which the admin API reads and changes while the sandbox
-runs. Kept apart from ``sandbox.py`` so that the server module stays about serving; the
-public names are re-exported there.
+runs; ``add_admin_routes`` serves it. What the modes did shows in the ledger
+(``faults.Ledger``). Kept apart from ``server.py`` so that the server module stays about
+serving; the public names (``Outage``, ``parse_outage``) are re-exported by
+``provisioner.sandbox``.
 
 Everything here is deterministic: the shared consumer acts at fixed points of each
 window, outages are fixed spans of the sandbox clock, and garbling draws from its own

@@ -4,8 +4,8 @@ Used by the integration tests, ``make run``, the benchmarks and by users rehears
 migration: real sockets, Braze's documented answers (401/400/413/429/201, rate-limit
 headers on every answer for a known key), a per-key quota over fixed epoch-aligned
 windows, an in-memory ledger of what was created, deterministic fault injection
-(``sandbox_faults``) and run-time modes: a shared consumer, omitted or garbled headers,
-outages (``sandbox_modes``). See ``docs/sandbox.md`` for the user-facing description.
+(``faults.py``) and run-time modes: a shared consumer, omitted or garbled headers,
+outages (``modes.py``). See ``docs/sandbox.md`` for the user-facing description.
 
 The create handler is the hot path (benchmarks push ~10k requests/s through it): no
 per-request logging, no access log, orjson, header values recomputed only when a
