@@ -22,12 +22,13 @@ from multidict import CIMultiDictProxy
 
 from provisioner._braze.quota import RateLimit
 from provisioner._config.access import ApiKey, check_base_url
+from provisioner._core.version import package_version
 from provisioner.errors import CertificateRejected, ConnectFailed, InDoubt
 
 ENDPOINT = "/sends/id/create"
 # A success body is ~80 bytes; anything beyond this is not Braze talking.
 MAX_BODY = 64 * 1024
-USER_AGENT = "provisioner/0.1 (+aiohttp)"
+USER_AGENT = f"provisioner/{package_version()} (+aiohttp)"
 
 
 class ReplyKind(StrEnum):

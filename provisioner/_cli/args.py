@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from provisioner import __version__
+from provisioner._core.version import package_version
 
 _RUN_EXAMPLES = """\
 examples:
@@ -29,6 +29,17 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse's default exit code is 2 as well
         self.print_usage(sys.stderr)
         self.exit(2, f"provisioner: error: {message}\n")
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, reading the installed metadata only when asked (start-up stays lean)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"provisioner {package_version()}")  # stdout, as argparse's "version" action
+        parser.exit()
 
 
 def _positive_int(text: str) -> int:
@@ -54,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create Braze send ids from a manifest, concurrently, within the quota.",
         formatter_class=fmt,
     )
-    parser.add_argument("--version", action="version", version=f"provisioner {__version__}")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="show program's version number and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser(
