@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from aiolimiter import AsyncLimiter
 
 from provisioner._core.logs import get_logger
+from provisioner._core.vocab import DeferReason
+from provisioner.errors import Deferred as Deferred  # its old home; defined in errors
 
 log = get_logger(__name__)
 
@@ -117,7 +119,7 @@ class Spreader:
             if slot > now:
                 await sleep_unless(self._sleep, slot - now, self._stopping)
                 if self._stopping.is_set():
-                    raise Deferred(self.stop_reason or "interrupted", None)
+                    raise Deferred(self.stop_reason or DeferReason.INTERRUPTED, None)
             self._last = slot
 
     def interrupt(self, reason: str) -> None:
@@ -138,15 +140,6 @@ class RateLimit:
     def complete(self) -> bool:
         """All three headers present and sane."""
         return self.limit is not None and self.remaining is not None and self.reset is not None
-
-
-class Deferred(Exception):
-    """Raised by ``QuotaBudget.acquire`` when the rest of the run must be deferred."""
-
-    def __init__(self, reason: str, resume_at: float | None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.resume_at = resume_at
 
 
 class QuotaBudget:
@@ -273,7 +266,9 @@ class QuotaBudget:
         now = self._clock()
         started = self._pause_started if self._pause_started is not None else now
         if until - started > self.max_wait:
-            self._deferred = Deferred("quota" if why == "quota_spent" else "rate_limited", until)
+            self._deferred = Deferred(
+                DeferReason.QUOTA if why == "quota_spent" else DeferReason.RATE_LIMITED, until
+            )
             log.warning(
                 "quota_deferred",
                 reason=self._deferred.reason,

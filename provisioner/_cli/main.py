@@ -24,6 +24,7 @@ import orjson
 from provisioner._cli.args import build_parser
 from provisioner._config.settings import build_settings
 from provisioner._core import logs
+from provisioner._core.vocab import ExitCode
 from provisioner.errors import ProvisionerError, StateError
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
     )
     serve(config)
-    return 0
+    return ExitCode.OK
 
 
 def _open_for_reading(state_path: str | None) -> SqliteStateStore:
@@ -139,7 +140,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"provisioner: run {args.run_id} exported to {args.out} ({summary.get('rows_total')} rows)",
         file=sys.stderr,
     )
-    return 0
+    return ExitCode.OK
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -154,7 +155,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         print(format_status(report))
-    return 0
+    return ExitCode.OK
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -189,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except ProvisionerError as exc:
         print(f"provisioner: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return ExitCode(exc.exit_code)
     except KeyboardInterrupt:
         print("provisioner: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED

@@ -7,7 +7,7 @@ the enums only give the values names, so ``ExitCode.DEFERRED == 3`` and
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 
 class ExitCode(IntEnum):
@@ -26,3 +26,16 @@ class ExitCode(IntEnum):
     def resumable(self) -> bool:
         """True when a later run picks up where this one stopped (nothing failed for good)."""
         return self in (ExitCode.DEFERRED, ExitCode.INTERRUPTED, ExitCode.TERMINATED)
+
+
+class DeferReason(StrEnum):
+    """Why a row was deferred: the ``reason`` column of ``deferred.csv`` and the summary."""
+
+    QUOTA = "quota"  # the quota window is spent
+    RATE_LIMITED = "rate_limited"  # Braze kept answering 429 past --max-wait
+    OUTAGE = "outage"  # Braze unavailable for longer than --max-wait (the breaker)
+    KEY_REFUSED = "key_refused"  # 401/403/404: the workspace's key cannot be used
+    REDIRECTED = "redirected"  # 3xx: the base URL is not the API
+    CERTIFICATE_FAILED = "certificate_failed"  # the server's TLS certificate failed
+    INTERRUPTED = "interrupted"  # SIGINT/SIGTERM
+    OUTPUT_FAILED = "output_failed"  # the output files could not be written
