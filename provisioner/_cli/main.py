@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from provisioner._cli.args import build_parser
+from provisioner._cli.args import RUN_SETTINGS, VALIDATE_SETTINGS, build_parser
 from provisioner._config.settings import build_settings
 from provisioner._core import logs
 from provisioner._core.vocab import ExitCode
@@ -48,24 +48,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from provisioner._outputs.report import human_summary
     from provisioner.api import run_pipeline
 
-    cli = {
-        k: getattr(args, k, None)
-        for k in (
-            "base_url",
-            "concurrency",
-            "rate",
-            "quota",
-            "max_wait",
-            "log_format",
-            "log_level",
-            "state_path",
-            "derive_send_ids",
-            "manifest_format",
-            "force",
-            "retry_in_doubt",
-            "metrics_file",
-        )
-    }
+    cli = {k: getattr(args, k, None) for k in RUN_SETTINGS}
     settings = build_settings(
         manifest=args.manifest, out_dir=args.out, cli=cli, env=os.environ, config_path=args.config
     )
@@ -161,8 +144,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from provisioner._pipeline.validate import forecast
 
-    cli = {k: getattr(args, k, None) for k in (
-        "state_path", "manifest_format", "quota", "derive_send_ids")}  # fmt: skip
+    cli = {k: getattr(args, k, None) for k in VALIDATE_SETTINGS}
     settings = build_settings(
         manifest=args.manifest, out_dir=".", cli=cli, env=os.environ, config_path=args.config
     )
