@@ -109,7 +109,7 @@ def _message(body: Any, raw: bytes) -> str:
 
 
 def classify(status: int, raw: bytes) -> tuple[ReplyKind, str | None, str]:
-    """Map a status and body to (kind, send_id, message) as braze-facts.md describes."""
+    """Map a status and body to (kind, send_id, message) as docs/braze.md describes."""
     try:
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:

@@ -4,8 +4,8 @@ Two different things bound how fast rows go out:
 
 - ``Pacer``: an even pace in requests per second (aiolimiter's leaky bucket). aiolimiter
   lets a full bucket through at once; a bucket of ``max_rate`` would double the rate in the
-  first period (see engineering-notes), so the bucket here holds ~10 ms of requests (at
-  least one) and starts full, so there is no start-up burst at all.
+  first period (see docs/engineering-notes.md), so the bucket here holds ~10 ms of
+  requests (at least one) and starts full, so there is no start-up burst at all.
 - ``QuotaBudget``: the server's fixed-window quota (100 per UTC day by default). It is a
   budget, not a pace: it follows ``X-RateLimit-*`` on every response, counts what is in
   flight, learns a window with one probe request before going wide, pauses everything

@@ -1,11 +1,12 @@
 """The pipeline: manifest -> validation -> state lookup -> workers -> outputs and state.
 
 One reader task streams the manifest, validates rows, finds duplicates and rows already
-done, and feeds each workspace's lane (``workspace_lane.py``): a bounded queue and a fixed pool of
-worker coroutines (cheaper per request than a task per row, see engineering-notes) that
-send through the lane's breaker, quota budget and pacer. Every row's outcome goes to the
-sink (the four output files) and to the state store. Memory does not grow with the
-manifest: queues are bounded and nothing keeps rows once they are written.
+done, and feeds each workspace's lane (``workspace_lane.py``): a bounded queue and a fixed
+pool of worker coroutines (cheaper per request than a task per row, see
+docs/engineering-notes.md) that send through the lane's breaker, quota budget and pacer.
+Every row's outcome goes to the sink (the four output files) and to the state store.
+Memory does not grow with the manifest: queues are bounded and nothing keeps rows once
+they are written.
 
 When a lane must stop (key refused, quota beyond --max-wait, an outage), or the whole run
 (SIGTERM/SIGINT), workers stop taking rows and the rest is drained into ``deferred.csv``,
