@@ -19,8 +19,7 @@ connection or a secrets backend), never from the DAG's arguments.
 
 from __future__ import annotations
 
-from provisioner.api import build_settings, run
-from provisioner.errors import ProvisionerError
+from provisioner import ExitCode, ProvisionerError, build_settings, run
 
 
 class ProvisioningIncomplete(Exception):
@@ -40,7 +39,7 @@ def provision_campaigns(manifest: str, out_dir: str, quota: int | None = None) -
         result = run(settings)
     except ProvisionerError as exc:  # bad manifest, config, output folder or state store
         raise ProvisioningIncomplete(f"nothing was sent: {exc}") from exc
-    if result.exit_code in (1, 4):
+    if result.exit_code in (ExitCode.ROWS_FAILED, ExitCode.KEY_REFUSED):
         raise ProvisioningIncomplete(
             f"run {result.run_id} ended with exit code {result.exit_code}: "
             f"see {out_dir}/failures.jsonl; counts {result.counts}"

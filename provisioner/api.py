@@ -30,6 +30,7 @@ from provisioner._braze.client import BrazeClient
 from provisioner._config.settings import Settings, build_settings
 from provisioner._core.logs import get_logger
 from provisioner._core.times import iso
+from provisioner._core.vocab import DeferReason, ExitCode
 from provisioner._manifest.reader import Manifest
 from provisioner._outputs.files import FileSink, OutputFolder
 from provisioner._outputs.metrics import MetricsFile, check_metrics_path
@@ -43,7 +44,7 @@ __all__ = ["RunResult", "Settings", "build_settings", "run", "run_async", "run_p
 
 log = get_logger(__name__)
 
-_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+_SIGNAL_EXIT = {signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +64,12 @@ class RunResult:
     @property
     def succeeded(self) -> bool:
         """Every row provisioned (exit code 0)."""
-        return self.exit_code == 0
+        return self.exit_code == ExitCode.OK
 
     @property
     def needs_rerun(self) -> bool:
         """Rows wait for a later run: deferred by quota (3) or interrupted (130/143)."""
-        return self.exit_code in (3, 130, 143)
+        return ExitCode(self.exit_code).resumable
 
 
 async def run_pipeline(
@@ -231,7 +232,7 @@ async def _run(
         loop = asyncio.get_running_loop()
         if handle_signals:
             for sig, code in _SIGNAL_EXIT.items():
-                loop.add_signal_handler(sig, run.request_stop, "interrupted", code)
+                loop.add_signal_handler(sig, run.request_stop, DeferReason.INTERRUPTED, code)
         watchers = [ProgressLog(settings.progress_interval), *observers]
         background = [asyncio.create_task(watch(run, o)) for o in watchers]
         background.append(asyncio.create_task(run.save_quota_periodically()))
@@ -291,7 +292,7 @@ async def _run(
         else:
             sink.abort()
         if run.output_error is not None:
-            exit_code = summary["exit_code"] = 2
+            exit_code = summary["exit_code"] = ExitCode.USAGE
         final = snapshot(run, exit_code=exit_code)
         for observer in observers:
             try:

@@ -9,17 +9,32 @@
     ├── OutputError         exit 2   the output folder cannot be written
     ├── StateError          exit 2   the state store is corrupt, foreign or unwritable
     │   └── StateLockedError exit 75 another live run holds the state store
-    └── TransportError               one request's fate (raised by client.py only)
-        ├── ConnectFailed            the request never reached the server: safe to resend
-        │   └── CertificateRejected  the server's TLS certificate failed verification
-        └── InDoubt                  the request may have reached the server
+    ├── TransportError               one request's fate (raised by client.py only)
+    │   ├── ConnectFailed            the request never reached the server: safe to resend
+    │   │   └── CertificateRejected  the server's TLS certificate failed verification
+    │   └── InDoubt                  the request may have reached the server
+    └── InternalSignal               control flow inside a run; never reaches a caller
+        ├── Deferred                 the rest of a lane waits for a later run (quota, outage...)
+        ├── Transient                one request failed in a way worth retrying (5xx, resendable)
+        └── LineTooLong              a manifest record outgrew max_row_bytes (becomes a row error)
 
 aiohttp's exceptions are translated into ``TransportError`` in exactly one place,
 ``client.BrazeClient.create``. No message of any exception here may contain the API
 key: messages are built from settings fields, never from request headers.
+
+The ``InternalSignal`` branch is raised and caught inside the provisioner (the quota
+budget, the retry loop, the manifest reader); it is here so that the whole tree is drawn in
+one place, and a caller never sees one. ``exit_code`` values are the README's exit codes
+(``provisioner._core.vocab.ExitCode``, stated as ints because this module is the bottom
+layer; a unit test pins that they agree).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from provisioner._braze.client import Reply
 
 
 class ProvisionerError(Exception):
@@ -72,3 +87,39 @@ class InDoubt(TransportError):
 class CertificateRejected(ConnectFailed):
     """The server's TLS certificate failed verification: nothing was sent (the key never
     left), and resending cannot help until the CA is trusted or the server fixed."""
+
+
+class InternalSignal(ProvisionerError):
+    """Base of the exceptions that steer a run from inside; none escapes to a caller."""
+
+
+class Deferred(InternalSignal):
+    """Raised by ``QuotaBudget.acquire`` (and the breaker) when the rest of a lane must be
+    deferred; ``reason`` is a ``DeferReason`` value, ``resume_at`` when a window reopens."""
+
+    def __init__(self, reason: str, resume_at: float | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.resume_at = resume_at
+
+
+class Transient(InternalSignal):
+    """A failure worth retrying: a 5xx reply, or a transport error that is safe to resend."""
+
+    def __init__(self, reply: Reply | None = None, error: TransportError | None = None) -> None:
+        super().__init__(reply.message if reply else str(error))
+        self.reply = reply
+        self.error = error
+        self.budget_spent = False  # set when the retry budget, not the row's caps, stopped it
+
+
+class LineTooLong(InternalSignal):
+    """A record grew past ``max_row_bytes`` at physical line ``line`` (``size`` bytes long);
+    the rest of that line was skipped. A signal inside the reader, never raised out of a
+    Manifest (the reader turns it into a ``line_too_long`` row error)."""
+
+    def __init__(self, line: int, size: int, head: bytes) -> None:
+        super().__init__(line, size)
+        self.line = line
+        self.size = size
+        self.head = head

@@ -16,8 +16,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
-from provisioner._braze.quota import Deferred, sleep_unless
+from provisioner._braze.quota import sleep_unless
 from provisioner._core.logs import get_logger
+from provisioner._core.vocab import DeferReason
+from provisioner.errors import Deferred
 
 log = get_logger(__name__)
 
@@ -68,7 +70,7 @@ class Breaker:
             now = self._clock()
             deadline = self.opened_at + self.max_wait
             if now >= deadline:
-                self.deferred = Deferred("outage", None)
+                self.deferred = Deferred(DeferReason.OUTAGE, None)
                 log.warning(
                     "outage_deferred",
                     workspace=self.workspace,
@@ -136,7 +138,7 @@ class Breaker:
 
     def outage_message(self) -> str | None:
         """What a person reads when the outage deferred the rows (None if it did not)."""
-        if self.deferred is None or self.deferred.reason != "outage":
+        if self.deferred is None or self.deferred.reason != DeferReason.OUTAGE:
             return None
         # A base URL with a typo (DNS), a closed port or a plain-http server behind an
         # https URL look like an outage too: the last error tells them apart.

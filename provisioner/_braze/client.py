@@ -22,12 +22,13 @@ from multidict import CIMultiDictProxy
 
 from provisioner._braze.quota import RateLimit
 from provisioner._config.access import ApiKey, check_base_url
+from provisioner._core.version import package_version
 from provisioner.errors import CertificateRejected, ConnectFailed, InDoubt
 
 ENDPOINT = "/sends/id/create"
 # A success body is ~80 bytes; anything beyond this is not Braze talking.
 MAX_BODY = 64 * 1024
-USER_AGENT = "provisioner/0.1 (+aiohttp)"
+USER_AGENT = f"provisioner/{package_version()} (+aiohttp)"
 
 
 class ReplyKind(StrEnum):
@@ -108,7 +109,7 @@ def _message(body: Any, raw: bytes) -> str:
 
 
 def classify(status: int, raw: bytes) -> tuple[ReplyKind, str | None, str]:
-    """Map a status and body to (kind, send_id, message) as braze-facts.md describes."""
+    """Map a status and body to (kind, send_id, message) as docs/braze.md describes."""
     try:
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:

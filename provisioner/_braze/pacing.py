@@ -2,7 +2,7 @@
 
 - ``Pacer``: an even pace in requests per second (aiolimiter's leaky bucket). aiolimiter
   lets a full bucket through at once; a bucket of ``max_rate`` would double the rate in the
-  first period (see engineering-notes), so the bucket here holds ~10 ms of requests (at
+  first period (see docs/engineering-notes.md), so the bucket here holds ~10 ms of requests (at
   least one) and starts full, so there is no start-up burst at all.
 - ``Spreader`` (``pace = "even"``): the quota left in the window spread evenly over the
   time left, instead of spent at the window's start.
@@ -17,7 +17,9 @@ from collections.abc import Awaitable, Callable
 
 from aiolimiter import AsyncLimiter
 
-from provisioner._braze.quota import Deferred, QuotaBudget, sleep_unless
+from provisioner._braze.quota import QuotaBudget, sleep_unless
+from provisioner._core.vocab import DeferReason
+from provisioner.errors import Deferred
 
 
 class Pacer:
@@ -88,7 +90,7 @@ class Spreader:
             if slot > now:
                 await sleep_unless(self._sleep, slot - now, self._stopping)
                 if self._stopping.is_set():
-                    raise Deferred(self.stop_reason or "interrupted", None)
+                    raise Deferred(self.stop_reason or DeferReason.INTERRUPTED, None)
             self._last = slot
 
     def interrupt(self, reason: str) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from provisioner._core.logs import get_logger
+from provisioner._core.vocab import DeferReason
+from provisioner.errors import Deferred as Deferred  # its old home; defined in errors
 
 log = get_logger(__name__)
 
@@ -55,15 +57,6 @@ class RateLimit:
     def complete(self) -> bool:
         """All three headers present and sane."""
         return self.limit is not None and self.remaining is not None and self.reset is not None
-
-
-class Deferred(Exception):
-    """Raised by ``QuotaBudget.acquire`` when the rest of the run must be deferred."""
-
-    def __init__(self, reason: str, resume_at: float | None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.resume_at = resume_at
 
 
 class QuotaBudget:
@@ -190,7 +183,9 @@ class QuotaBudget:
         now = self._clock()
         started = self._pause_started if self._pause_started is not None else now
         if until - started > self.max_wait:
-            self._deferred = Deferred("quota" if why == "quota_spent" else "rate_limited", until)
+            self._deferred = Deferred(
+                DeferReason.QUOTA if why == "quota_spent" else DeferReason.RATE_LIMITED, until
+            )
             log.warning(
                 "quota_deferred",
                 reason=self._deferred.reason,

@@ -30,21 +30,10 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from provisioner._braze.client import Reply
 from provisioner._core.logs import get_logger
-from provisioner.errors import TransportError
+from provisioner.errors import Transient as Transient  # its old home; defined in errors
 
 log = get_logger(__name__)
-
-
-class Transient(Exception):
-    """A failure worth retrying: a 5xx reply, or a transport error that is safe to resend."""
-
-    def __init__(self, reply: Reply | None = None, error: TransportError | None = None) -> None:
-        super().__init__(reply.message if reply else str(error))
-        self.reply = reply
-        self.error = error
-        self.budget_spent = False  # set when the retry budget, not the row's caps, stopped it
 
 
 class RetryBudget:

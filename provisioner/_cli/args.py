@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from provisioner import __version__
+from provisioner._config.table import BY_ATTR
+from provisioner._core.version import package_version
 
 _RUN_EXAMPLES = """\
 examples:
@@ -31,6 +32,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"provisioner: error: {message}\n")
 
 
+class _VersionAction(argparse.Action):
+    """``--version``, reading the installed metadata only when asked (start-up stays lean)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"provisioner {package_version()}")  # stdout, as argparse's "version" action
+        parser.exit()
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -46,6 +58,40 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
 
 
+#: The settings ``provisioner run`` takes as flags, in --help order (rows of the table in
+#: ``provisioner._config.table``: flag, metavar, type, choices and help come from there).
+RUN_SETTINGS = (
+    "base_url", "concurrency", "rate", "quota", "max_wait", "manifest_format", "state_path",
+    "force", "retry_in_doubt", "derive_send_ids", "metrics_file", "log_format", "log_level",
+)  # fmt: skip
+VALIDATE_SETTINGS = ("state_path", "manifest_format", "quota", "derive_send_ids")
+
+
+def add_setting_flags(
+    parser: argparse.ArgumentParser,
+    names: tuple[str, ...],
+    help_for: dict[str, str] | None = None,
+) -> None:
+    """One option per setting, as the table describes it (``help_for`` rewords a help line
+    for a command where the setting means something narrower)."""
+    for name in names:
+        key = BY_ATTR[name]
+        assert key.flag is not None, name
+        options: dict[str, Any] = {"dest": name, "help": (help_for or {}).get(name, key.flag_help)}
+        if key.kind is bool:
+            options["action"] = "store_true"
+        else:
+            if key.kind is int:
+                options["type"] = _positive_int
+            elif key.kind is float:
+                options["type"] = _number
+            if key.choices:
+                options["choices"] = key.choices
+            if key.metavar:
+                options["metavar"] = key.metavar
+        parser.add_argument(key.flag, **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with every subcommand (the README's option tables match it)."""
     fmt = argparse.RawDescriptionHelpFormatter
@@ -54,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create Braze send ids from a manifest, concurrently, within the quota.",
         formatter_class=fmt,
     )
-    parser.add_argument("--version", action="version", version=f"provisioner {__version__}")
+    parser.add_argument(
+        "--version", action=_VersionAction, help="show program's version number and exit"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser(
@@ -74,67 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder for results.jsonl, failures.jsonl, deferred.csv, summary.json",
     )
     run.add_argument("--config", metavar="FILE", help="TOML config file (see configs/)")
-    run.add_argument("--base-url", metavar="URL", help="Braze REST endpoint of your instance")
-    run.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        metavar="N",
-        help="requests in flight at once (default 16)",
-    )
-    run.add_argument(
-        "--rate", type=_number, metavar="R", help="requests per second, paced evenly (default 50)"
-    )
-    run.add_argument(
-        "--quota",
-        type=_positive_int,
-        metavar="N",
-        help="cap on creations per quota window, below the server's limit",
-    )
-    run.add_argument(
-        "--max-wait",
-        type=_number,
-        metavar="S",
-        help="longest pause for a quota reset before deferring (default 300)",
-    )
-    run.add_argument(
-        "--format",
-        choices=("csv", "jsonl"),
-        dest="manifest_format",
-        help="manifest format (default: from the file name)",
-    )
-    run.add_argument(
-        "--state",
-        metavar="PATH",
-        dest="state_path",
-        help="state store (default $XDG_STATE_HOME/provisioner/state.sqlite3)",
-    )
-    run.add_argument(
-        "--force",
-        action="store_true",
-        help="send rows that earlier runs created again (spends quota)",
-    )
-    run.add_argument(
-        "--retry-in-doubt",
-        action="store_true",
-        help="send rows that are in doubt again (may create a second send id)",
-    )
-    run.add_argument(
-        "--derive-send-ids",
-        metavar="PREFIX",
-        help="give rows without a send_id a stable one: nothing is ever in doubt",
-    )
-    run.add_argument(
-        "--metrics-file",
-        metavar="PATH",
-        help="write Prometheus metrics here (node_exporter textfile collector)",
-    )
+    add_setting_flags(run, RUN_SETTINGS[:-2])
     run.add_argument(
         "--progress",
         choices=("auto", "always", "never"),
         default="auto",
         help="live progress display on stderr (auto: when it is a terminal)",
     )
-    _log_options(run)
+    add_setting_flags(run, RUN_SETTINGS[-2:])
 
     sandbox = sub.add_parser(
         "sandbox",
@@ -256,12 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run id (see `provisioner status`)",
     )
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write to")
-    export.add_argument(
-        "--state",
-        metavar="PATH",
-        dest="state_path",
-        help="state store (default $XDG_STATE_HOME/provisioner/state.sqlite3)",
-    )
+    add_setting_flags(export, ("state_path",))
 
     validate = sub.add_parser(
         "validate",
@@ -275,28 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("manifest", metavar="MANIFEST", help="CSV or JSONL file, or -")
     validate.add_argument("--config", metavar="FILE", help="TOML config file")
-    validate.add_argument(
-        "--state",
-        metavar="PATH",
-        dest="state_path",
-        help="state store (default $XDG_STATE_HOME/provisioner/state.sqlite3)",
-    )
-    validate.add_argument(
-        "--format",
-        choices=("csv", "jsonl"),
-        dest="manifest_format",
-        help="manifest format (default: from the file name)",
-    )
-    validate.add_argument(
-        "--quota",
-        type=_positive_int,
-        metavar="N",
-        help="cap on creations per quota window, as for run",
-    )
-    validate.add_argument(
-        "--derive-send-ids",
-        metavar="PREFIX",
-        help="as for run: derived send ids change which rows are done",
+    add_setting_flags(
+        validate,
+        VALIDATE_SETTINGS,
+        help_for={
+            "quota": "cap on creations per quota window, as for run",
+            "derive_send_ids": "as for run: derived send ids change which rows are done",
+        },
     )
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -309,24 +284,6 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  provisioner status\n  provisioner status --state "
         "/var/lib/provisioner/state.sqlite3 --json\n",
     )
-    status.add_argument(
-        "--state",
-        metavar="PATH",
-        dest="state_path",
-        help="state store (default $XDG_STATE_HOME/provisioner/state.sqlite3)",
-    )
+    add_setting_flags(status, ("state_path",))
     status.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
-
-
-def _log_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--log-format",
-        choices=("json", "console"),
-        help="log format (default: console on a terminal, json otherwise)",
-    )
-    p.add_argument(
-        "--log-level",
-        choices=("debug", "info", "warning", "error"),
-        help="log level (default info)",
-    )

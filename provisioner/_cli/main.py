@@ -21,9 +21,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from provisioner._cli.args import build_parser
+from provisioner._cli.args import RUN_SETTINGS, VALIDATE_SETTINGS, build_parser
 from provisioner._config.settings import build_settings
 from provisioner._core import logs
+from provisioner._core.vocab import ExitCode
 from provisioner.errors import ProvisionerError, StateError
 
 if TYPE_CHECKING:
@@ -47,24 +48,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from provisioner._outputs.report import human_summary
     from provisioner.api import run_pipeline
 
-    cli = {
-        k: getattr(args, k, None)
-        for k in (
-            "base_url",
-            "concurrency",
-            "rate",
-            "quota",
-            "max_wait",
-            "log_format",
-            "log_level",
-            "state_path",
-            "derive_send_ids",
-            "manifest_format",
-            "force",
-            "retry_in_doubt",
-            "metrics_file",
-        )
-    }
+    cli = {k: getattr(args, k, None) for k in RUN_SETTINGS}
     settings = build_settings(
         manifest=args.manifest, out_dir=args.out, cli=cli, env=os.environ, config_path=args.config
     )
@@ -113,7 +97,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
     )
     serve(config)
-    return 0
+    return ExitCode.OK
 
 
 def _open_for_reading(state_path: str | None) -> SqliteStateStore:
@@ -139,7 +123,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         f"provisioner: run {args.run_id} exported to {args.out} ({summary.get('rows_total')} rows)",
         file=sys.stderr,
     )
-    return 0
+    return ExitCode.OK
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -154,14 +138,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         print(format_status(report))
-    return 0
+    return ExitCode.OK
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from provisioner._pipeline.validate import forecast
 
-    cli = {k: getattr(args, k, None) for k in (
-        "state_path", "manifest_format", "quota", "derive_send_ids")}  # fmt: skip
+    cli = {k: getattr(args, k, None) for k in VALIDATE_SETTINGS}
     settings = build_settings(
         manifest=args.manifest, out_dir=".", cli=cli, env=os.environ, config_path=args.config
     )
@@ -189,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _COMMANDS[args.command](args)
     except ProvisionerError as exc:
         print(f"provisioner: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return ExitCode(exc.exit_code)
     except KeyboardInterrupt:
         print("provisioner: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED

@@ -1,12 +1,15 @@
 """Settings: defaults < config file < environment < command line, checked once, frozen.
 
-The config file is TOML with sections; every key is listed in ``KEYS`` with its type,
-range, environment variable and default, so that the documentation, the error messages
-and the precedence rule come from one table.
+The config file is TOML with sections; every setting is a row of the table in
+``provisioner._config.table`` (type, range, environment variable, default, flag), so that
+the documentation, the error messages, the precedence rule and ``Settings``' defaults come
+from one place. A caller's ``cli={...}`` is checked like the config file: an unknown key or
+a wrong type is refused with the same kind of message.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import tomllib
@@ -16,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from provisioner._config.access import (
-    DEFAULT_BASE_URL,
     DEFAULT_KEY_ENV,
     ApiKey,
     check_base_url,
     check_ca_file,
     load_api_key,
 )
+from provisioner._config.table import BY_ATTR, KEYS, KEYS_BY_NAME, Key, default
 from provisioner._config.workspaces import DEFAULT_NAME as DEFAULT_WORKSPACE
 from provisioner._config.workspaces import (
     RawWorkspace,
@@ -35,80 +38,6 @@ from provisioner._config.workspaces import (
 from provisioner._core.identity import MAX_SEND_ID
 from provisioner.errors import ConfigError
 
-
-@dataclass(frozen=True, slots=True)
-class Key:
-    """One setting: where it lives in the file, its environment variable, type and range."""
-
-    section: str
-    name: str
-    kind: type
-    default: object
-    env: str | None = None
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[str, ...] = ()
-    doc: str = ""
-
-
-# One row per setting: section, name, type, default, environment variable, range,
-# choices, documentation. The table is the single source for precedence, checks and
-# messages; it is laid out as a table on purpose.
-# fmt: off
-KEYS: tuple[Key, ...] = (
-    Key("braze", "base_url", str, DEFAULT_BASE_URL, "PROVISIONER_BASE_URL",
-        doc="REST endpoint of your Braze instance (https; http only for loopback)"),
-    Key("braze", "api_key_env", str, DEFAULT_KEY_ENV, None,
-        doc="name of the environment variable that holds the REST API key"),
-    Key("braze", "api_key_file", str, None, "PROVISIONER_API_KEY_FILE",
-        doc="file holding the REST API key (used when the variable is unset)"),
-    Key("braze", "ca_file", str, None, "PROVISIONER_CA_FILE",
-        doc="PEM CA bundle trusted for https in addition to the system's (e.g. a proxy's CA)"),
-    Key("run", "concurrency", int, 16, "PROVISIONER_CONCURRENCY", 1, 1024,
-        doc="requests in flight at once"),
-    Key("run", "rate", float, 50.0, "PROVISIONER_RATE", 0.01, 1_000_000,
-        doc="requests per second, paced evenly"),
-    Key("run", "quota", int, None, "PROVISIONER_QUOTA", 1, 1_000_000_000,
-        doc="cap on creations per quota window, below the server's limit"),
-    Key("run", "pace", str, "asap", "PROVISIONER_PACE", choices=("asap", "even"),
-        doc="asap: as fast as rate and quota allow; even: spread the quota over the window"),
-    Key("run", "pace_span", float, None, None, 1, 31_622_400,
-        doc="with pace = even: spread over this many seconds (default: until the reset)"),
-    Key("run", "max_wait", float, 300.0, "PROVISIONER_MAX_WAIT", 0, 604800,
-        doc="longest pause for a rate-limit reset before deferring the rest (seconds)"),
-    Key("run", "default_quota", int, 100, None, 1, 1_000_000_000,
-        doc="quota assumed before the server's headers say otherwise"),
-    Key("run", "default_window", int, 86400, None, 1, 31_622_400,
-        doc="quota window assumed before the server's headers say otherwise (seconds)"),
-    Key("run", "connect_timeout", float, 5.0, "PROVISIONER_CONNECT_TIMEOUT", 0.05, 300,
-        doc="seconds to open a connection"),
-    Key("run", "read_timeout", float, 30.0, "PROVISIONER_READ_TIMEOUT", 0.05, 600,
-        doc="seconds to wait for a response once the request is sent"),
-    Key("run", "progress_interval", float, 10.0, None, 0.1, 3600,
-        doc="seconds between progress events"),
-    Key("retry", "attempts", int, 5, "PROVISIONER_RETRY_ATTEMPTS", 1, 100,
-        doc="requests per row at most, for 5xx and connection errors"),
-    Key("retry", "max_time", float, 120.0, None, 0, 86400,
-        doc="seconds a row may spend retrying"),
-    Key("retry", "backoff_base", float, 0.5, None, 0, 600,
-        doc="full-jitter backoff: base seconds"),
-    Key("retry", "backoff_cap", float, 30.0, None, 0, 3600,
-        doc="full-jitter backoff: largest sleep in seconds"),
-    Key("run", "derive_send_ids", str, None, "PROVISIONER_DERIVE_SEND_IDS",
-        doc="give rows without a send_id a deterministic one with this prefix"),
-    Key("run", "metrics_file", str, None, "PROVISIONER_METRICS_FILE",
-        doc="Prometheus textfile to write during and after the run"),
-    Key("run", "max_row_bytes", int, 1_048_576, "PROVISIONER_MAX_ROW_BYTES", 1024, 67_108_864,
-        doc="a manifest record longer than this (bytes) fails as line_too_long, unparsed"),
-    Key("state", "path", str, None, "PROVISIONER_STATE",
-        doc="state store file (default: $XDG_STATE_HOME/provisioner/state.sqlite3)"),
-    Key("log", "format", str, None, "PROVISIONER_LOG_FORMAT", choices=("json", "console"),
-        doc="log format (default: console on a terminal, json otherwise)"),
-    Key("log", "level", str, "info", "PROVISIONER_LOG_LEVEL",
-        choices=("debug", "info", "warning", "error"), doc="log level"),
-)
-# fmt: on
-KEYS_BY_NAME = {(k.section, k.name): k for k in KEYS}
 _KEY_ADVICE = f"{DEFAULT_KEY_ENV} (or the one api_key_env names)"
 
 
@@ -119,33 +48,33 @@ class Settings:
     manifest: str
     out_dir: Path
     api_key: ApiKey = field(repr=False)
-    base_url: str = DEFAULT_BASE_URL
-    ca_file: str | None = None
-    manifest_format: str | None = None
-    concurrency: int = 16
-    rate: float = 50.0
-    quota: int | None = None
-    max_wait: float = 300.0
-    pace: str = "asap"
-    pace_span: float | None = None
-    default_quota: int = 100
-    default_window: int = 86400
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    progress_interval: float = 10.0
-    retry_attempts: int = 5
-    retry_max_time: float = 120.0
-    retry_backoff_base: float = 0.5
-    retry_backoff_cap: float = 30.0
-    log_format: str | None = None
-    log_level: str = "info"
+    base_url: str = default("base_url")
+    ca_file: str | None = default("ca_file")
+    manifest_format: str | None = default("manifest_format")
+    concurrency: int = default("concurrency")
+    rate: float = default("rate")
+    quota: int | None = default("quota")
+    max_wait: float = default("max_wait")
+    pace: str = default("pace")
+    pace_span: float | None = default("pace_span")
+    default_quota: int = default("default_quota")
+    default_window: int = default("default_window")
+    connect_timeout: float = default("connect_timeout")
+    read_timeout: float = default("read_timeout")
+    progress_interval: float = default("progress_interval")
+    retry_attempts: int = default("retry_attempts")
+    retry_max_time: float = default("retry_max_time")
+    retry_backoff_base: float = default("retry_backoff_base")
+    retry_backoff_cap: float = default("retry_backoff_cap")
+    log_format: str | None = default("log_format")
+    log_level: str = default("log_level")
     config_path: Path | None = None
-    state_path: str | None = None
-    metrics_file: str | None = None
-    derive_send_ids: str | None = None
-    max_row_bytes: int = 1_048_576
-    force: bool = False
-    retry_in_doubt: bool = False
+    state_path: str | None = default("state_path")
+    metrics_file: str | None = default("metrics_file")
+    derive_send_ids: str | None = default("derive_send_ids")
+    max_row_bytes: int = default("max_row_bytes")
+    force: bool = default("force")
+    retry_in_doubt: bool = default("retry_in_doubt")
     workspaces: tuple[WorkspaceSettings, ...] = ()
     default_workspace: str = DEFAULT_WORKSPACE
 
@@ -165,33 +94,6 @@ class Settings:
             value = getattr(self, f.name)
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
-
-
-_FIELD_FOR = {
-    ("braze", "base_url"): "base_url",
-    ("braze", "ca_file"): "ca_file",
-    ("run", "concurrency"): "concurrency",
-    ("run", "rate"): "rate",
-    ("run", "quota"): "quota",
-    ("run", "max_wait"): "max_wait",
-    ("run", "pace"): "pace",
-    ("run", "pace_span"): "pace_span",
-    ("run", "default_quota"): "default_quota",
-    ("run", "default_window"): "default_window",
-    ("run", "connect_timeout"): "connect_timeout",
-    ("run", "read_timeout"): "read_timeout",
-    ("run", "progress_interval"): "progress_interval",
-    ("retry", "attempts"): "retry_attempts",
-    ("retry", "max_time"): "retry_max_time",
-    ("retry", "backoff_base"): "retry_backoff_base",
-    ("retry", "backoff_cap"): "retry_backoff_cap",
-    ("run", "derive_send_ids"): "derive_send_ids",
-    ("run", "metrics_file"): "metrics_file",
-    ("run", "max_row_bytes"): "max_row_bytes",
-    ("state", "path"): "state_path",
-    ("log", "format"): "log_format",
-    ("log", "level"): "log_level",
-}
 
 
 def load_config_file(path: Path) -> dict[tuple[str, str], object]:
@@ -232,9 +134,15 @@ def load_config_file(path: Path) -> dict[tuple[str, str], object]:
 
 def _coerce(key: Key, value: object, origin: str) -> object:
     """Check one value against its key's type and range; origin names where it came from."""
-    where = f"{origin}: {key.section}.{key.name} = {value!r}"
+    label = f"{key.section}.{key.name}" if key.section else key.name
+    where = f"{origin}: {label} = {value!r}"
     if value is None:
         return None
+    if key.kind is bool:
+        # Only a real bool: "no" or 0 from a caller must not turn a flag like force on.
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false (a bool, not {type(value).__name__})")
+        return value
     if key.kind is int:
         if isinstance(value, str):
             try:
@@ -293,6 +201,7 @@ def build_settings(
     command line; None means "not given".
     """
     env = os.environ if env is None else env
+    check_cli_keys(cli)
     path = Path(config_path) if config_path else None
     from_file = load_config_file(path) if path else {}
     merged: dict[str, Any] = {}
@@ -305,7 +214,7 @@ def build_settings(
             value = _coerce(key, from_file[(key.section, key.name)], f"config file {path}")
         if key.env and env.get(key.env):
             value = _coerce(key, env[key.env], f"environment variable {key.env}")
-        field_name = _FIELD_FOR.get((key.section, key.name))
+        field_name = key.attr
         if field_name and cli.get(field_name) is not None:
             value = _coerce(key, cli[field_name], f"--{field_name.replace('_', '-')}")
         raw[(key.section, key.name)] = value
@@ -329,7 +238,11 @@ def build_settings(
         check_send_id_prefix(prefix)
     if merged.get("ca_file") is not None:
         check_ca_file(str(merged["ca_file"]))
-    fmt = cli.get("manifest_format")
+    fmt = _coerce(BY_ATTR["manifest_format"], cli.get("manifest_format"), "--format")
+    force = _coerce(BY_ATTR["force"], cli.get("force"), "--force")
+    retry_in_doubt = _coerce(
+        BY_ATTR["retry_in_doubt"], cli.get("retry_in_doubt"), "--retry-in-doubt"
+    )
     settings = Settings(
         manifest=manifest,
         out_dir=Path(out_dir),
@@ -337,13 +250,28 @@ def build_settings(
         base_url=base_url,
         manifest_format=str(fmt) if fmt else None,
         config_path=path,
-        force=bool(cli.get("force")),
-        retry_in_doubt=bool(cli.get("retry_in_doubt")),
+        force=bool(force),
+        retry_in_doubt=bool(retry_in_doubt),
         workspaces=workspaces,
         default_workspace=default_name(workspaces, declared),
         **merged,
     )
     return settings
+
+
+def check_cli_keys(cli: Mapping[str, object]) -> None:
+    """Refuse a ``cli={...}`` key that is no setting, as the config file refuses one.
+
+    A misspelt key used to be ignored, so ``{"qouta": 80}`` ran without the cap."""
+    for name in cli:
+        if name in BY_ATTR:
+            continue
+        near = difflib.get_close_matches(str(name), BY_ATTR, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ConfigError(
+            f"build_settings cli: unknown key {name!r} ({hint}known keys: "
+            f"{', '.join(sorted(BY_ATTR))})"
+        )
 
 
 def _workspaces(

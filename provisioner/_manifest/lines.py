@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import BinaryIO, Literal, cast
 
 from provisioner._core.models import RowError
-from provisioner.errors import ManifestError, ProvisionerError
+from provisioner.errors import LineTooLong, ManifestError
 
 Format = Literal["csv", "jsonl"]
 
@@ -162,18 +162,6 @@ def open_source(
     unzipped = gzip.GzipFile(fileobj=source, mode="rb")
     closers.append(unzipped)
     return cast(BinaryIO, unzipped), True
-
-
-class LineTooLong(ProvisionerError):
-    """A record grew past ``max_row_bytes`` at physical line ``line`` (``size`` bytes long);
-    the rest of that line was skipped. A signal inside the reader, never raised out of a
-    Manifest (the reader turns it into a ``line_too_long`` row error)."""
-
-    def __init__(self, line: int, size: int, head: bytes) -> None:
-        super().__init__(line, size)
-        self.line = line
-        self.size = size
-        self.head = head
 
 
 class Lines:

@@ -34,7 +34,6 @@ from provisioner._manifest.lines import (
     Decoded,
     Format,
     Lines,
-    LineTooLong,
     chain_lines,
     detect_format,
     first_bad_byte,
@@ -46,7 +45,7 @@ from provisioner._manifest.lines import (
     too_long_error,
 )
 from provisioner._manifest.rules import clip_columns, clip_text
-from provisioner.errors import ManifestError
+from provisioner.errors import LineTooLong, ManifestError
 
 __all__ = [
     "DEFAULT_MAX_ROW_BYTES",

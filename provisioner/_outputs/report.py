@@ -8,25 +8,40 @@ from pathlib import Path
 from typing import Any
 
 from provisioner._core.times import iso, utc_minute
+from provisioner._core.vocab import DeferReason
 from provisioner._outputs.files import FileSink, OutputFolder
 from provisioner._state.schema import StoreReader
 
-_NEXT_STEP = {
-    "quota": "the quota window is spent; the next window opens {resume}: run the same command "
-    "again then (rows already created are skipped)",
-    "rate_limited": "Braze kept answering 429 past --max-wait; the next window opens {resume}: "
-    "run the same command again then",
-    "outage": "Braze was unavailable for longer than --max-wait: run the same command again "
-    "later (nothing was lost)",
-    "key_refused": "Braze refused the API key: fix the key or its sends.id.create permission, "
-    "then run the same command again",
-    "interrupted": "the run was interrupted: run the same command again to finish",
-    "output_failed": "the output files could not be written, so the run stopped: run the same "
-    "command again once the output folder can be written",
-    "redirected": "the base URL answered a redirect (never followed: the key would go with "
-    "it): set base_url to your instance's REST endpoint, then run the same command again",
-    "certificate_failed": "the server's TLS certificate could not be verified: set [braze] "
-    "ca_file to the CA that signed it (or fix the server), then run the same command again",
+_NEXT_STEP: dict[str, str] = {
+    DeferReason.QUOTA: (
+        "the quota window is spent; the next window opens {resume}: run the same command "
+        "again then (rows already created are skipped)"
+    ),
+    DeferReason.RATE_LIMITED: (
+        "Braze kept answering 429 past --max-wait; the next window opens {resume}: run the "
+        "same command again then"
+    ),
+    DeferReason.OUTAGE: (
+        "Braze was unavailable for longer than --max-wait: run the same command again later "
+        "(nothing was lost)"
+    ),
+    DeferReason.KEY_REFUSED: (
+        "Braze refused the API key: fix the key or its sends.id.create permission, then run "
+        "the same command again"
+    ),
+    DeferReason.INTERRUPTED: ("the run was interrupted: run the same command again to finish"),
+    DeferReason.OUTPUT_FAILED: (
+        "the output files could not be written, so the run stopped: run the same command "
+        "again once the output folder can be written"
+    ),
+    DeferReason.REDIRECTED: (
+        "the base URL answered a redirect (never followed: the key would go with it): set "
+        "base_url to your instance's REST endpoint, then run the same command again"
+    ),
+    DeferReason.CERTIFICATE_FAILED: (
+        "the server's TLS certificate could not be verified: set [braze] ca_file to the CA "
+        "that signed it (or fix the server), then run the same command again"
+    ),
 }
 
 

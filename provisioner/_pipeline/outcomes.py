@@ -9,11 +9,10 @@ Every message says what happened, what it means and what to do. Error codes are 
 from __future__ import annotations
 
 from provisioner._braze.client import Reply, ReplyKind
-from provisioner._braze.retry import Transient
 from provisioner._core.models import Outcome, Row, RowError, Status
 from provisioner._core.times import iso
 from provisioner._state.store import Prior
-from provisioner.errors import ConnectFailed
+from provisioner.errors import ConnectFailed, Transient
 
 _IN_DOUBT_ADVICE = (
     "check in the Braze dashboard whether campaign {cid} got a send id at that time before "

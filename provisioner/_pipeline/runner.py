@@ -1,11 +1,12 @@
 """The pipeline: manifest -> validation -> state lookup -> workers -> outputs and state.
 
 One reader task streams the manifest, validates rows, finds duplicates and rows already
-done, and feeds each workspace's lane (``workspace_lane.py``): a bounded queue and a fixed pool of
-worker coroutines (cheaper per request than a task per row, see engineering-notes) that
-send through the lane's breaker, quota budget and pacer. Every row's outcome goes to the
-sink (the four output files) and to the state store. Memory does not grow with the
-manifest: queues are bounded and nothing keeps rows once they are written.
+done, and feeds each workspace's lane (``workspace_lane.py``): a bounded queue and a fixed
+pool of worker coroutines (cheaper per request than a task per row, see
+docs/engineering-notes.md) that send through the lane's breaker, quota budget and pacer.
+Every row's outcome goes to the sink (the four output files) and to the state store.
+Memory does not grow with the manifest: queues are bounded and nothing keeps rows once
+they are written.
 
 When a lane must stop (key refused, quota beyond --max-wait, an outage), or the whole run
 (SIGTERM/SIGINT), workers stop taking rows and the rest is drained into ``deferred.csv``,
@@ -20,12 +21,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from provisioner._braze.client import Reply, ReplyKind, redirect_message
-from provisioner._braze.quota import Deferred
-from provisioner._braze.retry import RetryBudget, RetryPolicy, Transient
+from provisioner._braze.retry import RetryBudget, RetryPolicy
 from provisioner._config.settings import Settings
 from provisioner._core.identity import RowKey
 from provisioner._core.logs import get_logger
 from provisioner._core.models import Outcome, RawRow, Row, RowError, Skip, Status
+from provisioner._core.vocab import DeferReason, ExitCode
 from provisioner._manifest.feed import Feed, feed_for
 from provisioner._manifest.reader import Manifest
 from provisioner._manifest.rules import validate
@@ -42,7 +43,14 @@ from provisioner._pipeline.outcomes import (
 )
 from provisioner._pipeline.workspace_lane import Job, Lane
 from provisioner._state.store import StateStore
-from provisioner.errors import CertificateRejected, InDoubt, OutputError, TransportError
+from provisioner.errors import (
+    CertificateRejected,
+    Deferred,
+    InDoubt,
+    OutputError,
+    Transient,
+    TransportError,
+)
 
 log = get_logger(__name__)
 
@@ -110,7 +118,7 @@ class Run:
             log.warning("run_stopping", reason=reason, run_id=self.run_id)
             for lane in self.lanes.values():
                 lane.interrupt(reason)
-        elif reason == "interrupted" and self.stop_reason == "interrupted":
+        elif reason == DeferReason.INTERRUPTED and self.stop_reason == DeferReason.INTERRUPTED:
             # A second signal: stop draining the manifest; in-flight requests still finish.
             self.drain_abandoned = True
             log.warning("drain_abandoned", run_id=self.run_id)
@@ -121,7 +129,7 @@ class Run:
         if self.output_error is None:
             self.output_error = exc
             log.error("output_failed", run_id=self.run_id, error=str(exc))
-            self.request_stop("output_failed", 2)
+            self.request_stop(DeferReason.OUTPUT_FAILED, ExitCode.USAGE)
 
     def _deferral_reason(self, lane: Lane) -> str | None:
         return self.stop_reason or lane.deferral_reason()
@@ -333,23 +341,29 @@ class Run:
             return failed_in_doubt(job.row, attempts=attempts[0], detail=str(exc))
         except CertificateRejected as exc:
             # Nothing was sent and no retry can help: stop like a refused key.
-            await self._stop_lane(lane, "certificate_failed", "certificate_rejected", str(exc))
-            return deferred(job.row, job.send_id, "certificate_failed")
+            await self._stop_lane(
+                lane, DeferReason.CERTIFICATE_FAILED, "certificate_rejected", str(exc)
+            )
+            return deferred(job.row, job.send_id, DeferReason.CERTIFICATE_FAILED)
         if reply.kind is ReplyKind.KEY_REFUSED:
             hint = _KEY_HINTS.get(reply.status, "")
             await self._stop_lane(
-                lane, "key_refused", "key_refused", reply.message, http_status=reply.status,
-                hint=hint,
+                lane, DeferReason.KEY_REFUSED, "key_refused", reply.message,
+                http_status=reply.status, hint=hint,
             )  # fmt: skip
-            return deferred(job.row, job.send_id, "key_refused")
+            return deferred(job.row, job.send_id, DeferReason.KEY_REFUSED)
         if reply.kind is ReplyKind.REDIRECTED:
             # The base URL is not the API (moved, a proxy, a login page): a misconfiguration
             # for the whole workspace, and following it would send the key elsewhere.
             message = redirect_message(reply.status, reply.location, lane.client.url)
             await self._stop_lane(
-                lane, "redirected", "base_url_redirected", message, http_status=reply.status
+                lane,
+                DeferReason.REDIRECTED,
+                "base_url_redirected",
+                message,
+                http_status=reply.status,
             )
-            return deferred(job.row, job.send_id, "redirected")
+            return deferred(job.row, job.send_id, DeferReason.REDIRECTED)
         return final_outcome(job.row, job.send_id, attempts[0], reply, None)
 
     async def _stop_lane(
@@ -358,7 +372,7 @@ class Run:
         """Stop a workspace whose configuration is wrong (exit 4); the rest is deferred with
         ``reason``. Logged once, by the first request that found out."""
         first = lane.stop_reason is None
-        lane.stop(reason, 4, message)
+        lane.stop(reason, ExitCode.KEY_REFUSED, message)
         lane.interrupt(reason)
         await lane.budget.defer(reason)
         if first:
@@ -391,9 +405,9 @@ class Run:
                 # After acquire: the window is known by then (the probe has answered).
                 await lane.spreader.wait()
             await lane.pacer.wait()
-            if lane.stop_reason is not None or self.stop_reason == "key_refused":
+            if lane.stop_reason is not None or self.stop_reason == DeferReason.KEY_REFUSED:
                 await lane.budget.cancel()
-                raise Deferred(lane.stop_reason or "key_refused", None)
+                raise Deferred(lane.stop_reason or DeferReason.KEY_REFUSED, None)
             attempts[0] += 1
             self.stats.requests += 1
             self.retry_budget.note_request()
@@ -450,13 +464,13 @@ class Run:
         """0 all provisioned, 1 failures, 3 deferred, 4 key refused, 130/143 signals."""
         if self.stop_exit is not None:
             return self.stop_exit
-        if any(lane.stop_exit == 4 for lane in self.lanes.values()):
-            return 4
+        if any(lane.stop_exit == ExitCode.KEY_REFUSED for lane in self.lanes.values()):
+            return ExitCode.KEY_REFUSED
         if self.stats.counts.get(Status.FAILED.value):
-            return 1
+            return ExitCode.ROWS_FAILED
         if self.stats.counts.get(Status.DEFERRED.value):
-            return 3
-        return 0
+            return ExitCode.DEFERRED
+        return ExitCode.OK
 
 
 _KEY_HINTS = {

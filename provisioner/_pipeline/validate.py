@@ -16,6 +16,7 @@ from pathlib import Path
 
 from provisioner._config.settings import Settings
 from provisioner._core.models import Row, RowError
+from provisioner._core.vocab import ExitCode
 from provisioner._manifest.reader import Manifest
 from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import SeenIndex
@@ -64,7 +65,7 @@ class Forecast:
     @property
     def exit_code(self) -> int:
         """0 when the manifest is clean, 1 when it has invalid rows."""
-        return 1 if self.invalid else 0
+        return ExitCode.ROWS_FAILED if self.invalid else ExitCode.OK
 
     def to_dict(self) -> dict[str, object]:
         """The report as plain data (for --json)."""

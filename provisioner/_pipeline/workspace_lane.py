@@ -23,6 +23,7 @@ from provisioner._core.identity import RowKey
 from provisioner._core.logs import get_logger
 from provisioner._core.models import Row
 from provisioner._core.times import iso
+from provisioner._core.vocab import DeferReason
 from provisioner._state.store import StateStore
 
 log = get_logger(__name__)
@@ -130,7 +131,7 @@ class Lane:
         per_window = self.budget.cap or self.budget.limit or self.budget.default_limit
         if not self.deferred_rows or not per_window:
             return None
-        if self.deferral_reason() not in ("quota", "rate_limited"):
+        if self.deferral_reason() not in (DeferReason.QUOTA, DeferReason.RATE_LIMITED):
             return None  # a refused key, an outage or a signal: more windows would not help
         return math.ceil(self.deferred_rows / per_window)
 

@@ -45,7 +45,7 @@ from provisioner._core.identity import derive_send_id
     ],
 )
 def test_classification_follows_braze_facts(status: int, body: bytes, kind: ReplyKind) -> None:
-    """Each status/body pair maps to the class braze-facts.md describes."""
+    """Each status/body pair maps to the class docs/braze.md describes."""
     assert classify(status, body)[0] is kind
 
 
