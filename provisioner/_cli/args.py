@@ -298,6 +298,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PREFIX",
         help="as for run: derived send ids change which rows are done",
     )
+    validate.add_argument(
+        "--force", action="store_true", help="as for run: rows created earlier count as to send"
+    )
+    validate.add_argument(
+        "--retry-in-doubt",
+        action="store_true",
+        help="as for run: rows in doubt count as to send",
+    )
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
 
     status = sub.add_parser(

@@ -161,7 +161,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from provisioner._pipeline.validate import forecast
 
     cli = {k: getattr(args, k, None) for k in (
-        "state_path", "manifest_format", "quota", "derive_send_ids")}  # fmt: skip
+        "state_path", "manifest_format", "quota", "derive_send_ids", "force",
+        "retry_in_doubt")}  # fmt: skip
     settings = build_settings(
         manifest=args.manifest, out_dir=".", cli=cli, env=os.environ, config_path=args.config
     )

@@ -32,6 +32,7 @@ from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import Assigned, SeenIndex
 from provisioner._outputs.files import ResultSink
 from provisioner._outputs.summary import RunStats
+from provisioner._pipeline.decide import IN_DOUBT, SKIP, decide
 from provisioner._pipeline.outcomes import (
     deferred,
     duplicate,
@@ -258,26 +259,28 @@ class Run:
             await self.dispatch(self.lanes[name], batch)
 
     async def dispatch(self, lane: Lane, batch: list[Assigned]) -> None:
-        """Skip what earlier runs did, report what is in doubt, queue the rest."""
+        """Skip what earlier runs did, report what is in doubt, queue the rest (``decide``);
+        a row to send is deferred instead while its workspace is not sending."""
         # Backpressure: a run that only skips can outpace the writer thread; keep its
         # queue (and so memory) bounded.
         await self.store.throttle()
         priors = self.store.lookup_many(lane.label, [a.key for a in batch])
-        force = self.settings.force
+        force, retry = self.settings.force, self.settings.retry_in_doubt
         # Rows to skip are gathered and emitted together (per row, emit() was ~40% of a
         # skip run's time); before any other outcome or await, so the order is unchanged.
         # A Job is built only for a row that goes to the workers.
         skips: list[Skip] = []
         for a in batch:
             prior = priors.get(a.key)
-            if prior is not None and not force and prior.kind == "created":
+            decision = decide(a.send_id is not None, prior, force=force, retry_in_doubt=retry)
+            if decision is SKIP:
+                assert prior is not None
                 skips.append((a.row, a.key, prior.send_id or a.send_id, prior.run_id, prior.at))
                 continue
             if skips:
                 self._emit_skipped(lane, skips)
                 skips = []
-            in_doubt = a.send_id is None and not self.settings.retry_in_doubt
-            if prior is not None and not force and in_doubt:
+            if decision is IN_DOUBT:
                 self.emit(failed_in_doubt(a.row, prior=prior), a.key, lane)
                 continue
             reason = self._deferral_reason(lane)
