@@ -317,12 +317,6 @@ class Run:
     async def provision(self, lane: Lane, job: Job) -> Outcome:
         """Create one send id, with the retries, pauses and doubts the policy allows."""
         attempts = [0]
-        # Only a row without a send_id must have its intent on disk before the request
-        # leaves (it could otherwise be created twice); a known send_id is safe to resend.
-        await self.store.intent(
-            self.run_id, lane.label, job.key, job.send_id, job.row.line,
-            wait=job.send_id is None,
-        )  # fmt: skip
         try:
             try:
                 reply = await self.attempt(lane, job, attempts)
@@ -397,6 +391,16 @@ class Run:
             if lane.stop_reason is not None or self.stop_reason == "key_refused":
                 await lane.budget.cancel()
                 raise Deferred(lane.stop_reason or "key_refused", None)
+            if not attempts[0]:
+                # The intent is recorded here, after every wait (breaker, quota, even pace,
+                # pacer), right before the request leaves: a kill while a row waits must
+                # not leave it in doubt, since it never reached Braze (issue 18 item 4).
+                # Only a row without a send_id needs it on disk first (it could otherwise
+                # be created twice); a known send_id is safe to resend.
+                await self.store.intent(
+                    self.run_id, lane.label, job.key, job.send_id, job.row.line,
+                    wait=job.send_id is None,
+                )  # fmt: skip
             attempts[0] += 1
             self.stats.requests += 1
             self.retry_budget.note_request()
