@@ -7,6 +7,7 @@ import asyncio
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from tests.conftest import SandboxFactory
 from .helpers import campaigns, start_cli, wait_for_created, write_csv
 from .test_cli import run_args
 
-_CASES = {
+_CASES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     # 2 requests a second: 8 workers hold a row each while they wait for the pacer.
     "slow_pace": ({}, ("--rate", "2")),
     # 3 creations, then Remaining 0: the workers pause for a reset up to an hour away.
