@@ -36,7 +36,8 @@ from provisioner._outputs.observe import ProgressLog, RunObserver, snapshot, wat
 from provisioner._outputs.summary import iso
 from provisioner._pipeline.runner import Run, new_run_id
 from provisioner._pipeline.workspace_lane import Lane
-from provisioner._state.store import SqliteStateStore, StateStore, default_state_path, open_store
+from provisioner._state.interface import RunStore
+from provisioner._state.store import SqliteStateStore, default_state_path, open_store
 from provisioner.errors import OutputError
 
 __all__ = ["RunResult", "Settings", "build_settings", "run", "run_async", "run_pipeline"]
@@ -75,7 +76,7 @@ async def run_pipeline(
     settings: Settings,
     *,
     handle_signals: bool = False,
-    store: StateStore | None = None,
+    store: RunStore | None = None,
     observers: Sequence[RunObserver] = (),
 ) -> RunResult:
     """Run the whole pipeline for ``settings`` and return its result.
@@ -185,7 +186,7 @@ async def _run(
     settings: Settings,
     manifest: Manifest,
     folder: OutputFolder,
-    store: StateStore,
+    store: RunStore,
     handle_signals: bool,
     observers: Sequence[RunObserver],
 ) -> RunResult:

@@ -9,7 +9,7 @@ from typing import Any
 
 from provisioner._outputs.files import FileSink, OutputFolder
 from provisioner._outputs.summary import iso
-from provisioner._state.schema import StoreReader
+from provisioner._state.interface import StoreReader
 
 _NEXT_STEP = {
     "quota": "the quota window is spent; the next window opens {resume}: run the same command "

@@ -12,7 +12,7 @@ from provisioner._braze.client import Reply, ReplyKind
 from provisioner._braze.retry import Transient
 from provisioner._core.models import Outcome, Row, RowError, Status
 from provisioner._outputs.summary import iso
-from provisioner._state.store import Prior
+from provisioner._state.schema import Prior
 from provisioner.errors import ConnectFailed
 
 _IN_DOUBT_ADVICE = (

@@ -42,7 +42,7 @@ from provisioner._pipeline.outcomes import (
     unknown_workspace,
 )
 from provisioner._pipeline.workspace_lane import Job, Lane
-from provisioner._state.store import StateStore
+from provisioner._state.interface import RunStore
 from provisioner.errors import CertificateRejected, InDoubt, OutputError, TransportError
 
 log = get_logger(__name__)
@@ -66,7 +66,7 @@ class Run:
         self,
         settings: Settings,
         *,
-        store: StateStore,
+        store: RunStore,
         sink: ResultSink,
         lanes: dict[str, Lane],
         default_lane: str,

@@ -20,8 +20,8 @@ from provisioner._manifest.reader import Manifest
 from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import Assigned, SeenIndex
 from provisioner._pipeline.decide import SEND, SKIP, decide
-from provisioner._state.schema import StoreReader
-from provisioner._state.store import SqliteStateStore, default_state_path, open_store
+from provisioner._state.interface import StoreReader
+from provisioner._state.store import default_state_path, open_store
 
 _BATCH = 512
 _EXAMPLES = 5
@@ -119,7 +119,7 @@ class Forecast:
 def forecast(settings: Settings) -> Forecast:
     """Read the manifest and the state store; send nothing."""
     path = Path(settings.state_path).expanduser() if settings.state_path else default_state_path()
-    store: SqliteStateStore | None = open_store(path, lock=False) if path.exists() else None
+    store: StoreReader | None = open_store(path, lock=False) if path.exists() else None
     lanes = {w.name: w for w in settings.workspaces}
     now = time.time()
     report = Forecast(manifest=settings.manifest)
