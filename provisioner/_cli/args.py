@@ -64,7 +64,14 @@ RUN_SETTINGS = (
     "base_url", "concurrency", "rate", "quota", "max_wait", "manifest_format", "state_path",
     "force", "retry_in_doubt", "derive_send_ids", "metrics_file", "log_format", "log_level",
 )  # fmt: skip
-VALIDATE_SETTINGS = ("state_path", "manifest_format", "quota", "derive_send_ids")
+VALIDATE_SETTINGS = (
+    "state_path",
+    "manifest_format",
+    "quota",
+    "derive_send_ids",
+    "force",
+    "retry_in_doubt",
+)
 
 
 def add_setting_flags(
@@ -271,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         help_for={
             "quota": "cap on creations per quota window, as for run",
             "derive_send_ids": "as for run: derived send ids change which rows are done",
+            "force": "as for run: rows created earlier count as to send",
+            "retry_in_doubt": "as for run: rows in doubt count as to send",
         },
     )
     validate.add_argument("--json", action="store_true", help="print the report as JSON")

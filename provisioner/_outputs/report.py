@@ -10,7 +10,7 @@ from typing import Any
 from provisioner._core.times import iso, utc_minute
 from provisioner._core.vocab import DeferReason
 from provisioner._outputs.files import FileSink, OutputFolder
-from provisioner._state.schema import StoreReader
+from provisioner._state.interface import StoreReader
 
 _NEXT_STEP: dict[str, str] = {
     DeferReason.QUOTA: (

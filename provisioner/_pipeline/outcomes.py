@@ -11,7 +11,7 @@ from __future__ import annotations
 from provisioner._braze.client import Reply, ReplyKind
 from provisioner._core.models import Outcome, Row, RowError, Status
 from provisioner._core.times import iso
-from provisioner._state.store import Prior
+from provisioner._state.schema import Prior
 from provisioner.errors import ConnectFailed, Transient
 
 _IN_DOUBT_ADVICE = (

@@ -33,6 +33,7 @@ from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import Assigned, SeenIndex
 from provisioner._outputs.files import ResultSink
 from provisioner._outputs.summary import RunStats
+from provisioner._pipeline.decide import IN_DOUBT, SKIP, decide
 from provisioner._pipeline.outcomes import (
     deferred,
     duplicate,
@@ -42,7 +43,7 @@ from provisioner._pipeline.outcomes import (
     unknown_workspace,
 )
 from provisioner._pipeline.workspace_lane import Job, Lane
-from provisioner._state.store import StateStore
+from provisioner._state.interface import RunStore
 from provisioner.errors import (
     CertificateRejected,
     Deferred,
@@ -73,7 +74,7 @@ class Run:
         self,
         settings: Settings,
         *,
-        store: StateStore,
+        store: RunStore,
         sink: ResultSink,
         lanes: dict[str, Lane],
         default_lane: str,
@@ -266,26 +267,28 @@ class Run:
             await self.dispatch(self.lanes[name], batch)
 
     async def dispatch(self, lane: Lane, batch: list[Assigned]) -> None:
-        """Skip what earlier runs did, report what is in doubt, queue the rest."""
+        """Skip what earlier runs did, report what is in doubt, queue the rest (``decide``);
+        a row to send is deferred instead while its workspace is not sending."""
         # Backpressure: a run that only skips can outpace the writer thread; keep its
         # queue (and so memory) bounded.
         await self.store.throttle()
         priors = self.store.lookup_many(lane.label, [a.key for a in batch])
-        force = self.settings.force
+        force, retry = self.settings.force, self.settings.retry_in_doubt
         # Rows to skip are gathered and emitted together (per row, emit() was ~40% of a
         # skip run's time); before any other outcome or await, so the order is unchanged.
         # A Job is built only for a row that goes to the workers.
         skips: list[Skip] = []
         for a in batch:
             prior = priors.get(a.key)
-            if prior is not None and not force and prior.kind == "created":
+            decision = decide(a.send_id is not None, prior, force=force, retry_in_doubt=retry)
+            if decision is SKIP:
+                assert prior is not None
                 skips.append((a.row, a.key, prior.send_id or a.send_id, prior.run_id, prior.at))
                 continue
             if skips:
                 self._emit_skipped(lane, skips)
                 skips = []
-            in_doubt = a.send_id is None and not self.settings.retry_in_doubt
-            if prior is not None and not force and in_doubt:
+            if decision is IN_DOUBT:
                 self.emit(failed_in_doubt(a.row, prior=prior), a.key, lane)
                 continue
             reason = self._deferral_reason(lane)
@@ -322,12 +325,6 @@ class Run:
     async def provision(self, lane: Lane, job: Job) -> Outcome:
         """Create one send id, with the retries, pauses and doubts the policy allows."""
         attempts = [0]
-        # Only a row without a send_id must have its intent on disk before the request
-        # leaves (it could otherwise be created twice); a known send_id is safe to resend.
-        await self.store.intent(
-            self.run_id, lane.label, job.key, job.send_id, job.row.line,
-            wait=job.send_id is None,
-        )  # fmt: skip
         try:
             try:
                 reply = await self.attempt(lane, job, attempts)
@@ -408,6 +405,16 @@ class Run:
             if lane.stop_reason is not None or self.stop_reason == DeferReason.KEY_REFUSED:
                 await lane.budget.cancel()
                 raise Deferred(lane.stop_reason or DeferReason.KEY_REFUSED, None)
+            if not attempts[0]:
+                # The intent is recorded here, after every wait (breaker, quota, even pace,
+                # pacer), right before the request leaves: a kill while a row waits must
+                # not leave it in doubt, since it never reached Braze (issue 18 item 4).
+                # Only a row without a send_id needs it on disk first (it could otherwise
+                # be created twice); a known send_id is safe to resend.
+                await self.store.intent(
+                    self.run_id, lane.label, job.key, job.send_id, job.row.line,
+                    wait=job.send_id is None,
+                )  # fmt: skip
             attempts[0] += 1
             self.stats.requests += 1
             self.retry_budget.note_request()

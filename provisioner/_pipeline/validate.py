@@ -19,9 +19,10 @@ from provisioner._core.models import Row, RowError
 from provisioner._core.vocab import ExitCode
 from provisioner._manifest.reader import Manifest
 from provisioner._manifest.rules import validate
-from provisioner._manifest.seen import SeenIndex
-from provisioner._state.schema import StoreReader
-from provisioner._state.store import SqliteStateStore, default_state_path, open_store
+from provisioner._manifest.seen import Assigned, SeenIndex
+from provisioner._pipeline.decide import SEND, SKIP, decide
+from provisioner._state.interface import StoreReader
+from provisioner._state.store import default_state_path, open_store
 
 _BATCH = 512
 _EXAMPLES = 5
@@ -118,7 +119,7 @@ class Forecast:
 def forecast(settings: Settings) -> Forecast:
     """Read the manifest and the state store; send nothing."""
     path = Path(settings.state_path).expanduser() if settings.state_path else default_state_path()
-    store: SqliteStateStore | None = open_store(path, lock=False) if path.exists() else None
+    store: StoreReader | None = open_store(path, lock=False) if path.exists() else None
     lanes = {w.name: w for w in settings.workspaces}
     now = time.time()
     report = Forecast(manifest=settings.manifest)
@@ -169,20 +170,24 @@ def _count(
 ) -> None:  # fmt: skip
     names = [r.workspace or settings.default_workspace for r in rows]
     scoped = len(settings.workspaces) > 1
-    by_lane: dict[str, list[tuple[str, str]]] = {}
+    by_lane: dict[str, list[Assigned]] = {}
     for name, a in zip(names, seen.assign(rows, names if scoped else None), strict=True):
         if a.duplicate_of is not None:
             report.duplicates += 1
         else:
-            by_lane.setdefault(name, []).append(a.key)
-    for name, keys in by_lane.items():
+            by_lane.setdefault(name, []).append(a)
+    force, retry = settings.force, settings.retry_in_doubt
+    for name, batch in by_lane.items():
         wf = report.workspaces[name]
-        priors = store.lookup_many(wf.label, keys) if store is not None else {}
-        for key in keys:
-            prior = priors.get(key)
-            if prior is None:
+        priors = store.lookup_many(wf.label, [a.key for a in batch]) if store is not None else {}
+        for a in batch:
+            # The run's own decision (decide.py), so that the forecast is what run does.
+            decision = decide(
+                a.send_id is not None, priors.get(a.key), force=force, retry_in_doubt=retry
+            )
+            if decision is SEND:
                 wf.to_send += 1
-            elif prior.kind == "created":
+            elif decision is SKIP:
                 wf.provisioned += 1
             else:
                 wf.in_doubt += 1

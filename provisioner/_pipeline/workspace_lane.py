@@ -24,7 +24,7 @@ from provisioner._core.logs import get_logger
 from provisioner._core.models import Row
 from provisioner._core.times import iso
 from provisioner._core.vocab import DeferReason
-from provisioner._state.store import StateStore
+from provisioner._state.interface import RunStore
 
 log = get_logger(__name__)
 
@@ -111,14 +111,14 @@ class Lane:
         d = self.budget.deferred or self.breaker.deferred
         return None if d is None else d.reason
 
-    def seed_quota(self, store: StateStore) -> None:
+    def seed_quota(self, store: RunStore) -> None:
         """Start from what earlier runs learned of the current window (durable budget)."""
         window = store.quota_window(self.label, time.time())
         if window is not None:
             self.budget.seed(window.reset_at, window.limit, window.remaining, window.spent)
             self._spent_recorded = self.budget.spent
 
-    def save_quota(self, store: StateStore) -> None:
+    def save_quota(self, store: RunStore) -> None:
         """Persist the current window's figures (read by the next run and by status)."""
         b = self.budget
         if b.known and b.reset_at is not None and b.limit is not None and b.remaining is not None:

@@ -1,5 +1,5 @@
 """Everything SQL in the state store: DDL and migrations, file recognition, the writer's
-statements and :class:`StoreReader` (the read side). The outcome row codec is in
+statements and :class:`SqliteReader` (the read side). The outcome row codec is in
 ``codec.py``.
 
 ``store.py`` holds the seam and the concurrency. Our files carry ``application_id`` =
@@ -270,7 +270,7 @@ class QuotaWindow:
     spent: int
 
 
-class StoreReader:
+class SqliteReader:
     """The read side: one connection, serialised by a lock, usable from any thread.
 
     WAL lets it read while the writer thread commits; it sees committed data only.

@@ -1,6 +1,7 @@
 """Durable state (SQLite, WAL): created combinations, intents, outcomes, runs, quota windows.
 
-This module is the seam (``StateStore``) and the concurrency; the SQL (format,
+This module is the SQLite implementation of the seams (``interface.py``: ``RunStore`` for a
+run, ``StoreReader`` for the read-only commands) and the concurrency; the SQL (format,
 migrations, statements, the read side) is in ``schema.py``, how a batch of queued
 operations becomes one transaction in ``batch.py``, the run lock in ``lock.py``.
 
@@ -33,9 +34,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import orjson
 
@@ -56,61 +56,15 @@ from provisioner._state.batch import (
     settle,
     sort_batch,
 )
+from provisioner._state.interface import RunStore, StateStore, StoreReader
 from provisioner._state.lock import Holder, RunLock
 from provisioner._state.schema import IN_DOUBT, Prior, QuotaWindow, RunRecord
 from provisioner.errors import StateError
 
 __all__ = [
-    "IN_DOUBT", "Prior", "QuotaWindow", "RowKey", "RunRecord", "SqliteStateStore",
-    "StateStore", "default_state_path", "open_store", "scrub_settings",
+    "IN_DOUBT", "Prior", "QuotaWindow", "RowKey", "RunRecord", "RunStore", "SqliteStateStore",
+    "StateStore", "StoreReader", "default_state_path", "open_store", "scrub_settings",
 ]  # fmt: skip
-
-
-class StateStore(Protocol):
-    """The seam the runner depends on; :class:`SqliteStateStore` implements it."""
-
-    def begin_run(
-        self,
-        run_id: str,
-        manifest: str,
-        started_at: float,
-        deferred_header: tuple[str, ...] | None,
-        settings: Mapping[str, object],
-    ) -> None: ...
-    def lookup_many(self, workspace: str, keys: Sequence[RowKey]) -> dict[RowKey, Prior]: ...
-    async def intent(
-        self,
-        run_id: str,
-        workspace: str,
-        key: RowKey,
-        send_id: str | None,
-        line: int,
-        *,
-        wait: bool = True,
-    ) -> None: ...
-    def record(self, run_id: str, workspace: str, key: RowKey | None, outcome: Outcome) -> None: ...
-    def record_skipped(self, run_id: str, workspace: str, skips: Sequence[Skip]) -> None: ...
-    async def flush(self) -> None: ...
-    async def throttle(self) -> None: ...
-    def record_quota(
-        self, workspace: str, reset_at: float, limit: int, remaining: int, spent_delta: int
-    ) -> None: ...
-    def quota_window(self, workspace: str, now: float) -> QuotaWindow | None: ...
-    def finish_run(
-        self,
-        run_id: str,
-        finished_at: float,
-        exit_code: int,
-        counts: Mapping[str, int],
-        summary: Mapping[str, object],
-    ) -> None: ...
-    def iter_outcomes(self, run_id: str) -> Iterator[Outcome]: ...
-    def run_info(
-        self, run_id: str
-    ) -> tuple[RunRecord, tuple[str, ...] | None, dict[str, object]]: ...
-    def recent_runs(self, limit: int = 10) -> list[RunRecord]: ...
-    def open_problems(self) -> dict[str, int]: ...
-    def close(self) -> None: ...
 
 
 def default_state_path() -> Path:
@@ -194,8 +148,9 @@ _WAKE_AT = 1024
 _IDLE_POLL_S = 0.01
 
 
-class SqliteStateStore(schema.StoreReader):
-    """The SQLite :class:`StateStore`: the reads of StoreReader plus the writer thread.
+class SqliteStateStore(schema.SqliteReader):
+    """The SQLite :class:`RunStore` and :class:`StoreReader`: the reads of SqliteReader plus
+    the writer thread.
 
     Create it with :func:`open_store`. Async methods must be awaited on an event loop;
     the writer settles each waiter on the loop it was created on.

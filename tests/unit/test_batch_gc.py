@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from provisioner.api import _BatchGC
+from provisioner._pipeline.pool import _BatchGC
 
 
 @pytest.fixture(autouse=True)

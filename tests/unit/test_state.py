@@ -608,3 +608,16 @@ async def test_skipped_batch_stores_what_per_row_records_would(path: Path) -> No
         conn.close()
     assert dumps[0] == dumps[1]
     assert len(dumps[0]) == 5  # one outcome of run-0, three of run-1, one created row
+
+
+def test_the_sqlite_store_implements_the_two_seams(path: Path) -> None:
+    """SqliteStateStore is a RunStore and a StoreReader; the reader seam has no write."""
+    from provisioner._state.interface import RunStore, StoreReader
+
+    writes = {"begin_run", "intent", "record", "record_skipped", "record_quota", "finish_run"}
+    assert writes <= set(dir(RunStore))
+    assert not writes & set(dir(StoreReader))
+    run_store: RunStore = open_store(path)  # mypy checks the assignment
+    run_store.close()
+    reader: StoreReader = open_store(path, lock=False)
+    reader.close()
