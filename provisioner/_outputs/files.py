@@ -27,11 +27,13 @@ overwritten. In
 failures.jsonl a ``campaign_id``/``send_id`` value that is not a string (a JSON number, a
 list) is kept as ``input.campaign_id``/``input.send_id`` so the person sees what was refused.
 
-Atomicity: rows go to hidden temporaries in the same folder (``.results.jsonl.tmp``...),
-buffered. ``commit`` fsyncs them and renames each over its final name, then writes
+Atomicity: rows go to hidden temporaries in the same folder, buffered. Each is a new
+file under a random name (``.results.jsonl.<random>.tmp``) created with ``O_EXCL |
+O_NOFOLLOW`` (``_core/safefile.py``), so a symlink planted in a shared folder is never
+written through. ``commit`` fsyncs them and renames each over its final name, then writes
 ``summary.json`` the same way; ``abort`` removes the temporaries. Until commit the folder
 keeps whatever a previous run left there; a crashed run leaves only hidden temporaries,
-which the next run in that folder overwrites.
+which the next run in that folder removes.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from provisioner._core import safefile
 from provisioner._core.models import (
     CAMPAIGN_ID,
     RESERVED_COLUMNS,
@@ -78,6 +81,9 @@ _FAILURE_FIELDS = frozenset(
 )
 _BUFFER = 1 << 20  # rows are small: a large buffer turns ~10k writes into one syscall
 _LINE = orjson.OPT_APPEND_NEWLINE
+_SPOOL = DEFERRED + ".spool"
+#: The names whose temporaries a dead run may have left (removed by ``prepare``).
+_TEMPORARIES = (RESULTS, FAILURES, DEFERRED, SUMMARY, _SPOOL, "provisioner-probe")
 
 
 class OutputFolder:
@@ -92,10 +98,9 @@ class OutputFolder:
 
         Called before any request is sent, so an unwritable folder costs no quota.
         """
-        probe = self.path / f".provisioner-probe-{os.getpid()}"
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd, probe = safefile.create_temporary(self.path, "provisioner-probe")
             try:
                 os.write(fd, b"probe")
             finally:
@@ -118,14 +123,11 @@ class OutputFolder:
                     f"cannot write {self.file(name)}: a folder has that name; move it aside "
                     "or choose another --out"
                 )
+        safefile.remove_stale(self.path, _TEMPORARIES)
 
     def file(self, name: str) -> Path:
         """The final path of output file ``name``."""
         return self.path / name
-
-    def temporary(self, name: str) -> Path:
-        """The hidden temporary that becomes ``name`` at commit."""
-        return self.path / f".{name}.tmp"
 
 
 class ResultSink(Protocol):
@@ -201,18 +203,18 @@ class FileSink:
         self._folder = folder
         self._header = deferred_header
         self._open: list[IO[Any]] = []
-        self._temporaries: list[Path] = []
+        self._temporaries: dict[str, Path] = {}
         self._finished = False
-        self._results = self._binary(folder.temporary(RESULTS))
-        self._failures = self._binary(folder.temporary(FAILURES))
+        self._results = self._binary(RESULTS)
+        self._failures = self._binary(FAILURES)
         self._spool: IO[bytes] | None = None
         self._csv_writer: Writer | None = None
         self._names: dict[str, None] = {CAMPAIGN_ID: None, SEND_ID: None}
         if deferred_header is None:
             # The header is the union of the deferred rows' keys, known only at the end.
-            self._spool = self._binary(folder.temporary(DEFERRED + ".spool"))
+            self._spool = self._binary(_SPOOL)
         else:
-            self._csv(folder.temporary(DEFERRED)).writerow(deferred_header)
+            self._csv(DEFERRED).writerow(deferred_header)
 
     # -- files ---------------------------------------------------------------------------
     def _fail(self, exc: OSError) -> OutputError:
@@ -221,23 +223,26 @@ class FileSink:
             "free some space or choose another --out"
         )
 
-    def _binary(self, path: Path) -> IO[bytes]:
-        self._temporaries.append(path)
+    def _create(self, name: str) -> int:
+        """A new temporary for ``name`` (never an existing file or link): its fd."""
         try:
-            handle = open(path, "wb", buffering=_BUFFER)  # noqa: SIM115 (closed at commit/abort)
+            fd, path = safefile.create_temporary(self._folder.path, name)
         except OSError as exc:
             self.abort()
             raise self._fail(exc) from None
+        self._temporaries[name] = path
+        return fd
+
+    def _binary(self, name: str) -> IO[bytes]:
+        # w+b: the spool is read back through the same descriptor, never reopened by name.
+        handle = os.fdopen(self._create(name), "w+b", buffering=_BUFFER)
         self._open.append(handle)
         return handle
 
-    def _csv(self, path: Path) -> Writer:
-        self._temporaries.append(path)
-        try:
-            handle = open(path, "w", encoding="utf-8", newline="", buffering=_BUFFER)  # noqa: SIM115
-        except OSError as exc:
-            self.abort()
-            raise self._fail(exc) from None
+    def _csv(self, name: str) -> Writer:
+        handle = open(  # noqa: SIM115 (closed at commit/abort)
+            self._create(name), "w", encoding="utf-8", newline="", buffering=_BUFFER
+        )
         self._open.append(handle)
         self._csv_writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
         return self._csv_writer
@@ -356,19 +361,17 @@ class FileSink:
                 handle.close()
             self._open.clear()
             for name in (RESULTS, FAILURES, DEFERRED):
-                os.replace(folder.temporary(name), folder.file(name))
+                os.replace(self._temporaries[name], folder.file(name))
             data = orjson.dumps(
                 dict(summary),
                 option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | _LINE,
                 default=_summary_default,
             )
-            temporary = folder.temporary(SUMMARY)
-            self._temporaries.append(temporary)
-            with open(temporary, "wb") as handle:
+            with os.fdopen(self._create(SUMMARY), "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(temporary, folder.file(SUMMARY))
+            os.replace(self._temporaries[SUMMARY], folder.file(SUMMARY))
             _fsync_folder(folder.path)
         except OSError as exc:
             self.abort()
@@ -378,17 +381,16 @@ class FileSink:
     def _build_deferred_csv(self, spool: IO[bytes]) -> None:
         """Turn the spooled JSONL rows into deferred.csv now that the header is known."""
         spool.flush()
-        spool_path = self._folder.temporary(DEFERRED + ".spool")
+        spool.seek(0)
         header = tuple(self._names)
+        writer = self._csv(DEFERRED)
+        writer.writerow(header)
+        for line in spool:
+            found = dict(orjson.loads(line))
+            writer.writerow([_cell(found.get(name)) for name in header])
         self._open.remove(spool)
         spool.close()
-        writer = self._csv(self._folder.temporary(DEFERRED))
-        writer.writerow(header)
-        with open(spool_path, "rb") as rows:
-            for line in rows:
-                found = dict(orjson.loads(line))
-                writer.writerow([_cell(found.get(name)) for name in header])
-        spool_path.unlink()
+        self._temporaries.pop(_SPOOL).unlink()
         self._spool = None
 
     def abort(self) -> None:
@@ -398,7 +400,7 @@ class FileSink:
             with contextlib.suppress(OSError):
                 handle.close()
         self._open.clear()
-        for path in self._temporaries:
+        for path in self._temporaries.values():
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
 
