@@ -19,6 +19,7 @@
     do not open it in a spreadsheet program.
 ``summary.json``
     The run's summary, written last: its presence means the other three are complete.
+    Its ``files`` names each of the other three with its ``bytes`` and ``sha256``.
 
 Pass-through columns are all columns but ``campaign_id`` and ``send_id``. A column whose
 name collides with an output field of its file (say a ``status`` column) is written as
@@ -34,6 +35,19 @@ written through. ``commit`` fsyncs them and renames each over its final name, th
 ``summary.json`` the same way; ``abort`` removes the temporaries. Until commit the folder
 keeps whatever a previous run left there; a crashed run leaves only hidden temporaries,
 which the next run in that folder removes.
+
+The commit, so that a reader never takes a mix of two runs for one: summary.json is
+removed first, then the three files are renamed into place, then the new summary.json
+(naming their sizes and digests) is renamed into place. A kill in between leaves no
+summary.json: "no complete set here" (the store has the run: ``provisioner export``).
+A reader that wants certainty against a commit racing its reads checks the digests.
+
+One writer per folder: ``prepare`` takes an exclusive ``flock`` on ``.provisioner.lock``
+in the folder (O_NOFOLLOW) until commit or abort, so a second run (or export) into the
+same ``--out``, whatever its store, stops at once with OutputLockedError (exit 75) before
+sending anything. The file is removed at release, while still locked; a locker checks
+after locking that the name still leads to its inode (else it locked a removed file and
+tries again), so removing it never lets two runs hold the folder.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import functools
+import hashlib
 import json
 import math
 import os
@@ -61,7 +76,8 @@ from provisioner._core.models import (
     Skip,
     Status,
 )
-from provisioner.errors import OutputError
+from provisioner._state.lock import Held, lock_file, release, take
+from provisioner.errors import OutputError, OutputLockedError
 
 if TYPE_CHECKING:
     from _csv import Writer
@@ -82,6 +98,8 @@ _FAILURE_FIELDS = frozenset(
 _BUFFER = 1 << 20  # rows are small: a large buffer turns ~10k writes into one syscall
 _LINE = orjson.OPT_APPEND_NEWLINE
 _SPOOL = DEFERRED + ".spool"
+#: The lock file of the folder: one writer at a time.
+LOCK = ".provisioner.lock"
 #: The names whose temporaries a dead run may have left (removed by ``prepare``).
 _TEMPORARIES = (RESULTS, FAILURES, DEFERRED, SUMMARY, _SPOOL, "provisioner-probe")
 
@@ -92,14 +110,18 @@ class OutputFolder:
     def __init__(self, path: Path) -> None:
         """Name the folder; nothing is touched until ``prepare``."""
         self.path = Path(path)
+        self._lock: int | None = None
 
     def prepare(self) -> None:
         """Create the folder if missing and prove it writable; else raise OutputError.
 
-        Called before any request is sent, so an unwritable folder costs no quota.
+        Called before any request is sent, so an unwritable folder costs no quota. Takes
+        the folder's lock (OutputLockedError when another live run holds it) until
+        ``release``, which the sink's commit or abort calls.
         """
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            self._acquire()
             fd, probe = safefile.create_temporary(self.path, "provisioner-probe")
             try:
                 os.write(fd, b"probe")
@@ -124,6 +146,38 @@ class OutputFolder:
                     "or choose another --out"
                 )
         safefile.remove_stale(self.path, _TEMPORARIES)
+
+    def _acquire(self) -> None:
+        if self._lock is not None:
+            return
+        path = self.path / LOCK
+        for _ in range(100):
+            try:
+                fd = lock_file(path)
+            except Held as held:
+                raise OutputLockedError(
+                    f"the output folder {self.path} is being written by another run "
+                    f"({held.who}); wait for it to finish, or choose another --out"
+                ) from None
+            try:
+                current = os.stat(path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # the holder removed it as we opened it: lock the new one
+        else:
+            raise OSError(f"{path} keeps being replaced")
+        take(fd)
+        self._lock = fd
+
+    def release(self) -> None:
+        """Let another run write this folder (the lock file goes). Safe to call twice."""
+        fd, self._lock = self._lock, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                (self.path / LOCK).unlink()
+            release(fd)
 
     def file(self, name: str) -> Path:
         """The final path of output file ``name``."""
@@ -359,11 +413,16 @@ class FileSink:
                 handle.flush()
                 os.fsync(handle.fileno())
                 handle.close()
-            self._open.clear()
+            files = {
+                name: _describe(self._temporaries[name]) for name in (RESULTS, FAILURES, DEFERRED)
+            }
+            # No summary.json while the folder holds a mix of the old and the new files.
+            folder.file(SUMMARY).unlink(missing_ok=True)
+            _fsync_folder(folder.path)
             for name in (RESULTS, FAILURES, DEFERRED):
                 os.replace(self._temporaries[name], folder.file(name))
             data = orjson.dumps(
-                dict(summary),
+                {**summary, "files": files},
                 option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | _LINE,
                 default=_summary_default,
             )
@@ -377,6 +436,7 @@ class FileSink:
             self.abort()
             raise self._fail(exc) from None
         self._finished = True
+        folder.release()
 
     def _build_deferred_csv(self, spool: IO[bytes]) -> None:
         """Turn the spooled JSONL rows into deferred.csv now that the header is known."""
@@ -403,6 +463,7 @@ class FileSink:
         for path in self._temporaries.values():
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
+        self._folder.release()
 
 
 def _pass_through(
@@ -426,6 +487,17 @@ def _pass_through(
         while name in record or name in originals:
             name = "input." + name
         record[name] = value
+
+
+def _describe(path: Path) -> dict[str, object]:
+    """A committed file's size and SHA-256, for a reader to check it has this run's file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:  # our own new file, not a name someone could plant
+        while chunk := handle.read(_BUFFER):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest()}
 
 
 def _fsync_folder(path: Path) -> None:

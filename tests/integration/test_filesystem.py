@@ -264,3 +264,23 @@ async def test_full_disk_at_any_size_loses_nothing(
     sandbox = await sandbox_factory(daily_quota=100_000)
     line = await full_disk_then_room(sandbox, tmp_path, kib * 1024)
     assert not line or "state store" in line or "Nothing is lost" in line, line
+
+
+async def test_a_run_into_an_out_folder_another_run_writes_is_refused(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Another live writer of --out (another store): exit 75 at once, nothing sent."""
+    from provisioner._outputs.files import OutputFolder
+
+    manifest = write_csv(tmp_path / "m.csv", campaigns(3))
+    holder = OutputFolder(tmp_path / "out")
+    holder.prepare()
+    try:
+        code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    finally:
+        holder.release()
+    assert code == 75, err
+    assert "is being written by another run" in one_error_line(err)
+    assert not sandbox.ledger.created
+    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    assert code == 0, err
