@@ -7,6 +7,7 @@
     │   └── ConfigError     exit 2   the config file or an environment value is wrong
     ├── ManifestError       exit 2   the manifest cannot be read as a whole
     ├── OutputError         exit 2   the output folder cannot be written
+    │   └── OutputLockedError exit 75 another live run is writing the output folder
     ├── StateError          exit 2   the state store is corrupt, foreign or unwritable
     │   └── StateLockedError exit 75 another live run holds the state store
     ├── TransportError               one request's fate (raised by client.py only)
@@ -58,6 +59,12 @@ class ManifestError(ProvisionerError):
 
 class OutputError(ProvisionerError):
     """The output folder cannot be created or written; nothing was sent."""
+
+
+class OutputLockedError(OutputError):
+    """Another live run is writing the output folder."""
+
+    exit_code = 75
 
 
 class StateError(ProvisionerError):

@@ -171,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except ProvisionerError as exc:
-        print(f"provisioner: error: {exc}", file=sys.stderr)
+        from provisioner._outputs.report import printable
+
+        print(f"provisioner: error: {printable(exc)}", file=sys.stderr)
         return ExitCode(exc.exit_code)
     except KeyboardInterrupt:
         print("provisioner: interrupted", file=sys.stderr)

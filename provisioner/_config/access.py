@@ -12,7 +12,7 @@ import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from provisioner._core.identity import workspace_label
 from provisioner.errors import ConfigError
@@ -52,13 +52,36 @@ class ApiKey:
 
 
 def _shown_url(url: str) -> str:
-    """The URL for a message without credentials, query or fragment (a key may hide there)."""
+    """The URL for a message: scheme, host and port only. Credentials, the path, the query
+    and the fragment are never shown (a key pasted in any of them would be echoed)."""
     parts = urlsplit(url)
-    if not (parts.username or parts.password or parts.query or parts.fragment):
+    hidden = [
+        what
+        for what, present in (
+            ("credentials", parts.username or parts.password),
+            ("path", parts.path.strip("/")),
+            ("query", parts.query or parts.fragment),
+        )
+        if present
+    ]
+    if not hidden:
         return repr(url)
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
-    return repr(f"{parts.scheme}://{host}{port}{parts.path}") + " (credentials/query not shown)"
+    return repr(f"{parts.scheme}://{host}{port}") + f" ({'/'.join(hidden)} not shown)"
+
+
+def check_key_not_in_url(url: str, key: ApiKey, name: str = "base_url") -> None:
+    """Refuse a base URL that holds the API key (pasted into its path, say): it would be
+    in every error message and log naming the URL. The URL is not echoed."""
+    value = key.reveal()
+    if len(value) < 8:  # too short to tell a pasted key from a word of the URL
+        return
+    if value in url or value in unquote(url):
+        raise ConfigError(
+            f"{name} {_shown_url(url)} holds the API key: remove it from the URL; the key "
+            f"goes in {DEFAULT_KEY_ENV} (or the variable api_key_env names), never in the URL"
+        )
 
 
 def check_base_url(url: str) -> str:

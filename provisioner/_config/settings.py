@@ -23,6 +23,7 @@ from provisioner._config.access import (
     ApiKey,
     check_base_url,
     check_ca_file,
+    check_key_not_in_url,
     load_api_key,
 )
 from provisioner._config.table import BY_ATTR, KEYS, KEYS_BY_NAME, Key, default
@@ -233,6 +234,8 @@ def build_settings(
     declared = from_file.get(("workspaces", ""), ())
     assert isinstance(declared, tuple)
     workspaces = _workspaces(declared, base_url, api_key, merged, cli, env)
+    for ws in workspaces:
+        check_key_not_in_url(ws.base_url, ws.api_key)
     prefix = merged.get("derive_send_ids")
     if prefix is not None:
         check_send_id_prefix(prefix)

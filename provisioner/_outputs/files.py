@@ -19,6 +19,7 @@
     do not open it in a spreadsheet program.
 ``summary.json``
     The run's summary, written last: its presence means the other three are complete.
+    Its ``files`` names each of the other three with its ``bytes`` and ``sha256``.
 
 Pass-through columns are all columns but ``campaign_id`` and ``send_id``. A column whose
 name collides with an output field of its file (say a ``status`` column) is written as
@@ -27,17 +28,33 @@ overwritten. In
 failures.jsonl a ``campaign_id``/``send_id`` value that is not a string (a JSON number, a
 list) is kept as ``input.campaign_id``/``input.send_id`` so the person sees what was refused.
 
-Atomicity: rows go to hidden temporaries in the same folder (``.results.jsonl.tmp``...),
-buffered. ``commit`` fsyncs them and renames each over its final name, then writes
+Atomicity: rows go to hidden temporaries in the same folder, buffered. Each is a new
+file under a random name (``.results.jsonl.<random>.tmp``) created with ``O_EXCL |
+O_NOFOLLOW`` (``_core/safefile.py``), so a symlink planted in a shared folder is never
+written through. ``commit`` fsyncs them and renames each over its final name, then writes
 ``summary.json`` the same way; ``abort`` removes the temporaries. Until commit the folder
 keeps whatever a previous run left there; a crashed run leaves only hidden temporaries,
-which the next run in that folder overwrites.
+which the next run in that folder removes.
+
+The commit, so that a reader never takes a mix of two runs for one: summary.json is
+removed first, then the three files are renamed into place, then the new summary.json
+(naming their sizes and digests) is renamed into place. A kill in between leaves no
+summary.json: "no complete set here" (the store has the run: ``provisioner export``).
+A reader that wants certainty against a commit racing its reads checks the digests.
+
+One writer per folder: ``prepare`` takes an exclusive ``flock`` on ``.provisioner.lock``
+in the folder (O_NOFOLLOW) until commit or abort, so a second run (or export) into the
+same ``--out``, whatever its store, stops at once with OutputLockedError (exit 75) before
+sending anything. The file is removed at release, while still locked; a locker checks
+after locking that the name still leads to its inode (else it locked a removed file and
+tries again), so removing it never lets two runs hold the folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -46,6 +63,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from provisioner._core import safefile
 from provisioner._core.models import (
     CAMPAIGN_ID,
     RESERVED_COLUMNS,
@@ -56,7 +74,8 @@ from provisioner._core.models import (
     Status,
 )
 from provisioner._core.times import iso_or_none
-from provisioner.errors import OutputError
+from provisioner._state.lock import Held, lock_file, release, take
+from provisioner.errors import OutputError, OutputLockedError
 
 if TYPE_CHECKING:
     from _csv import Writer
@@ -76,6 +95,11 @@ _FAILURE_FIELDS = frozenset(
 )
 _BUFFER = 1 << 20  # rows are small: a large buffer turns ~10k writes into one syscall
 _LINE = orjson.OPT_APPEND_NEWLINE
+_SPOOL = DEFERRED + ".spool"
+#: The lock file of the folder: one writer at a time.
+LOCK = ".provisioner.lock"
+#: The names whose temporaries a dead run may have left (removed by ``prepare``).
+_TEMPORARIES = (RESULTS, FAILURES, DEFERRED, SUMMARY, _SPOOL, "provisioner-probe")
 
 
 class OutputFolder:
@@ -84,16 +108,19 @@ class OutputFolder:
     def __init__(self, path: Path) -> None:
         """Name the folder; nothing is touched until ``prepare``."""
         self.path = Path(path)
+        self._lock: int | None = None
 
     def prepare(self) -> None:
         """Create the folder if missing and prove it writable; else raise OutputError.
 
-        Called before any request is sent, so an unwritable folder costs no quota.
+        Called before any request is sent, so an unwritable folder costs no quota. Takes
+        the folder's lock (OutputLockedError when another live run holds it) until
+        ``release``, which the sink's commit or abort calls.
         """
-        probe = self.path / f".provisioner-probe-{os.getpid()}"
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            self._acquire()
+            fd, probe = safefile.create_temporary(self.path, "provisioner-probe")
             try:
                 os.write(fd, b"probe")
             finally:
@@ -116,14 +143,43 @@ class OutputFolder:
                     f"cannot write {self.file(name)}: a folder has that name; move it aside "
                     "or choose another --out"
                 )
+        safefile.remove_stale(self.path, _TEMPORARIES)
+
+    def _acquire(self) -> None:
+        if self._lock is not None:
+            return
+        path = self.path / LOCK
+        for _ in range(100):
+            try:
+                fd = lock_file(path)
+            except Held as held:
+                raise OutputLockedError(
+                    f"the output folder {self.path} is being written by another run "
+                    f"({held.who}); wait for it to finish, or choose another --out"
+                ) from None
+            try:
+                current = os.stat(path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # the holder removed it as we opened it: lock the new one
+        else:
+            raise OSError(f"{path} keeps being replaced")
+        take(fd)
+        self._lock = fd
+
+    def release(self) -> None:
+        """Let another run write this folder (the lock file goes). Safe to call twice."""
+        fd, self._lock = self._lock, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                (self.path / LOCK).unlink()
+            release(fd)
 
     def file(self, name: str) -> Path:
         """The final path of output file ``name``."""
         return self.path / name
-
-    def temporary(self, name: str) -> Path:
-        """The hidden temporary that becomes ``name`` at commit."""
-        return self.path / f".{name}.tmp"
 
 
 class ResultSink(Protocol):
@@ -175,18 +231,18 @@ class FileSink:
         self._folder = folder
         self._header = deferred_header
         self._open: list[IO[Any]] = []
-        self._temporaries: list[Path] = []
+        self._temporaries: dict[str, Path] = {}
         self._finished = False
-        self._results = self._binary(folder.temporary(RESULTS))
-        self._failures = self._binary(folder.temporary(FAILURES))
+        self._results = self._binary(RESULTS)
+        self._failures = self._binary(FAILURES)
         self._spool: IO[bytes] | None = None
         self._csv_writer: Writer | None = None
         self._names: dict[str, None] = {CAMPAIGN_ID: None, SEND_ID: None}
         if deferred_header is None:
             # The header is the union of the deferred rows' keys, known only at the end.
-            self._spool = self._binary(folder.temporary(DEFERRED + ".spool"))
+            self._spool = self._binary(_SPOOL)
         else:
-            self._csv(folder.temporary(DEFERRED)).writerow(deferred_header)
+            self._csv(DEFERRED).writerow(deferred_header)
 
     # -- files ---------------------------------------------------------------------------
     def _fail(self, exc: OSError) -> OutputError:
@@ -195,23 +251,26 @@ class FileSink:
             "free some space or choose another --out"
         )
 
-    def _binary(self, path: Path) -> IO[bytes]:
-        self._temporaries.append(path)
+    def _create(self, name: str) -> int:
+        """A new temporary for ``name`` (never an existing file or link): its fd."""
         try:
-            handle = open(path, "wb", buffering=_BUFFER)  # noqa: SIM115 (closed at commit/abort)
+            fd, path = safefile.create_temporary(self._folder.path, name)
         except OSError as exc:
             self.abort()
             raise self._fail(exc) from None
+        self._temporaries[name] = path
+        return fd
+
+    def _binary(self, name: str) -> IO[bytes]:
+        # w+b: the spool is read back through the same descriptor, never reopened by name.
+        handle = os.fdopen(self._create(name), "w+b", buffering=_BUFFER)
         self._open.append(handle)
         return handle
 
-    def _csv(self, path: Path) -> Writer:
-        self._temporaries.append(path)
-        try:
-            handle = open(path, "w", encoding="utf-8", newline="", buffering=_BUFFER)  # noqa: SIM115
-        except OSError as exc:
-            self.abort()
-            raise self._fail(exc) from None
+    def _csv(self, name: str) -> Writer:
+        handle = open(  # noqa: SIM115 (closed at commit/abort)
+            self._create(name), "w", encoding="utf-8", newline="", buffering=_BUFFER
+        )
         self._open.append(handle)
         self._csv_writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
         return self._csv_writer
@@ -328,41 +387,44 @@ class FileSink:
                 handle.flush()
                 os.fsync(handle.fileno())
                 handle.close()
-            self._open.clear()
+            files = {
+                name: _describe(self._temporaries[name]) for name in (RESULTS, FAILURES, DEFERRED)
+            }
+            # No summary.json while the folder holds a mix of the old and the new files.
+            folder.file(SUMMARY).unlink(missing_ok=True)
+            _fsync_folder(folder.path)
             for name in (RESULTS, FAILURES, DEFERRED):
-                os.replace(folder.temporary(name), folder.file(name))
+                os.replace(self._temporaries[name], folder.file(name))
             data = orjson.dumps(
-                dict(summary),
+                {**summary, "files": files},
                 option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS | _LINE,
                 default=_summary_default,
             )
-            temporary = folder.temporary(SUMMARY)
-            self._temporaries.append(temporary)
-            with open(temporary, "wb") as handle:
+            with os.fdopen(self._create(SUMMARY), "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(temporary, folder.file(SUMMARY))
+            os.replace(self._temporaries[SUMMARY], folder.file(SUMMARY))
             _fsync_folder(folder.path)
         except OSError as exc:
             self.abort()
             raise self._fail(exc) from None
         self._finished = True
+        folder.release()
 
     def _build_deferred_csv(self, spool: IO[bytes]) -> None:
         """Turn the spooled JSONL rows into deferred.csv now that the header is known."""
         spool.flush()
-        spool_path = self._folder.temporary(DEFERRED + ".spool")
+        spool.seek(0)
         header = tuple(self._names)
+        writer = self._csv(DEFERRED)
+        writer.writerow(header)
+        for line in spool:
+            found = dict(orjson.loads(line))
+            writer.writerow([_cell(found.get(name)) for name in header])
         self._open.remove(spool)
         spool.close()
-        writer = self._csv(self._folder.temporary(DEFERRED))
-        writer.writerow(header)
-        with open(spool_path, "rb") as rows:
-            for line in rows:
-                found = dict(orjson.loads(line))
-                writer.writerow([_cell(found.get(name)) for name in header])
-        spool_path.unlink()
+        self._temporaries.pop(_SPOOL).unlink()
         self._spool = None
 
     def abort(self) -> None:
@@ -372,9 +434,10 @@ class FileSink:
             with contextlib.suppress(OSError):
                 handle.close()
         self._open.clear()
-        for path in self._temporaries:
+        for path in self._temporaries.values():
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
+        self._folder.release()
 
 
 def _pass_through(
@@ -398,6 +461,17 @@ def _pass_through(
         while name in record or name in originals:
             name = "input." + name
         record[name] = value
+
+
+def _describe(path: Path) -> dict[str, object]:
+    """A committed file's size and SHA-256, for a reader to check it has this run's file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:  # our own new file, not a name someone could plant
+        while chunk := handle.read(_BUFFER):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest()}
 
 
 def _fsync_folder(path: Path) -> None:

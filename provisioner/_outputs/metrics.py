@@ -2,9 +2,11 @@
 
 The file is meant for node_exporter's textfile collector (``--collector.textfile.directory``;
 the collector reads only files ending in ``.prom``). It is rewritten every ``interval``
-seconds during the run and once more at the end, each time through prometheus-client's
-``write_to_textfile``: the text goes to a temporary file beside it (``PATH.<pid>.<thread>``,
-which the collector ignores) and is renamed over PATH, so a scrape never sees half a file.
+seconds during the run and once more at the end: the text goes to a new temporary file
+beside it (``.NAME.<random>.tmp``, which the collector ignores, created with ``O_EXCL |
+O_NOFOLLOW`` so that a link planted in the folder is never written through; not
+prometheus-client's ``write_to_textfile``, whose ``PATH.<pid>.<thread>`` is guessable) and
+renamed over PATH, so a scrape never sees half a file.
 
 Every metric carries a ``workspace`` label (``ws-`` + a hash of the API key, never the key),
 so that the files of cron jobs for different workspaces can sit in one collector folder
@@ -57,6 +59,7 @@ names would promise a monotonic series the file cannot keep across runs. Read th
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -64,12 +67,13 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client import CollectorRegistry, exposition
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from provisioner._core.models import Status
+from provisioner._core.safefile import create_temporary
 from provisioner._outputs.observe import Snapshot
 from provisioner.errors import OutputError
 
@@ -119,9 +123,21 @@ class MetricsFile:
             self._last_success = self._clock()
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_SnapshotCollector(snapshot, self._last_success))
-        # write_to_textfile writes PATH.<pid>.<thread> and renames it over PATH; on any
-        # error it removes that temporary and re-raises, which is what we want here.
-        write_to_textfile(str(self.path), registry)
+        _replace(self.path, exposition.generate_latest(registry))
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Put ``data`` at ``path`` through a new temporary and a rename; on any error the
+    temporary is removed and the error re-raised (the old file stays)."""
+    fd, temporary = create_temporary(path.parent, path.name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
 
 
 def check_metrics_path(path: Path) -> None:

@@ -45,6 +45,19 @@ _NEXT_STEP: dict[str, str] = {
 }
 
 
+def printable(value: object) -> str:
+    """``value`` as text with every control or invisible character escaped (``\\n``,
+    ``\\x1b``, ``\\u2028``...): a path, a name or a server's message printed for a person
+    cannot forge lines in cron mail or drive the terminal."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+_p = printable
+
+
 def _friendly_time(value: object) -> str:
     """An ISO time from summary.json as "2026-11-27 00:00 UTC" (or a phrase if unknown)."""
     if not isinstance(value, str):
@@ -61,15 +74,15 @@ def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:
     counts: Mapping[str, int] = summary.get("counts", {})
     parts = [f"{n} {status}" for status, n in counts.items() if n]
     lines = [
-        f"provisioner: run {summary.get('run_id')} finished with exit code "
-        f"{summary.get('exit_code')} in {summary.get('duration_s')} s: "
-        + (", ".join(parts) if parts else "no rows"),
-        f"  outputs: {out_dir}/results.jsonl, failures.jsonl, deferred.csv, summary.json",
+        f"provisioner: run {_p(summary.get('run_id'))} finished with exit code "
+        f"{_p(summary.get('exit_code'))} in {_p(summary.get('duration_s'))} s: "
+        + _p(", ".join(parts) if parts else "no rows"),
+        f"  outputs: {_p(out_dir)}/results.jsonl, failures.jsonl, deferred.csv, summary.json",
     ]
     if summary.get("manifest_read_to_end") is False:  # absent in summaries of older runs
         lines.append(
             f"  the manifest was not read to its end (a second signal, or its pipe went "
-            f"silent after a stop): rows after the first {summary.get('rows_read')} are in no "
+            f"silent after a stop): rows after the first {_p(summary.get('rows_read'))} are in no "
             "output file; run the same command again to process them (rows already created "
             "are skipped)"
         )
@@ -77,7 +90,7 @@ def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:
     if failed:
         errors: Mapping[str, int] = summary.get("errors", {})
         common = ", ".join(f"{code} ({n})" for code, n in list(errors.items())[:3])
-        lines.append(f"  {failed} rows failed: see failures.jsonl; most common: {common}")
+        lines.append(f"  {failed} rows failed: see failures.jsonl; most common: {_p(common)}")
         if errors.get("in_doubt"):
             lines.append(
                 "  in_doubt rows may have been created: check them in the Braze dashboard "
@@ -90,15 +103,16 @@ def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:
         resume = _friendly_time(quota.get("deferred_until") or quota.get("reset_at"))
         for reason, n in reasons.items():
             step = _NEXT_STEP.get(reason, "run the same command again later")
-            lines.append(f"  {n} rows deferred by {reason}: " + step.format(resume=resume))
+            lines.append(f"  {n} rows deferred by {_p(reason)}: " + step.format(resume=_p(resume)))
         for w in summary.get("workspaces", []) or []:
             if w.get("stop_message"):
-                lines.append(f"  workspace {w.get('name')} stopped: {w['stop_message']}")
+                lines.append(f"  workspace {_p(w.get('name'))} stopped: {_p(w['stop_message'])}")
         needed = [w for w in summary.get("workspaces", []) or [] if w.get("windows_needed")]
         for w in needed:
             lines.append(
-                f"  workspace {w.get('name')} ({w.get('workspace')}): {w.get('deferred_rows')} "
-                f"deferred rows need {w['windows_needed']} more quota window(s)"
+                f"  workspace {_p(w.get('name'))} ({_p(w.get('workspace'))}): "
+                f"{_p(w.get('deferred_rows'))} deferred rows need {_p(w['windows_needed'])} more "
+                "quota window(s)"
             )
     return "\n".join(lines)
 
@@ -160,22 +174,25 @@ def status_report(store: StoreReader, now: float) -> dict[str, object]:
 
 def format_status(report: Mapping[str, Any]) -> str:
     """The status report as a few aligned lines for a terminal."""
-    lines = [f"state store: {report['state']}", "", "recent runs:"]
+    lines = [f"state store: {_p(report['state'])}", "", "recent runs:"]
     runs: list[Mapping[str, Any]] = report["runs"]
     if not runs:
         lines.append("  (none)")
     for r in runs:
         code = "running" if r["exit_code"] is None else f"exit {r['exit_code']}"
         counts = ", ".join(f"{n} {s}" for s, n in r["counts"].items()) or "no rows"
-        lines.append(f"  {r['run_id']}  {r['started_at']}  {code:>8}  {counts}  {r['manifest']}")
+        lines.append(
+            f"  {_p(r['run_id'])}  {_p(r['started_at'])}  {code:>8}  {_p(counts)}  "
+            f"{_p(r['manifest'])}"
+        )
     lines += ["", "quota in the current window:"]
     quota: list[Mapping[str, Any]] = report["quota"]
     if not quota:
         lines.append("  (no window seen yet)")
     for q in quota:
         lines.append(
-            f"  {q['workspace']}: {q['remaining']} of {q['limit']} left, "
-            f"{q['spent_by_provisioner']} spent by provisioner, resets {q['resets_at']}"
+            f"  {_p(q['workspace'])}: {_p(q['remaining'])} of {_p(q['limit'])} left, "
+            f"{_p(q['spent_by_provisioner'])} spent by provisioner, resets {_p(q['resets_at'])}"
         )
     p: Mapping[str, int] = report["problems"]
     lines += [

@@ -86,28 +86,31 @@ async def run_pipeline(
     """
     folder = OutputFolder(settings.out_dir)
     folder.prepare()
-    observers = [*observers, *metrics_observers(settings)]
-    manifest = Manifest(
-        settings.manifest, settings.manifest_format, max_row_bytes=settings.max_row_bytes
-    )
-    own_store = store is None
-    with manifest:
-        if store is None:
-            store = open_settings_store(settings)
-            if store.took_over_from is not None:
-                pid, started = store.took_over_from
-                log.warning(
-                    "stale_lock_taken_over",
-                    pid=pid,
-                    started=started,
-                    hint="a run died without finishing; this run resumes its work",
-                )
-        try:
-            with _batch_gc.during_run():
-                return await _run(settings, manifest, folder, store, handle_signals, observers)
-        finally:
-            if own_store:
-                store.close()
+    try:
+        observers = [*observers, *metrics_observers(settings)]
+        manifest = Manifest(
+            settings.manifest, settings.manifest_format, max_row_bytes=settings.max_row_bytes
+        )
+        own_store = store is None
+        with manifest:
+            if store is None:
+                store = open_settings_store(settings)
+                if store.took_over_from is not None:
+                    pid, started = store.took_over_from
+                    log.warning(
+                        "stale_lock_taken_over",
+                        pid=pid,
+                        started=started,
+                        hint="a run died without finishing; this run resumes its work",
+                    )
+            try:
+                with _batch_gc.during_run():
+                    return await _run(settings, manifest, folder, store, handle_signals, observers)
+            finally:
+                if own_store:
+                    store.close()
+    finally:
+        folder.release()  # the sink released it already, unless it was never made
 
 
 class _BatchGC:

@@ -7,7 +7,9 @@ tell a clean hand-over (the previous owner emptied the file on release) from a t
 after a crash (the file still names a process that no longer holds the lock).
 
 The file is never deleted: unlinking a lock file lets two processes lock two different
-inodes under the same name.
+inodes under the same name. It is opened with ``O_NOFOLLOW`` and must be a plain file with
+one link: a symlink or hard link planted at its name (a shared folder) is refused, so the
+pid written on acquire and the truncation on release never reach another file.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import orjson
 
+from provisioner._core.safefile import open_no_follow
 from provisioner._core.times import iso
 from provisioner.errors import StateError, StateLockedError
 
@@ -46,44 +49,70 @@ class RunLock:
         """Lock ``state_path`` for this process, or raise StateLockedError naming the holder."""
         path = lock_path_for(state_path)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise StateError(
-                f"cannot create lock file {path} ({exc.strerror});"
-                " fix its permissions or pass --state PATH"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _wait_for_text(fd)
-            os.close(fd)
-            who = f"pid {holder[0]}, started {holder[1]}" if holder else "pid unknown"
+            fd = lock_file(path)
+        except Held as held:
             raise StateLockedError(
-                f"state store {state_path} is in use by another run ({who});"
+                f"state store {state_path} is in use by another run ({held.who});"
                 " wait for it to finish, or pass --state PATH to use another store"
             ) from None
         except OSError as exc:
-            os.close(fd)
             raise StateError(
-                f"cannot lock {path} ({exc.strerror}); put the state store on a local"
-                " filesystem with --state PATH"
+                f"cannot use lock file {path} ({exc.strerror or exc}); remove it if it is a"
+                " link or another file, fix its permissions, or pass --state PATH (and put"
+                " the store on a local filesystem)"
             ) from None
-        previous = _parse(os.pread(fd, 4096, 0))
-        started = iso(time.time())
-        text = orjson.dumps({"pid": os.getpid(), "started": started}) + b"\n"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, text, 0)
-        return cls(path, fd, previous)
+        return cls(path, fd, take(fd))
 
     def release(self) -> None:
         """Empty the file (a clean hand-over) and unlock it. Safe to call twice."""
         fd, self._fd = self._fd, None
-        if fd is None:
-            return
-        # Emptied before unlocking, so the next owner never mistakes us for a crash.
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
-        os.close(fd)  # closing the last descriptor drops the flock
+        if fd is not None:
+            release(fd)
+
+
+class Held(Exception):
+    """The lock is held by another live process, named by ``who``."""
+
+    def __init__(self, who: str) -> None:
+        super().__init__(who)
+        self.who = who
+
+
+def lock_file(path: Path) -> int:
+    """Open (creating it) and ``flock`` the lock file ``path``: its fd.
+
+    Raises Held when another process holds it, OSError when it cannot be used (a link,
+    a hard link, permissions, a filesystem without flock).
+    """
+    fd = open_no_follow(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _wait_for_text(fd)
+        os.close(fd)
+        raise Held(f"pid {holder[0]}, started {holder[1]}" if holder else "pid unknown") from None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def take(fd: int) -> Holder | None:
+    """Write this process in a locked file; return the dead owner it names, if any."""
+    previous = _parse(os.pread(fd, 4096, 0))
+    started = iso(time.time())
+    text = orjson.dumps({"pid": os.getpid(), "started": started}) + b"\n"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, text, 0)
+    return previous
+
+
+def release(fd: int) -> None:
+    """Empty a locked file (a clean hand-over) and unlock it by closing ``fd``."""
+    # Emptied before unlocking, so the next owner never mistakes us for a crash.
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    os.close(fd)  # closing the last descriptor drops the flock
 
 
 def read_holder(state_path: Path) -> Holder | None:

@@ -5,6 +5,7 @@ creates nothing twice."""
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 from collections import Counter
@@ -19,6 +20,7 @@ from tests.conftest import SandboxFactory
 from .helpers import (
     assert_invariant,
     campaigns,
+    cli_env,
     outputs,
     start_cli,
     wait_for_created,
@@ -30,6 +32,36 @@ DEV_FULL = Path("/dev/full")
 needs_dev_full = pytest.mark.skipif(
     not DEV_FULL.exists(), reason="/dev/full (writes fail with ENOSPC) is Linux-only"
 )
+
+
+_RESULTS_ON_DEV_FULL = """
+import os
+from provisioner._core import safefile
+
+_real = safefile.create_temporary
+
+
+def _full(folder, name):
+    fd, path = _real(folder, name)
+    if name == "results.jsonl":
+        os.close(fd)
+        fd = os.open("/dev/full", os.O_RDWR)
+    return fd, path
+
+
+safefile.create_temporary = _full
+"""
+
+
+def results_on_dev_full(tmp_path: Path) -> dict[str, str]:
+    """A CLI environment whose run writes results.jsonl to /dev/full (every write ENOSPC),
+    through a sitecustomize shim: temporaries are never opened through a planted link."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(_RESULTS_ON_DEV_FULL)
+    env = cli_env()
+    env["PYTHONPATH"] = f"{shim}{os.pathsep}{env['PYTHONPATH']}"
+    return env
 
 
 def one_error_line(err: str) -> str:
@@ -81,8 +113,9 @@ async def test_full_output_disk_after_sending_loses_nothing(
     )
     out = tmp_path / "out"
     out.mkdir()
-    (out / ".results.jsonl.tmp").symlink_to(DEV_FULL)
-    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    code, _, err = await provisioner(
+        *run_args(sandbox.url, tmp_path, str(manifest)), env=results_on_dev_full(tmp_path)
+    )
     assert code == 2, err
     line = one_error_line(err)
     assert str(out) in line
@@ -231,3 +264,23 @@ async def test_full_disk_at_any_size_loses_nothing(
     sandbox = await sandbox_factory(daily_quota=100_000)
     line = await full_disk_then_room(sandbox, tmp_path, kib * 1024)
     assert not line or "state store" in line or "Nothing is lost" in line, line
+
+
+async def test_a_run_into_an_out_folder_another_run_writes_is_refused(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Another live writer of --out (another store): exit 75 at once, nothing sent."""
+    from provisioner._outputs.files import OutputFolder
+
+    manifest = write_csv(tmp_path / "m.csv", campaigns(3))
+    holder = OutputFolder(tmp_path / "out")
+    holder.prepare()
+    try:
+        code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    finally:
+        holder.release()
+    assert code == 75, err
+    assert "is being written by another run" in one_error_line(err)
+    assert not sandbox.ledger.created
+    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    assert code == 0, err

@@ -35,6 +35,7 @@ from provisioner.sandbox.server import FaultRule, Sandbox, SandboxConfig
 
 from .helpers import PYTHON, ROOT, campaigns, cli_env, start_cli, wait_for_created, write_csv
 from .test_cli import provisioner, run_args
+from .test_filesystem import results_on_dev_full
 
 # Characters that base64 and URL-encoding change, so that each form is a different string.
 SECRET = "SECRET-KEY+0123456789/abcdef="
@@ -328,8 +329,8 @@ async def filesystem_faults(ctx: Ctx) -> None:
     sandbox = await ctx.start()
     out = ctx.tmp / "out"
     out.mkdir()
-    (out / ".results.jsonl.tmp").symlink_to("/dev/full")
-    assert await ctx.run(sandbox.url, manifest(ctx)) == 2
+    shimmed = results_on_dev_full(ctx.tmp)["PYTHONPATH"]
+    assert await ctx.run(sandbox.url, manifest(ctx), PYTHONPATH=shimmed) == 2
     limit = 64 * 1024
     code, out_text, err = await provisioner(
         *run_args(sandbox.url, ctx.tmp, str(manifest(ctx, campaigns(800, prefix="z")))),

@@ -22,7 +22,13 @@ from tests.conftest import SandboxFactory
 
 from .helpers import assert_invariant, campaigns, outputs, settings_for, write_csv
 from .test_cli import provisioner, run_args
-from .test_filesystem import export, needs_dev_full, one_error_line, run_id_of
+from .test_filesystem import (
+    export,
+    needs_dev_full,
+    one_error_line,
+    results_on_dev_full,
+    run_id_of,
+)
 
 _CREATED = b'"status":"created"'
 
@@ -144,8 +150,9 @@ async def test_output_failure_in_a_skipped_batch_loses_nothing(
     out = tmp_path / "out"
     shutil.rmtree(out)
     out.mkdir()
-    (out / ".results.jsonl.tmp").symlink_to(Path("/dev/full"))
-    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    code, _, err = await provisioner(
+        *run_args(sandbox.url, tmp_path, str(manifest)), env=results_on_dev_full(tmp_path)
+    )
     assert code == 2, err
     line = one_error_line(err)
     assert "No space left on device" in line

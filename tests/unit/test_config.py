@@ -228,3 +228,26 @@ def test_there_is_no_switch_to_skip_tls_verification(tmp_path: Path) -> None:
     for name in ("verify", "verify_ssl", "insecure", "ssl"):
         with pytest.raises(ConfigError, match="unknown key"):
             build(tmp_path, f"[braze]\n{name} = false\n")
+
+
+SECRET_KEY = "0f8e6b2a-9c1d-4b7e-a3f5-2d6c8e0b1a47"
+
+
+@pytest.mark.parametrize("path", [SECRET_KEY, "v1/" + SECRET_KEY.replace("-", "%2D")])
+def test_key_in_base_url_path_is_refused_without_echo(tmp_path: Path, path: str) -> None:
+    """A key pasted into the base URL's path (plain or %-encoded) is refused, not echoed."""
+    with pytest.raises(ConfigError, match="holds the API key") as info:
+        build(
+            tmp_path,
+            env={"BRAZE_API_KEY": SECRET_KEY, "PROVISIONER_BASE_URL": f"https://x.test/{path}"},
+        )
+    assert SECRET_KEY not in str(info.value)
+    assert "%2D" not in str(info.value)
+
+
+def test_a_refused_base_url_never_shows_its_path() -> None:
+    """Any refusal shows only scheme, host and port: a key hidden in the path is not echoed."""
+    with pytest.raises(ConfigError, match="plain http") as info:
+        check_base_url(f"http://rest.example.com/{SECRET_KEY}")
+    assert SECRET_KEY not in str(info.value)
+    assert "'http://rest.example.com' (path not shown)" in str(info.value)

@@ -68,7 +68,7 @@ def test_garbage_lock_text_is_ignored(tmp_path: Path) -> None:
 def test_uncreatable_lock_file_is_a_state_error(tmp_path: Path) -> None:
     """A lock file that cannot be created raises StateError naming it and the fix."""
     lock_path_for(tmp_path / "s.sqlite3").mkdir()
-    with pytest.raises(StateError, match=r"cannot create lock file .*--state PATH"):
+    with pytest.raises(StateError, match=r"cannot use lock file .*--state PATH"):
         RunLock.acquire(tmp_path / "s.sqlite3")
 
 

@@ -267,10 +267,10 @@ def test_the_file_is_replaced_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     observer = MetricsFile(path)
     observer.update(snap(retries=1))
     seen: list[tuple[float, float]] = []
-    real_rename = os.rename
+    real_rename = os.replace
 
-    def spy(src: str, dst: str) -> None:
-        assert dst == str(path)
+    def spy(src: str | Path, dst: str | Path) -> None:
+        assert str(dst) == str(path)
         assert src != dst
         assert Path(src).parent == tmp_path  # same filesystem: the rename is atomic
         before = only(metrics(path), "provisioner_retries")
@@ -278,7 +278,7 @@ def test_the_file_is_replaced_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         seen.append((before, after))
         real_rename(src, dst)
 
-    monkeypatch.setattr(os, "rename", spy)
+    monkeypatch.setattr(os, "replace", spy)
     observer.update(snap(retries=2))
     assert seen == [(1, 2)]
     assert only(metrics(path), "provisioner_retries") == 2

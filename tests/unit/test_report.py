@@ -68,3 +68,19 @@ def test_summary_says_when_the_manifest_was_not_read_to_its_end() -> None:
         if finished is not None:
             summary["manifest_read_to_end"] = finished
         assert "not read to its end" not in human_summary(summary, Path("out"))
+
+
+def test_paths_and_values_with_control_characters_cannot_forge_lines() -> None:
+    """A newline, an escape or a line separator in --out or a message is printed escaped."""
+    summary = {
+        "run_id": "r\x1b[2J",
+        "exit_code": 0,
+        "counts": {"created": 1, "deferred": 1},
+        "deferred_reasons": {"key_refused": 1},
+        "workspaces": [{"name": "w", "stop_message": "bad\nprovisioner: run x finished OK"}],
+    }
+    text = human_summary(summary, Path("/tmp/out\nprovisioner: forged\u2028line"))
+    assert len(text.splitlines()) == 4
+    assert "\x1b" not in text
+    assert "/tmp/out\\nprovisioner: forged\\u2028line/results.jsonl" in text
+    assert "bad\\nprovisioner: run x finished OK" in text

@@ -48,8 +48,10 @@ def cols(campaign_id: str = "c1", send_id: str = "s1", **extra: object) -> Colum
 def test_prepare_creates_parents_and_leaves_no_probe(tmp_path: Path) -> None:
     """prepare creates missing parents and removes its probe file."""
     target = tmp_path / "a" / "b" / "out"
-    folder_at(target)
+    folder = folder_at(target)
     assert target.is_dir()
+    assert [p.name for p in target.iterdir()] == [".provisioner.lock"]  # held till release
+    folder.release()
     assert list(target.iterdir()) == []
 
 
@@ -126,9 +128,9 @@ def test_outcomes_are_routed_by_status_with_stable_fields(tmp_path: Path) -> Non
     assert tmp_path.joinpath("deferred.csv").read_bytes() == (
         b"campaign_id,send_id,note\r\nc4,s4,n\r\n"
     )
-    assert orjson.loads(tmp_path.joinpath("summary.json").read_bytes()) == {
-        "counts": {"created": 1}
-    }
+    summary = orjson.loads(tmp_path.joinpath("summary.json").read_bytes())
+    assert summary.pop("files").keys() == {"results.jsonl", "failures.jsonl", "deferred.csv"}
+    assert summary == {"counts": {"created": 1}}
 
 
 def test_colliding_pass_through_columns_are_prefixed(tmp_path: Path) -> None:
