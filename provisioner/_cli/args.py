@@ -240,6 +240,24 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument(
         "--tls-key", metavar="FILE", help="the PEM private key of --tls-cert (unencrypted)"
     )
+    sandbox.add_argument(
+        "--campaigns",
+        metavar="FILE",
+        help="campaign ids, one a line ('ID,not_api': exists, not an API campaign): "
+        "serves GET /campaigns/list and answers 400 for other ids (default: accept all)",
+    )
+    sandbox.add_argument(
+        "--invalid-counts",
+        action="store_true",
+        help="with --campaigns, a 400 for an invalid campaign spends quota (worst case)",
+    )
+    sandbox.add_argument(
+        "--key-without-campaigns-list",
+        action="append",
+        dest="keys_without_campaigns_list",
+        metavar="KEY",
+        help="this --api-key lacks the campaigns.list permission (403); repeatable",
+    )
     export = sub.add_parser(
         "export",
         help="write a run's output files again from the state store",

@@ -81,6 +81,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
     from provisioner.errors import UsageError
+    from provisioner.sandbox.campaigns import load_campaigns
     from provisioner.sandbox.modes import parse_outage
     from provisioner.sandbox.server import SandboxConfig, load_faults, serve
 
@@ -111,6 +112,9 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         outages=tuple(outages),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        campaigns=load_campaigns(args.campaigns) if args.campaigns else None,
+        invalid_counts=args.invalid_counts,
+        keys_without_campaigns_list=tuple(args.keys_without_campaigns_list or ()),
     )
     serve(config)
     return 0
