@@ -251,6 +251,12 @@ class BrazeClient:
             await self._session.close()
             self._session = None
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The run's session (it carries the key), for other endpoints (``campaigns.py``)."""
+        assert self._session is not None, "use BrazeClient as an async context manager"
+        return self._session
+
     async def create(self, campaign_id: str, send_id: str | None) -> Reply:
         """POST one create request and classify the response.
 

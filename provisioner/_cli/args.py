@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="send rows that earlier runs created again (spends quota)",
     )
     run.add_argument(
+        "--no-campaign-check",
+        action="store_true",
+        help="do not list the workspace's campaigns first (GET /campaigns/list) to refuse "
+        "rows for unknown or non-API campaigns before they spend quota",
+    )
+    run.add_argument(
         "--retry-in-doubt",
         action="store_true",
         help="send rows that are in doubt again (may create a second send id)",
@@ -315,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--derive-send-ids",
         metavar="PREFIX",
         help="as for run: derived send ids change which rows are done",
+    )
+    validate.add_argument(
+        "--no-campaign-check",
+        action="store_true",
+        help="do not list the campaigns (GET /campaigns/list) even when a key is present",
     )
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
 

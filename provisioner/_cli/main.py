@@ -62,6 +62,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "manifest_format",
             "force",
             "retry_in_doubt",
+            "no_campaign_check",
             "metrics_file",
         )
     }
@@ -165,7 +166,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from provisioner._pipeline.validate import forecast
 
     cli = {k: getattr(args, k, None) for k in (
-        "state_path", "manifest_format", "quota", "derive_send_ids")}  # fmt: skip
+        "state_path", "manifest_format", "quota", "derive_send_ids",
+        "no_campaign_check")}  # fmt: skip
     settings = build_settings(
         manifest=args.manifest, out_dir=".", cli=cli, env=os.environ, config_path=args.config
     )

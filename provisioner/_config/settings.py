@@ -145,6 +145,8 @@ class Settings:
     max_row_bytes: int = 1_048_576
     force: bool = False
     retry_in_doubt: bool = False
+    #: List each workspace's campaigns first and refuse rows for unknown/non-API ones.
+    campaign_check: bool = True
     workspaces: tuple[WorkspaceSettings, ...] = ()
     default_workspace: str = DEFAULT_WORKSPACE
 
@@ -337,6 +339,7 @@ def build_settings(
         config_path=path,
         force=bool(cli.get("force")),
         retry_in_doubt=bool(cli.get("retry_in_doubt")),
+        campaign_check=not cli.get("no_campaign_check"),
         workspaces=workspaces,
         default_workspace=default_name(workspaces, declared),
         **merged,

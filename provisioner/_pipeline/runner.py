@@ -32,6 +32,7 @@ from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import Assigned, SeenIndex
 from provisioner._outputs.files import ResultSink
 from provisioner._outputs.summary import RunStats
+from provisioner._pipeline.campaign_check import CampaignCheck, refused
 from provisioner._pipeline.outcomes import (
     deferred,
     duplicate,
@@ -89,6 +90,10 @@ class Run:
         )
         self.retry_budget = RetryBudget()
         self._sleep = sleep
+        # Its own retry budget: listing retries must not eat the rows' share.
+        self.campaign_check = CampaignCheck(
+            settings.campaign_check, self.policy, RetryBudget(), sleep
+        )
         self.stop_reason: str | None = None
         self.stop_exit: int | None = None
         self.drain_abandoned = False
@@ -264,6 +269,9 @@ class Run:
         await self.store.throttle()
         priors = self.store.lookup_many(lane.label, [a.key for a in batch])
         force = self.settings.force
+        # Listed once per workspace and run (the first batch waits for it): rows for
+        # campaigns Braze does not have fail here, before they can spend quota.
+        known = await self.campaign_check.campaigns(lane.label, lane.client)
         # Rows to skip are gathered and emitted together (per row, emit() was ~40% of a
         # skip run's time); before any other outcome or await, so the order is unchanged.
         # A Job is built only for a row that goes to the workers.
@@ -276,6 +284,9 @@ class Run:
             if skips:
                 self._emit_skipped(lane, skips)
                 skips = []
+            if known is not None and (code := known.verdict(a.row.campaign_id)) is not None:
+                self.emit(refused(a.row, a.send_id, code), a.key, lane)
+                continue
             in_doubt = a.send_id is None and not self.settings.retry_in_doubt
             if prior is not None and not force and in_doubt:
                 self.emit(failed_in_doubt(a.row, prior=prior), a.key, lane)

@@ -4,21 +4,30 @@ It reads the whole manifest with the run's own reader, validation, duplicate che
 state lookups, and tells how many rows are invalid, repeated, already provisioned and
 still to send, and per workspace how many quota windows (days, by default) the rest
 needs given the caps and what the state store knows of the current window.
+
+With a key (and unless ``--no-campaign-check``), each workspace's campaigns are listed as a
+run lists them (``campaign_check.py``): rows for unknown or non-API campaigns are counted
+as invalid (``unknown_campaign``, ``not_api_campaign``) and not as rows to send.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provisioner._braze.campaigns import Campaigns, Unchecked, list_campaigns
+from provisioner._braze.client import BrazeClient
+from provisioner._braze.retry import RetryBudget, RetryPolicy
 from provisioner._config.settings import Settings
 from provisioner._core.models import Row, RowError
 from provisioner._manifest.reader import Manifest
 from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import SeenIndex
+from provisioner._pipeline.campaign_check import refused
 from provisioner._state.schema import StoreReader
 from provisioner._state.store import SqliteStateStore, default_state_path, open_store
 
@@ -61,6 +70,8 @@ class Forecast:
     examples: list[str] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     workspaces: dict[str, WorkspaceForecast] = field(default_factory=dict)
+    #: Per workspace name: its campaigns, or why they were not checked.
+    campaigns: dict[str, Campaigns | Unchecked] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -79,6 +90,10 @@ class Forecast:
             "already_provisioned": sum(w.provisioned for w in self.workspaces.values()),
             "in_doubt": sum(w.in_doubt for w in self.workspaces.values()),
             "to_send": sum(w.to_send for w in self.workspaces.values()),
+            "campaign_check": {
+                name: "checked" if isinstance(c, Campaigns) else c.message
+                for name, c in self.campaigns.items()
+            },
             "workspaces": [
                 {
                     "name": w.name,
@@ -112,7 +127,33 @@ class Forecast:
                 + (f", {w.left_this_window} left in the current one" if w.left_this_window
                    is not None else "")
             )  # fmt: skip
+        for name, c in self.campaigns.items():
+            if isinstance(c, Unchecked):
+                lines.append(f"  workspace {name}: campaigns not checked: {c.message}")
         return "\n".join(lines)
+
+
+def list_all(settings: Settings) -> dict[str, Campaigns | Unchecked]:
+    """Each workspace's campaign listing, as a run gets it (same retry policy)."""
+    policy = RetryPolicy(
+        attempts=settings.retry_attempts,
+        max_time=settings.retry_max_time,
+        backoff_base=settings.retry_backoff_base,
+        backoff_cap=settings.retry_backoff_cap,
+    )
+
+    async def fetch() -> dict[str, Campaigns | Unchecked]:
+        out: dict[str, Campaigns | Unchecked] = {}
+        budget = RetryBudget()
+        for w in settings.workspaces:
+            async with BrazeClient(
+                w.base_url, w.api_key, concurrency=1, connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout, ca_file=settings.ca_file,
+            ) as client:  # fmt: skip
+                out[w.name] = await list_campaigns(client, policy=policy, budget=budget)
+        return out
+
+    return asyncio.run(fetch())
 
 
 def forecast(settings: Settings) -> Forecast:
@@ -122,6 +163,8 @@ def forecast(settings: Settings) -> Forecast:
     lanes = {w.name: w for w in settings.workspaces}
     now = time.time()
     report = Forecast(manifest=settings.manifest)
+    if settings.campaign_check:
+        report.campaigns = list_all(settings)
     for w in settings.workspaces:
         cap = w.quota if w.quota is not None else settings.quota
         wf = WorkspaceForecast(w.name, w.api_key.label, per_window=cap or settings.default_quota)
@@ -144,6 +187,8 @@ def forecast(settings: Settings) -> Forecast:
                     checked = RowError(checked.line, "unknown_workspace",
                                        f"workspace {checked.workspace!r} is not declared",
                                        "workspace")  # fmt: skip
+                if isinstance(checked, Row):
+                    checked = _campaign_error(report, checked, settings)
                 if isinstance(checked, RowError):
                     report.invalid += 1
                     report.errors[checked.error] += 1
@@ -186,3 +231,14 @@ def _count(
                 wf.provisioned += 1
             else:
                 wf.in_doubt += 1
+
+
+def _campaign_error(report: Forecast, row: Row, settings: Settings) -> Row | RowError:
+    """The row, or the campaign check's refusal of it as a run would give it."""
+    known = report.campaigns.get(row.workspace or settings.default_workspace)
+    if not isinstance(known, Campaigns):
+        return row
+    code = known.verdict(row.campaign_id)
+    if code is None:
+        return row
+    return RowError(row.line, code, refused(row, None, code).message or code, "campaign_id")

@@ -132,11 +132,15 @@ def add_campaign_routes(
     answered: Callable[[str], None],
 ) -> None:
     """``GET /campaigns/list``. ``authenticate`` maps the Authorization header to None
-    (allowed), ``"403"`` (a known key without ``campaigns.list``) or a 401 message;
+    (allowed), ``"403"`` (a known key without ``campaigns.list``), ``"503"`` (an outage)
+    or a 401 message;
     ``answered`` counts the answer in the ledger under ``campaigns_list``."""
 
     async def list_campaigns(request: web.Request) -> web.Response:
         verdict = authenticate(request.headers.get("Authorization"))
+        if verdict == "503":
+            answered("503")
+            return json_response(503, {"message": "Service Unavailable"}, None)
         if verdict == "403":
             answered("403")
             message = "Forbidden: this API key lacks the campaigns.list permission"

@@ -210,7 +210,11 @@ class _Service:
         return self._by_key.get(token) or "Invalid API key: unknown key"
 
     def list_verdict(self, header: str | None) -> str | None:
-        """For ``/campaigns/list``: None (allowed), ``"403"`` or the 401 message."""
+        """For ``/campaigns/list``: None (allowed), ``"403"``, ``"503"`` (an outage is
+        under way: the listing is down too) or the 401 message."""
+        now = self._clock()
+        if now < self.modes.horizon and self.modes.outage_at(now) is not None:
+            return "503"
         auth = self._authenticate(header)
         if not isinstance(auth, Workspace):
             return auth
