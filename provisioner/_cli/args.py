@@ -327,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not list the campaigns (GET /campaigns/list) even when a key is present",
     )
+    validate.add_argument(
+        "--by",
+        metavar="DATE",
+        help="a deadline (YYYY-MM-DD = 00:00 UTC that day, or an ISO 8601 time): also say "
+        "the quota per day needed to finish by then",
+    )
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
 
     status = sub.add_parser(

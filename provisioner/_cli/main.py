@@ -163,7 +163,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from provisioner._pipeline.validate import forecast
+    from provisioner._pipeline.validate import forecast, parse_deadline
 
     cli = {k: getattr(args, k, None) for k in (
         "state_path", "manifest_format", "quota", "derive_send_ids",
@@ -171,7 +171,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     settings = build_settings(
         manifest=args.manifest, out_dir=".", cli=cli, env=os.environ, config_path=args.config
     )
-    report = forecast(settings)
+    report = forecast(settings, by=parse_deadline(args.by) if args.by else None)
     if args.json:
         print(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -84,6 +84,12 @@ def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:
             lines.append(
                 f"  workspace {w.get('name')} ({w.get('workspace')}): {w.get('deferred_rows')} "
                 f"deferred rows need {w['windows_needed']} more quota window(s)"
+                + (
+                    f"; at {w['quota_per_window']} per window the last is expected to be "
+                    f"created {_friendly_time(w['finishes_at'])}"
+                    if w.get("finishes_at")
+                    else ""
+                )
             )
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from provisioner._braze.campaigns import Campaigns, Unchecked, list_campaigns
@@ -27,9 +28,12 @@ from provisioner._core.models import Row, RowError
 from provisioner._manifest.reader import Manifest
 from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import SeenIndex
+from provisioner._outputs.summary import iso
 from provisioner._pipeline.campaign_check import refused
+from provisioner._pipeline.plan import Plan, plan
 from provisioner._state.schema import StoreReader
 from provisioner._state.store import SqliteStateStore, default_state_path, open_store
+from provisioner.errors import UsageError
 
 _BATCH = 512
 _EXAMPLES = 5
@@ -47,6 +51,14 @@ class WorkspaceForecast:
     per_window: int = 0
     left_this_window: int | None = None
     next_reset_at: float | None = None
+    window: int = 86400
+
+    def plan(self, now: float, by: float | None) -> Plan:
+        """When the rows to send are expected done, and with ``by`` the quota it needs."""
+        return plan(
+            self.to_send, max(1, self.per_window), self.window, now,
+            self.left_this_window, self.next_reset_at, by,
+        )  # fmt: skip
 
     def windows_needed(self) -> int:
         """Quota windows the rows to send need, counting what is left in the current one."""
@@ -72,6 +84,9 @@ class Forecast:
     workspaces: dict[str, WorkspaceForecast] = field(default_factory=dict)
     #: Per workspace name: its campaigns, or why they were not checked.
     campaigns: dict[str, Campaigns | Unchecked] = field(default_factory=dict)
+    now: float = field(default_factory=time.time)
+    #: The deadline of --by (epoch seconds), if any.
+    by: float | None = None
 
     @property
     def exit_code(self) -> int:
@@ -103,6 +118,7 @@ class Forecast:
                     "per_window": w.per_window,
                     "left_this_window": w.left_this_window,
                     "windows_needed": w.windows_needed(),
+                    **_plan_fields(w.plan(self.now, self.by), self.by),
                 }
                 for w in self.workspaces.values()
             ],
@@ -127,6 +143,8 @@ class Forecast:
                 + (f", {w.left_this_window} left in the current one" if w.left_this_window
                    is not None else "")
             )  # fmt: skip
+        for w in self.workspaces.values():
+            lines.append("    " + plan_text(w.plan(self.now, self.by), self.by))
         for name, c in self.campaigns.items():
             if isinstance(c, Unchecked):
                 lines.append(f"  workspace {name}: campaigns not checked: {c.message}")
@@ -156,18 +174,49 @@ def list_all(settings: Settings) -> dict[str, Campaigns | Unchecked]:
     return asyncio.run(fetch())
 
 
-def forecast(settings: Settings) -> Forecast:
-    """Read the manifest and the state store; send nothing."""
+def _plan_fields(p: Plan, by: float | None) -> dict[str, object]:
+    out: dict[str, object] = {"quota_per_window": p.per_window, "finishes_at": iso(p.finishes_at)}
+    if by is not None:
+        out["by"] = iso(by)
+        out["quota_per_day_needed"] = p.quota_per_day_needed
+    return out
+
+
+def plan_text(p: Plan, by: float | None) -> str:
+    """One workspace's plan for a person."""
+    when = datetime.fromtimestamp(p.finishes_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = (
+        f"plan: {p.rows:,} row(s) at {p.per_window:,} per {p.window:,} s window: the last "
+        f"expected to be created {when}"
+    )
+    if by is not None:
+        deadline = datetime.fromtimestamp(by, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        text += (
+            f"; to finish by {deadline} it takes {p.quota_per_day_needed:,} per day "
+            f"({p.quota_per_window_needed:,} per window): ask Braze for that quota"
+            if (p.quota_per_window_needed or 0) > p.per_window
+            else f"; on time for {deadline} at the current quota"
+        )
+    return text
+
+
+def forecast(settings: Settings, *, by: float | None = None) -> Forecast:
+    """Read the manifest and the state store; send nothing. ``by``: a deadline (epoch s)."""
     path = Path(settings.state_path).expanduser() if settings.state_path else default_state_path()
     store: SqliteStateStore | None = open_store(path, lock=False) if path.exists() else None
     lanes = {w.name: w for w in settings.workspaces}
     now = time.time()
-    report = Forecast(manifest=settings.manifest)
+    if by is not None and by < now:
+        raise UsageError(
+            f"--by {iso(by)} is in the past: give a later date (YYYY-MM-DD or an ISO 8601 time)"
+        )
+    report = Forecast(manifest=settings.manifest, now=now, by=by)
     if settings.campaign_check:
         report.campaigns = list_all(settings)
     for w in settings.workspaces:
         cap = w.quota if w.quota is not None else settings.quota
-        wf = WorkspaceForecast(w.name, w.api_key.label, per_window=cap or settings.default_quota)
+        wf = WorkspaceForecast(w.name, w.api_key.label, per_window=cap or settings.default_quota,
+                               window=settings.default_window)  # fmt: skip
         window = store.quota_window(wf.label, now) if store is not None else None
         if window is not None:
             wf.per_window = min(cap or window.limit, window.limit)
@@ -242,3 +291,17 @@ def _campaign_error(report: Forecast, row: Row, settings: Settings) -> Row | Row
     if code is None:
         return row
     return RowError(row.line, code, refused(row, None, code).message or code, "campaign_id")
+
+
+def parse_deadline(text: str) -> float:
+    """``--by``: a date (00:00 UTC that day) or an ISO 8601 time (UTC if no offset)."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--by {text!r} is not a date: give YYYY-MM-DD (00:00 UTC that day) or an ISO "
+            "8601 time such as 2026-12-24T18:00:00Z"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
