@@ -91,8 +91,10 @@ def parse_rate_limit(headers: CIMultiDictProxy[str]) -> RateLimit | None:
 
 
 def parse_retry_after(headers: CIMultiDictProxy[str]) -> float | None:
-    """Retry-After in seconds (undocumented for Braze: honoured when present)."""
-    value = _int_header(headers, "Retry-After")
+    """X-RateLimit-Retry-After (Braze's newer rate-limit pages: seconds, preferred when
+    present), else Retry-After (undocumented for Braze), in seconds."""
+    value = _int_header(headers, "X-RateLimit-Retry-After")
+    value = _int_header(headers, "Retry-After") if value is None else value
     return None if value is None else float(value)
 
 

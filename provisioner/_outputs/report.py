@@ -19,7 +19,8 @@ _NEXT_STEP = {
     "outage": "Braze was unavailable for longer than --max-wait: run the same command again "
     "later (nothing was lost)",
     "key_refused": "Braze refused the API key: fix the key or its sends.id.create permission, "
-    "then run the same command again",
+    "or add this host's IP address to the key's IP allowlist (a key refused from a new host, "
+    "such as an ephemeral runner, is often that), then run the same command again",
     "interrupted": "the run was interrupted: run the same command again to finish",
     "output_failed": "the output files could not be written, so the run stopped: run the same "
     "command again once the output folder can be written",

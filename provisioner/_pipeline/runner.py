@@ -471,7 +471,9 @@ class Run:
 
 
 _KEY_HINTS = {
-    401: "the key is unknown or missing: check BRAZE_API_KEY and the instance's base URL",
-    403: "the key lacks the sends.id.create permission, or the plan does not allow it",
+    401: "the key is unknown or missing: check BRAZE_API_KEY and the instance's base URL; "
+    "if the key has an IP allowlist, this host's address may not be on it",
+    403: "the key lacks the sends.id.create permission, or the plan does not allow it, or "
+    "the key's IP allowlist does not include this host (a new or ephemeral runner)",
     404: "the key is unknown to this instance: check the base URL (rest.iad-0N, fra-0N ...)",
 }

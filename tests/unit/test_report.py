@@ -68,3 +68,26 @@ def test_summary_says_when_the_manifest_was_not_read_to_its_end() -> None:
         if finished is not None:
             summary["manifest_read_to_end"] = finished
         assert "not read to its end" not in human_summary(summary, Path("out"))
+
+
+def test_refused_key_names_the_ip_allowlist() -> None:
+    """A refused key: the next step names the key's IP allowlist as a possible cause."""
+    text = human_summary(
+        {"run_id": "r", "exit_code": 4, "duration_s": 1.0, "counts": {"deferred": 5},
+         "deferred_reasons": {"key_refused": 5}},
+        Path("out"),
+    )  # fmt: skip
+    assert "IP allowlist" in text
+
+
+def test_summary_dates_the_last_deferred_row() -> None:
+    """With a plan, the report says when the last deferred row is expected to be created."""
+    text = human_summary(
+        {"run_id": "r", "exit_code": 3, "duration_s": 1.0, "counts": {"deferred": 250},
+         "deferred_reasons": {"quota": 250}, "quota": {"reset_at": "2026-11-27T00:00:00Z"},
+         "workspaces": [{"name": "us", "workspace": "ws-1", "deferred_rows": 250,
+                         "windows_needed": 3, "quota_per_window": 100,
+                         "finishes_at": "2026-11-29T00:00:00.000Z"}]},
+        Path("out"),
+    )  # fmt: skip
+    assert "at 100 per window the last is expected to be created 2026-11-29 00:00 UTC" in text
