@@ -92,8 +92,10 @@ def parse_rate_limit(headers: CIMultiDictProxy[str]) -> RateLimit | None:
 
 
 def parse_retry_after(headers: CIMultiDictProxy[str]) -> float | None:
-    """Retry-After in seconds (undocumented for Braze: honoured when present)."""
-    value = _int_header(headers, "Retry-After")
+    """X-RateLimit-Retry-After (Braze's newer rate-limit pages: seconds, preferred when
+    present), else Retry-After (undocumented for Braze), in seconds."""
+    value = _int_header(headers, "X-RateLimit-Retry-After")
+    value = _int_header(headers, "Retry-After") if value is None else value
     return None if value is None else float(value)
 
 
@@ -251,6 +253,12 @@ class BrazeClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The run's session (it carries the key), for other endpoints (``campaigns.py``)."""
+        assert self._session is not None, "use BrazeClient as an async context manager"
+        return self._session
 
     async def create(self, campaign_id: str, send_id: str | None) -> Reply:
         """POST one create request and classify the response.

@@ -62,7 +62,8 @@ def _number(text: str) -> float:
 #: ``provisioner._config.table``: flag, metavar, type, choices and help come from there).
 RUN_SETTINGS = (
     "base_url", "concurrency", "rate", "quota", "max_wait", "manifest_format", "state_path",
-    "force", "retry_in_doubt", "derive_send_ids", "metrics_file", "log_format", "log_level",
+    "force", "campaign_check", "retry_in_doubt", "derive_send_ids", "metrics_file",
+    "log_format", "log_level",
 )  # fmt: skip
 VALIDATE_SETTINGS = (
     "state_path",
@@ -71,6 +72,7 @@ VALIDATE_SETTINGS = (
     "derive_send_ids",
     "force",
     "retry_in_doubt",
+    "campaign_check",
 )
 
 
@@ -86,7 +88,10 @@ def add_setting_flags(
         assert key.flag is not None, name
         options: dict[str, Any] = {"dest": name, "help": (help_for or {}).get(name, key.flag_help)}
         if key.kind is bool:
-            options["action"] = "store_true"
+            # A setting on by default has a --no-... flag; unset stays None either way, so
+            # build_settings can tell "not given" from "given".
+            options["action"] = "store_false" if key.default is True else "store_true"
+            options["default"] = None
         else:
             if key.kind is int:
                 options["type"] = _positive_int
@@ -242,6 +247,24 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument(
         "--tls-key", metavar="FILE", help="the PEM private key of --tls-cert (unencrypted)"
     )
+    sandbox.add_argument(
+        "--campaigns",
+        metavar="FILE",
+        help="campaign ids, one a line ('ID,not_api': exists, not an API campaign): "
+        "serves GET /campaigns/list and answers 400 for other ids (default: accept all)",
+    )
+    sandbox.add_argument(
+        "--invalid-counts",
+        action="store_true",
+        help="with --campaigns, a 400 for an invalid campaign spends quota (worst case)",
+    )
+    sandbox.add_argument(
+        "--key-without-campaigns-list",
+        action="append",
+        dest="keys_without_campaigns_list",
+        metavar="KEY",
+        help="this --api-key lacks the campaigns.list permission (403); repeatable",
+    )
     export = sub.add_parser(
         "export",
         help="write a run's output files again from the state store",
@@ -280,7 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
             "derive_send_ids": "as for run: derived send ids change which rows are done",
             "force": "as for run: rows created earlier count as to send",
             "retry_in_doubt": "as for run: rows in doubt count as to send",
+            "campaign_check": "do not list the campaigns (GET /campaigns/list) even when a key "
+            "is present",
         },
+    )
+    validate.add_argument(
+        "--by",
+        metavar="DATE",
+        help="a deadline (YYYY-MM-DD = 00:00 UTC that day, or an ISO 8601 time): also say "
+        "the quota per day needed to finish by then",
     )
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
 

@@ -65,6 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:
     from provisioner.errors import UsageError
+    from provisioner.sandbox.campaigns import load_campaigns
     from provisioner.sandbox.modes import parse_outage
     from provisioner.sandbox.server import SandboxConfig, load_faults, serve
 
@@ -95,6 +96,9 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         outages=tuple(outages),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        campaigns=load_campaigns(args.campaigns) if args.campaigns else None,
+        invalid_counts=args.invalid_counts,
+        keys_without_campaigns_list=tuple(args.keys_without_campaigns_list or ()),
     )
     serve(config)
     return ExitCode.OK
@@ -142,13 +146,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from provisioner._pipeline.validate import forecast
+    from provisioner._pipeline.validate import forecast, parse_deadline
 
     cli = {k: getattr(args, k, None) for k in VALIDATE_SETTINGS}
     settings = build_settings(
         manifest=args.manifest, out_dir=".", cli=cli, env=os.environ, config_path=args.config
     )
-    report = forecast(settings)
+    report = forecast(settings, by=parse_deadline(args.by) if args.by else None)
     if args.json:
         print(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

@@ -76,6 +76,8 @@ class Settings:
     max_row_bytes: int = default("max_row_bytes")
     force: bool = default("force")
     retry_in_doubt: bool = default("retry_in_doubt")
+    #: List each workspace's campaigns first and refuse rows for unknown/non-API ones.
+    campaign_check: bool = default("campaign_check")
     workspaces: tuple[WorkspaceSettings, ...] = ()
     default_workspace: str = DEFAULT_WORKSPACE
 
@@ -246,6 +248,9 @@ def build_settings(
     retry_in_doubt = _coerce(
         BY_ATTR["retry_in_doubt"], cli.get("retry_in_doubt"), "--retry-in-doubt"
     )
+    campaign_check = _coerce(
+        BY_ATTR["campaign_check"], cli.get("campaign_check"), "--no-campaign-check"
+    )
     settings = Settings(
         manifest=manifest,
         out_dir=Path(out_dir),
@@ -255,6 +260,7 @@ def build_settings(
         config_path=path,
         force=bool(force),
         retry_in_doubt=bool(retry_in_doubt),
+        campaign_check=campaign_check is not False,
         workspaces=workspaces,
         default_workspace=default_name(workspaces, declared),
         **merged,

@@ -129,6 +129,12 @@ FLAG_ONLY: tuple[Key, ...] = (
         doc="send rows that are in doubt again (may create a second send id)",
         flag="--retry-in-doubt",
         flag_help="send rows that are in doubt again (may create a second send id)"),
+    Key("", "campaign_check", bool, True,
+        doc="list each workspace's campaigns first (GET /campaigns/list) and refuse rows for "
+        "unknown or non-API campaigns before they spend quota",
+        flag="--no-campaign-check",
+        flag_help="do not list the workspace's campaigns first (GET /campaigns/list) to refuse "
+        "rows for unknown or non-API campaigns before they spend quota"),
 )
 # fmt: on
 

@@ -26,8 +26,9 @@ _NEXT_STEP: dict[str, str] = {
         "(nothing was lost)"
     ),
     DeferReason.KEY_REFUSED: (
-        "Braze refused the API key: fix the key or its sends.id.create permission, then run "
-        "the same command again"
+        "Braze refused the API key: fix the key or its sends.id.create permission, or add "
+        "this host's IP address to the key's IP allowlist (a key refused from a new host, "
+        "such as an ephemeral runner, is often that), then run the same command again"
     ),
     DeferReason.INTERRUPTED: ("the run was interrupted: run the same command again to finish"),
     DeferReason.OUTPUT_FAILED: (
@@ -113,6 +114,12 @@ def human_summary(summary: Mapping[str, Any], out_dir: Path) -> str:
                 f"  workspace {_p(w.get('name'))} ({_p(w.get('workspace'))}): "
                 f"{_p(w.get('deferred_rows'))} deferred rows need {_p(w['windows_needed'])} more "
                 "quota window(s)"
+                + (
+                    f"; at {_p(w['quota_per_window'])} per window the last is expected to be "
+                    f"created {_friendly_time(w['finishes_at'])}"
+                    if w.get("finishes_at")
+                    else ""
+                )
             )
     return "\n".join(lines)
 

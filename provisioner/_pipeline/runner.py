@@ -33,6 +33,7 @@ from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import Assigned, SeenIndex
 from provisioner._outputs.files import ResultSink
 from provisioner._outputs.summary import RunStats
+from provisioner._pipeline.campaign_check import CampaignCheck, refused
 from provisioner._pipeline.decide import IN_DOUBT, SKIP, decide
 from provisioner._pipeline.outcomes import (
     deferred,
@@ -98,6 +99,10 @@ class Run:
         )
         self.retry_budget = RetryBudget()
         self._sleep = sleep
+        # Its own retry budget: listing retries must not eat the rows' share.
+        self.campaign_check = CampaignCheck(
+            settings.campaign_check, self.policy, RetryBudget(), sleep
+        )
         self.stop_reason: str | None = None
         self.stop_exit: int | None = None
         self.drain_abandoned = False
@@ -274,6 +279,9 @@ class Run:
         await self.store.throttle()
         priors = self.store.lookup_many(lane.label, [a.key for a in batch])
         force, retry = self.settings.force, self.settings.retry_in_doubt
+        # Listed once per workspace and run (the first batch waits for it): rows for
+        # campaigns Braze does not have fail here, before they can spend quota.
+        known = await self.campaign_check.campaigns(lane.label, lane.client)
         # Rows to skip are gathered and emitted together (per row, emit() was ~40% of a
         # skip run's time); before any other outcome or await, so the order is unchanged.
         # A Job is built only for a row that goes to the workers.
@@ -288,6 +296,9 @@ class Run:
             if skips:
                 self._emit_skipped(lane, skips)
                 skips = []
+            if known is not None and (code := known.verdict(a.row.campaign_id)) is not None:
+                self.emit(refused(a.row, a.send_id, code), a.key, lane)
+                continue
             if decision is IN_DOUBT:
                 self.emit(failed_in_doubt(a.row, prior=prior), a.key, lane)
                 continue
@@ -481,7 +492,9 @@ class Run:
 
 
 _KEY_HINTS = {
-    401: "the key is unknown or missing: check BRAZE_API_KEY and the instance's base URL",
-    403: "the key lacks the sends.id.create permission, or the plan does not allow it",
+    401: "the key is unknown or missing: check BRAZE_API_KEY and the instance's base URL; "
+    "if the key has an IP allowlist, this host's address may not be on it",
+    403: "the key lacks the sends.id.create permission, or the plan does not allow it, or "
+    "the key's IP allowlist does not include this host (a new or ephemeral runner)",
     404: "the key is unknown to this instance: check the base URL (rest.iad-0N, fra-0N ...)",
 }

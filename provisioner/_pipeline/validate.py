@@ -4,25 +4,38 @@ It reads the whole manifest with the run's own reader, validation, duplicate che
 state lookups, and tells how many rows are invalid, repeated, already provisioned and
 still to send, and per workspace how many quota windows (days, by default) the rest
 needs given the caps and what the state store knows of the current window.
+
+With a key (and unless ``--no-campaign-check``), each workspace's campaigns are listed as a
+run lists them (``campaign_check.py``): rows for unknown or non-API campaigns are counted
+as invalid (``unknown_campaign``, ``not_api_campaign``) and not as rows to send.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+from provisioner._braze.campaigns import Campaigns, Unchecked, list_campaigns
+from provisioner._braze.client import BrazeClient
+from provisioner._braze.retry import RetryBudget, RetryPolicy
 from provisioner._config.settings import Settings
 from provisioner._core.models import Row, RowError
+from provisioner._core.times import iso
 from provisioner._core.vocab import ExitCode
 from provisioner._manifest.reader import Manifest
 from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import Assigned, SeenIndex
+from provisioner._pipeline.campaign_check import refused
 from provisioner._pipeline.decide import SEND, SKIP, decide
+from provisioner._pipeline.plan import Plan, plan
 from provisioner._state.interface import StoreReader
 from provisioner._state.store import default_state_path, open_store
+from provisioner.errors import UsageError
 
 _BATCH = 512
 _EXAMPLES = 5
@@ -39,6 +52,15 @@ class WorkspaceForecast:
     in_doubt: int = 0
     per_window: int = 0
     left_this_window: int | None = None
+    next_reset_at: float | None = None
+    window: int = 86400
+
+    def plan(self, now: float, by: float | None) -> Plan:
+        """When the rows to send are expected done, and with ``by`` the quota it needs."""
+        return plan(
+            self.to_send, max(1, self.per_window), self.window, now,
+            self.left_this_window, self.next_reset_at, by,
+        )  # fmt: skip
 
     def windows_needed(self) -> int:
         """Quota windows the rows to send need, counting what is left in the current one."""
@@ -62,6 +84,11 @@ class Forecast:
     examples: list[str] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     workspaces: dict[str, WorkspaceForecast] = field(default_factory=dict)
+    #: Per workspace name: its campaigns, or why they were not checked.
+    campaigns: dict[str, Campaigns | Unchecked] = field(default_factory=dict)
+    now: float = field(default_factory=time.time)
+    #: The deadline of --by (epoch seconds), if any.
+    by: float | None = None
 
     @property
     def exit_code(self) -> int:
@@ -80,6 +107,10 @@ class Forecast:
             "already_provisioned": sum(w.provisioned for w in self.workspaces.values()),
             "in_doubt": sum(w.in_doubt for w in self.workspaces.values()),
             "to_send": sum(w.to_send for w in self.workspaces.values()),
+            "campaign_check": {
+                name: "checked" if isinstance(c, Campaigns) else c.message
+                for name, c in self.campaigns.items()
+            },
             "workspaces": [
                 {
                     "name": w.name,
@@ -89,6 +120,7 @@ class Forecast:
                     "per_window": w.per_window,
                     "left_this_window": w.left_this_window,
                     "windows_needed": w.windows_needed(),
+                    **_plan_fields(w.plan(self.now, self.by), self.by),
                 }
                 for w in self.workspaces.values()
             ],
@@ -113,24 +145,85 @@ class Forecast:
                 + (f", {w.left_this_window} left in the current one" if w.left_this_window
                    is not None else "")
             )  # fmt: skip
+        for w in self.workspaces.values():
+            lines.append("    " + plan_text(w.plan(self.now, self.by), self.by))
+        for name, c in self.campaigns.items():
+            if isinstance(c, Unchecked):
+                lines.append(f"  workspace {name}: campaigns not checked: {c.message}")
         return "\n".join(lines)
 
 
-def forecast(settings: Settings) -> Forecast:
-    """Read the manifest and the state store; send nothing."""
+def list_all(settings: Settings) -> dict[str, Campaigns | Unchecked]:
+    """Each workspace's campaign listing, as a run gets it (same retry policy)."""
+    policy = RetryPolicy(
+        attempts=settings.retry_attempts,
+        max_time=settings.retry_max_time,
+        backoff_base=settings.retry_backoff_base,
+        backoff_cap=settings.retry_backoff_cap,
+    )
+
+    async def fetch() -> dict[str, Campaigns | Unchecked]:
+        out: dict[str, Campaigns | Unchecked] = {}
+        budget = RetryBudget()
+        for w in settings.workspaces:
+            async with BrazeClient(
+                w.base_url, w.api_key, concurrency=1, connect_timeout=settings.connect_timeout,
+                read_timeout=settings.read_timeout, ca_file=settings.ca_file,
+            ) as client:  # fmt: skip
+                out[w.name] = await list_campaigns(client, policy=policy, budget=budget)
+        return out
+
+    return asyncio.run(fetch())
+
+
+def _plan_fields(p: Plan, by: float | None) -> dict[str, object]:
+    out: dict[str, object] = {"quota_per_window": p.per_window, "finishes_at": iso(p.finishes_at)}
+    if by is not None:
+        out["by"] = iso(by)
+        out["quota_per_day_needed"] = p.quota_per_day_needed
+    return out
+
+
+def plan_text(p: Plan, by: float | None) -> str:
+    """One workspace's plan for a person."""
+    when = datetime.fromtimestamp(p.finishes_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = (
+        f"plan: {p.rows:,} row(s) at {p.per_window:,} per {p.window:,} s window: the last "
+        f"expected to be created {when}"
+    )
+    if by is not None:
+        deadline = datetime.fromtimestamp(by, UTC).strftime("%Y-%m-%d %H:%M UTC")
+        text += (
+            f"; to finish by {deadline} it takes {p.quota_per_day_needed:,} per day "
+            f"({p.quota_per_window_needed:,} per window): ask Braze for that quota"
+            if (p.quota_per_window_needed or 0) > p.per_window
+            else f"; on time for {deadline} at the current quota"
+        )
+    return text
+
+
+def forecast(settings: Settings, *, by: float | None = None) -> Forecast:
+    """Read the manifest and the state store; send nothing. ``by``: a deadline (epoch s)."""
     path = Path(settings.state_path).expanduser() if settings.state_path else default_state_path()
     store: StoreReader | None = open_store(path, lock=False) if path.exists() else None
     lanes = {w.name: w for w in settings.workspaces}
     now = time.time()
-    report = Forecast(manifest=settings.manifest)
+    if by is not None and by < now:
+        raise UsageError(
+            f"--by {iso(by)} is in the past: give a later date (YYYY-MM-DD or an ISO 8601 time)"
+        )
+    report = Forecast(manifest=settings.manifest, now=now, by=by)
+    if settings.campaign_check:
+        report.campaigns = list_all(settings)
     for w in settings.workspaces:
         cap = w.quota if w.quota is not None else settings.quota
-        wf = WorkspaceForecast(w.name, w.api_key.label, per_window=cap or settings.default_quota)
+        wf = WorkspaceForecast(w.name, w.api_key.label, per_window=cap or settings.default_quota,
+                               window=settings.default_window)  # fmt: skip
         window = store.quota_window(wf.label, now) if store is not None else None
         if window is not None:
             wf.per_window = min(cap or window.limit, window.limit)
             left = window.remaining if cap is None else min(window.remaining, cap - window.spent)
-            wf.left_this_window = max(0, left)
+            wf.left_this_window, wf.next_reset_at = max(0, left), window.reset_at
         report.workspaces[w.name] = wf
     seen = SeenIndex(settings.derive_send_ids)
     try:
@@ -145,6 +238,8 @@ def forecast(settings: Settings) -> Forecast:
                     checked = RowError(checked.line, "unknown_workspace",
                                        f"workspace {checked.workspace!r} is not declared",
                                        "workspace")  # fmt: skip
+                if isinstance(checked, Row):
+                    checked = _campaign_error(report, checked, settings)
                 if isinstance(checked, RowError):
                     report.invalid += 1
                     report.errors[checked.error] += 1
@@ -191,3 +286,28 @@ def _count(
                 wf.provisioned += 1
             else:
                 wf.in_doubt += 1
+
+
+def _campaign_error(report: Forecast, row: Row, settings: Settings) -> Row | RowError:
+    """The row, or the campaign check's refusal of it as a run would give it."""
+    known = report.campaigns.get(row.workspace or settings.default_workspace)
+    if not isinstance(known, Campaigns):
+        return row
+    code = known.verdict(row.campaign_id)
+    if code is None:
+        return row
+    return RowError(row.line, code, refused(row, None, code).message or code, "campaign_id")
+
+
+def parse_deadline(text: str) -> float:
+    """``--by``: a date (00:00 UTC that day) or an ISO 8601 time (UTC if no offset)."""
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--by {text!r} is not a date: give YYYY-MM-DD (00:00 UTC that day) or an ISO "
+            "8601 time such as 2026-12-24T18:00:00Z"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()

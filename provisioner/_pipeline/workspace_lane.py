@@ -154,5 +154,21 @@ class Lane:
             "stop_message": self.stop_message or self.breaker.outage_message(),
             "deferred_rows": self.deferred_rows,
             "windows_needed": self.windows_needed(),
+            **self._plan(),
             "breaker_opened": self.breaker.opened,
         }
+
+    def _plan(self) -> dict[str, object]:
+        """For deferred rows that more windows will take: when the last is expected to be
+        created at the quota per window (``plan.py``)."""
+        from provisioner._core.times import iso
+        from provisioner._pipeline.plan import finishes_at
+
+        if self.windows_needed() is None:
+            return {}
+        b = self.budget
+        per_window = b.cap or b.limit or b.default_limit
+        end = finishes_at(
+            self.deferred_rows, per_window, b.default_window, time.time(), b.remaining, b.reset_at
+        )
+        return {"quota_per_window": per_window, "finishes_at": iso(end)}

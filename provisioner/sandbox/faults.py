@@ -263,8 +263,10 @@ class LedgerEntry:
 @dataclass(slots=True)
 class WindowFigures:
     """One workspace's quota window: ``ours`` creations by the clients of the sandbox,
-    ``other`` by the shared consumer, ``http_429`` answers to our clients, and
-    ``outage`` creates answered by an outage (503 or reset)."""
+    ``other`` by the shared consumer, ``http_429`` answers to our clients,
+    ``outage`` creates answered by an outage (503 or reset), ``invalid_campaign`` 400s
+    for a campaign ``--campaigns`` does not list as an API campaign and
+    ``invalid_counted`` those of them that spent quota (``--invalid-counts``)."""
 
     workspace: str
     window_start: int
@@ -274,6 +276,8 @@ class WindowFigures:
     other: int = 0
     http_429: int = 0
     outage: int = 0
+    invalid_campaign: int = 0
+    invalid_counted: int = 0
 
 
 @dataclass(slots=True)
@@ -289,6 +293,8 @@ class Ledger:
     by_status: dict[str, int] = field(default_factory=dict)
     total: int = 0
     windows: dict[tuple[str, int], WindowFigures] = field(default_factory=dict)
+    #: Answers of ``GET /campaigns/list`` by status code (apart: another endpoint).
+    campaigns_list: dict[str, int] = field(default_factory=dict)
 
     def count(self, status: int | str) -> int:
         """How many requests got this status (or ``"dropped"``, ``"refused"``)."""
@@ -308,6 +314,7 @@ class Ledger:
             "created": self.created,
             "requests": {"total": self.total, "by_status": dict(self.by_status)},
             "windows": self.window_figures(),
+            "campaigns_list": dict(self.campaigns_list),
         }
 
     def _answered(self, key: str) -> None:

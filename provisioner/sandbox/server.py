@@ -29,6 +29,7 @@ from aiohttp import web
 
 from provisioner._core.identity import workspace_label
 from provisioner.errors import UsageError
+from provisioner.sandbox.campaigns import CampaignBook, SandboxCampaign, add_campaign_routes
 from provisioner.sandbox.faults import (
     ERROR_MESSAGES,
     FaultBook,
@@ -102,6 +103,10 @@ class SandboxConfig:
     outages: tuple[Outage, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: None: every campaign id is accepted and ``/campaigns/list`` is not served.
+    campaigns: tuple[SandboxCampaign, ...] | None = None
+    invalid_counts: bool = False
+    keys_without_campaigns_list: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -128,6 +133,14 @@ class SandboxConfig:
             raise UsageError(f"--garble needs --headers garble, not --headers {self.headers}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise UsageError("--tls-cert and --tls-key go together: give both or neither")
+        if self.invalid_counts and self.campaigns is None:
+            raise UsageError("--invalid-counts needs --campaigns FILE (which ids are invalid)")
+        for index, key in enumerate(self.keys_without_campaigns_list, start=1):
+            if key not in self.api_keys:
+                raise UsageError(
+                    f"--key-without-campaigns-list #{index} is not one of the --api-key "
+                    "values; give the key with --api-key too"
+                )
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server's TLS context when ``tls_cert``/``tls_key`` are set (https), else None.
@@ -170,6 +183,12 @@ class _Service:
         self._id_prefix = "sbx_" + secrets.token_hex(4)
         self._next_id = 0
         self.modes = Modes(config, started_at=clock())
+        self.campaigns = (
+            CampaignBook(config.campaigns, created_at=clock())
+            if config.campaigns is not None
+            else None
+        )
+        self._unlisting = {f"Bearer {key}" for key in config.keys_without_campaigns_list}
 
     async def on_startup(self, app: web.Application) -> None:
         """Outages are relative to the start: place them when the sandbox starts serving."""
@@ -189,6 +208,33 @@ class _Service:
         if scheme.lower() != "bearer" or not token:
             return "Invalid API key: expected 'Authorization: Bearer <key>'"
         return self._by_key.get(token) or "Invalid API key: unknown key"
+
+    def list_verdict(self, header: str | None) -> str | None:
+        """For ``/campaigns/list``: None (allowed), ``"403"``, ``"503"`` (an outage is
+        under way: the listing is down too) or the 401 message."""
+        now = self._clock()
+        if now < self.modes.horizon and self.modes.outage_at(now) is not None:
+            return "503"
+        auth = self._authenticate(header)
+        if not isinstance(auth, Workspace):
+            return auth
+        return "403" if header in self._unlisting else None
+
+    def list_answered(self, status: str) -> None:
+        counts = self.ledger.campaigns_list
+        counts[status] = counts.get(status, 0) + 1
+
+    def _invalid_campaign(self, ws: Workspace, message: str) -> web.Response:
+        """400 for a campaign the campaign file does not list as an API campaign;
+        with ``--invalid-counts`` it spends quota like a creation (429 once spent)."""
+        if self.config.invalid_counts:
+            if ws.used >= self._quota:
+                ws.figures.http_429 += 1
+                return self._reply(429, {"message": "Rate limit exceeded"}, ws)
+            ws.used += 1
+            ws.figures.invalid_counted += 1
+        ws.figures.invalid_campaign += 1
+        return self._reply(400, {"message": message, "errors": [message]}, ws)
 
     def _roll(self, ws: Workspace, now: float) -> None:
         """Move the workspace into the window of ``now`` and let the shared consumer act."""
@@ -273,6 +319,10 @@ class _Service:
             message = "Invalid request: " + parsed.errors[0]
             return self._reply(400, {"message": message, "errors": parsed.errors}, ws)
         campaign_id, send_id = parsed
+        if self.campaigns is not None:
+            refusal = self.campaigns.refusal(campaign_id)
+            if refusal is not None:
+                return self._invalid_campaign(ws, refusal)
 
         rule = self.faults.pick(campaign_id) if self.faults else None
         if rule is not None and not rule.creates:
@@ -336,6 +386,7 @@ def build_app(config: SandboxConfig, *, clock: Callable[[], float] = time.time) 
     app = web.Application(client_max_size=MAX_BODY_BYTES + 1)
     app[_SERVICE] = service
     app.router.add_post("/sends/id/create", service.create)
+    add_campaign_routes(app, service.campaigns, service.list_verdict, service.list_answered)
     add_admin_routes(app, service.modes, service.faults, service.settled_ledger, clock)
     app.on_startup.append(service.on_startup)
     return app

@@ -247,10 +247,11 @@ async def test_second_concurrent_run_exits_75(sandbox: Sandbox, tmp_path: Path) 
         code, mail = await cron.run(PROVISIONER_MANIFEST=other)
         assert (code, mail) == (75, "")
         assert cron.events().count("job_lock_busy") == 1
-        # Without the job lock (PROVISIONER_LOCK empty) the state store's own lock says 75.
+        # Without the job lock (PROVISIONER_LOCK empty) the tool's own locks say 75: the
+        # output folder's (same --out) before the state store's.
         code, mail = await cron.run(PROVISIONER_MANIFEST=other, PROVISIONER_LOCK="")
         assert (code, mail) == (75, "")
-        assert "is in use by another run" in cron.log.read_text()
+        assert "is being written by another run" in cron.log.read_text()
     code, mail = await finish(first)
     assert (code, mail) == (0, "")
     assert outputs(cron.out)[3]["counts"]["created"] == 2

@@ -65,6 +65,8 @@ def figures(start: float, *, ours: int, other: int, http_429: int = 0, outage: i
         "other": other,
         "http_429": http_429,
         "outage": outage,
+        "invalid_campaign": 0,  # no --campaigns here: every id is valid
+        "invalid_counted": 0,
     }
 
 

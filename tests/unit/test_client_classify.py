@@ -261,3 +261,21 @@ def test_client_refuses_an_unsafe_base_url(url: str) -> None:
 
     with pytest.raises(ConfigError):
         BrazeClient(url, ApiKey("k"))
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"X-RateLimit-Retry-After": "7"}, 7.0),
+        ({"x-ratelimit-retry-after": "7"}, 7.0),
+        ({"Retry-After": "3"}, 3.0),
+        ({"X-RateLimit-Retry-After": "7", "Retry-After": "3"}, 7.0),
+        ({"X-RateLimit-Retry-After": "soon", "Retry-After": "3"}, 3.0),
+        ({}, None),
+    ],
+)
+def test_x_ratelimit_retry_after_is_honoured_like_retry_after(
+    given: dict[str, str], expected: float | None
+) -> None:
+    """X-RateLimit-Retry-After counts as Retry-After (any case), and wins when both come."""
+    assert parse_retry_after(_headers(given)) == expected

@@ -84,3 +84,26 @@ def test_paths_and_values_with_control_characters_cannot_forge_lines() -> None:
     assert "\x1b" not in text
     assert "/tmp/out\\nprovisioner: forged\\u2028line/results.jsonl" in text
     assert "bad\\nprovisioner: run x finished OK" in text
+
+
+def test_refused_key_names_the_ip_allowlist() -> None:
+    """A refused key: the next step names the key's IP allowlist as a possible cause."""
+    text = human_summary(
+        {"run_id": "r", "exit_code": 4, "duration_s": 1.0, "counts": {"deferred": 5},
+         "deferred_reasons": {"key_refused": 5}},
+        Path("out"),
+    )  # fmt: skip
+    assert "IP allowlist" in text
+
+
+def test_summary_dates_the_last_deferred_row() -> None:
+    """With a plan, the report says when the last deferred row is expected to be created."""
+    text = human_summary(
+        {"run_id": "r", "exit_code": 3, "duration_s": 1.0, "counts": {"deferred": 250},
+         "deferred_reasons": {"quota": 250}, "quota": {"reset_at": "2026-11-27T00:00:00Z"},
+         "workspaces": [{"name": "us", "workspace": "ws-1", "deferred_rows": 250,
+                         "windows_needed": 3, "quota_per_window": 100,
+                         "finishes_at": "2026-11-29T00:00:00.000Z"}]},
+        Path("out"),
+    )  # fmt: skip
+    assert "at 100 per window the last is expected to be created 2026-11-29 00:00 UTC" in text
