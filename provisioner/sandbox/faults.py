@@ -1,5 +1,6 @@
-"""How the sandbox reads a create request, spoils its answer and records it: the body's
-rules, fault rules (what a rule is, how rules are read, which one applies) and the ledger.
+"""How the sandbox reads a create request and spoils its answer: the body's rules and
+fault rules (what a rule is, how rules are read, which one applies). The ledger that
+records what happened is ``sandbox/ledger.py``.
 
 Kept apart from ``sandbox.py`` so that the server module stays about serving; the public
 names (``FaultRule``, ``load_faults``) are re-exported there.
@@ -11,7 +12,7 @@ import asyncio
 import math
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import orjson
@@ -251,77 +252,6 @@ def parse_create_body(raw: bytes) -> tuple[str, str | None] | Invalid:
     if errors or not isinstance(campaign_id, str):
         return Invalid(errors)
     return campaign_id, send_id if isinstance(send_id, str) else None
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """One creation as the server saw it; ``at`` is the sandbox clock (epoch seconds)."""
-
-    workspace: str
-    campaign_id: str
-    send_id: str
-    at: float
-
-
-@dataclass(slots=True)
-class WindowFigures:
-    """One workspace's quota window: ``ours`` creations by the clients of the sandbox,
-    ``other`` by the shared consumer, ``http_429`` answers to our clients, and
-    ``outage`` creates answered by an outage (503 or reset)."""
-
-    workspace: str
-    window_start: int
-    window_end: int
-    quota: int
-    ours: int = 0
-    other: int = 0
-    http_429: int = 0
-    outage: int = 0
-
-
-@dataclass(slots=True)
-class Ledger:
-    """What the sandbox created and how it answered ``/sends/id/create``.
-
-    ``by_status`` counts answers by status code as a string, plus ``"dropped"`` for
-    connections a fault closed and ``"refused"`` for those an outage reset; ``total`` is
-    the sum of all of them. ``windows`` holds per-window figures by (workspace, start).
-    """
-
-    created: list[LedgerEntry] = field(default_factory=list)
-    by_status: dict[str, int] = field(default_factory=dict)
-    total: int = 0
-    windows: dict[tuple[str, int], WindowFigures] = field(default_factory=dict)
-
-    def count(self, status: int | str) -> int:
-        """How many requests got this status (or ``"dropped"``, ``"refused"``)."""
-        return self.by_status.get(str(status), 0)
-
-    def window_figures(self, workspace: str | None = None) -> list[WindowFigures]:
-        """Per-window figures, oldest window first, of one workspace or of all."""
-        return sorted(
-            (w for w in self.windows.values() if workspace is None or w.workspace == workspace),
-            key=lambda w: (w.window_start, w.workspace),
-        )
-
-    def to_dict(self) -> dict[str, object]:
-        """The document served at ``GET /sandbox/ledger``."""
-        # Entries stay dataclasses: orjson writes them as objects keyed by field name.
-        return {
-            "created": self.created,
-            "requests": {"total": self.total, "by_status": dict(self.by_status)},
-            "windows": self.window_figures(),
-        }
-
-    def _answered(self, key: str) -> None:
-        self.total += 1
-        self.by_status[key] = self.by_status.get(key, 0) + 1
-
-    def _window(self, workspace: str, start: int, end: int, quota: int) -> WindowFigures:
-        figures = self.windows.get((workspace, start))
-        if figures is None:
-            figures = self.windows[workspace, start] = WindowFigures(workspace, start, end, quota)
-        return figures
 
 
 class _Slot:
