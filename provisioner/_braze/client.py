@@ -61,6 +61,9 @@ class Reply:
 _RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
+_MAX_HEADER_INT = 2**53
+
+
 def _int_header(headers: CIMultiDictProxy[str], name: str) -> int | None:
     value = headers.get(name)
     if value is None:
@@ -72,7 +75,9 @@ def _int_header(headers: CIMultiDictProxy[str], name: str) -> int | None:
             number = int(float(value))
         except (ValueError, OverflowError):  # "nan" is a ValueError here, "inf" overflows
             return None
-    return number if number >= 0 else None
+    # Beyond 2**53 a float no longer holds it (and past ~1e308 float() overflows): no
+    # server meant such a figure.
+    return number if 0 <= number <= _MAX_HEADER_INT else None
 
 
 def parse_rate_limit(headers: CIMultiDictProxy[str]) -> RateLimit | None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from aiolimiter import AsyncLimiter
 
 from provisioner._core.logs import get_logger
+from provisioner._core.models import MAX_RESET_AHEAD
 
 log = get_logger(__name__)
 
@@ -324,6 +325,7 @@ class QuotaBudget:
         self.in_flight -= 1
         now = self._clock()
         self._roll_window_if_due(now)
+        rate_limit, retry_after = self._believable(rate_limit, retry_after, now)
         if rate_limit is not None and rate_limit.complete:
             self._observe_headers(rate_limit, now)
         else:
@@ -357,6 +359,20 @@ class QuotaBudget:
                     until = now + UNKNOWN_RESET_PAUSE
             if until is not None:
                 self._pause(until, "http_429")
+
+    def _believable(
+        self, rl: RateLimit | None, retry_after: float | None, now: float
+    ) -> tuple[RateLimit | None, float | None]:
+        """The headers with a reset or wait beyond ``MAX_RESET_AHEAD`` taken as garbled:
+        a reset of 1e30 would otherwise become the window (and a wait of years a pause)."""
+        far = now + MAX_RESET_AHEAD
+        if rl is not None and rl.reset is not None and not rl.reset <= far:
+            log.warning("rate_limit_reset_absurd", reset=rl.reset, max_ahead_s=MAX_RESET_AHEAD)
+            rl = RateLimit(rl.limit, rl.remaining, None)
+        if retry_after is not None and not retry_after <= MAX_RESET_AHEAD:
+            log.warning("retry_after_absurd", retry_after=retry_after)
+            retry_after = None
+        return rl, retry_after
 
     def _observe_headers(self, rl: RateLimit, now: float) -> None:
         assert rl.limit is not None
@@ -399,8 +415,9 @@ class QuotaBudget:
     def seed(self, reset_at: float, limit: int, remaining: int, spent: int) -> None:
         """Start from a window an earlier run saw (the state store), if it is still open:
         a restart within the window neither bursts nor forgets what was spent."""
-        if reset_at <= self._clock():
-            return
+        now = self._clock()
+        if not now < reset_at <= now + MAX_RESET_AHEAD:
+            return  # closed, or a window no server meant (the store repairs those on open)
         self.known = True
         self.reset_at = reset_at
         self.limit = limit

@@ -44,9 +44,21 @@ class LatencyHistogram:
         return None  # pragma: no cover - rank <= count
 
 
+#: The range ``iso`` can write (years 1 to 9999): what is outside is clamped to its ends.
+_ISO_MIN, _ISO_MAX = -62135596800.0, 253402300799.9999
+
+
 def iso(ts: float) -> str:
-    """Epoch seconds as ISO-8601 UTC with a Z."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Epoch seconds as ISO-8601 UTC with a Z.
+
+    Never raises: a value no datetime holds (NaN, inf, past year 9999, which only a
+    garbled server value or a damaged store can produce) is clamped to year 1 or 9999,
+    so that a summary or ``status`` always comes out.
+    """
+    if not _ISO_MIN <= ts <= _ISO_MAX:
+        ts = _ISO_MIN if ts < 0 else _ISO_MAX  # NaN compares false: the far end
+    when = datetime.fromtimestamp(ts, UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(slots=True)

@@ -21,7 +21,20 @@ HEADER_MODES = ("normal", "omit", "garble")
 GARBLE_VARIANTS = ("empty", "negative", "past_reset", "text")
 OUTAGE_MODES = ("5xx", "refuse")
 #: The fields ``POST /sandbox/modes`` may change; each is a SandboxConfig field and a flag.
-MODE_FIELDS = ("shared_consumer", "shared_at", "shared_span", "headers", "garble")
+MODE_FIELDS = ("shared_consumer", "shared_at", "shared_span", "headers", "garble", "reset")
+#: How ``--reset`` moves ``X-RateLimit-Reset`` (each described in docs/sandbox.md): the
+#: real window's end, or a reset that is absurd (``huge``: 1e30; ``far``: past year 9999)
+#: or moves (``sliding``: now + a window; ``jitter``: one second either way; ``backwards``:
+#: a second earlier per creation of the window). The quota counted stays the real window's.
+RESET_MODES = ("fixed", "huge", "far", "sliding", "jitter", "backwards")
+
+
+def check_reset_mode(reset: object, *, name: Callable[[str], str]) -> str:
+    """The ``reset`` mode, checked; ValueError if it is not one of ``RESET_MODES``."""
+    if not isinstance(reset, str) or reset not in RESET_MODES:
+        choices = ", ".join(RESET_MODES)
+        raise ValueError(f"{name('reset')} must be one of {choices}, got {reset!r}")
+    return reset
 
 
 def is_number(value: object) -> TypeGuard[int | float]:
@@ -123,6 +136,7 @@ class SandboxConfig:
     shared_span: float = 0.0
     headers: str = "normal"
     garble: tuple[str, ...] = ()
+    reset: str = "fixed"
     outages: tuple[Outage, ...] = ()
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -145,7 +159,8 @@ class SandboxConfig:
         if not 0.0 <= self.error_rate <= 1.0:
             raise UsageError(f"--error-rate must be between 0 and 1, got {self.error_rate}")
         try:
-            check_modes(*(getattr(self, f) for f in MODE_FIELDS), name=_flag)
+            check_modes(*(getattr(self, f) for f in MODE_FIELDS[:5]), name=_flag)
+            check_reset_mode(self.reset, name=_flag)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if self.garble and self.headers != "garble":

@@ -83,6 +83,9 @@ class FaultRule:
     delay_ms: float = 0.0
     status: int = 500
     location: str | None = None
+    #: A ``Retry-After`` header sent as it is (seconds, an HTTP date, or nonsense) on a
+    #: ``rate_limit`` or ``status`` answer.
+    retry_after: str | None = None
 
     def __post_init__(self) -> None:
         # Checked here, not only in the JSON reader, so that a rule built in Python
@@ -125,6 +128,16 @@ class FaultRule:
             # Printable ASCII without spaces: it goes into a header as it is.
             raise ValueError(
                 f"location must be a URL of printable ASCII without spaces, got {self.location!r}"
+            )
+
+        if self.retry_after is not None and (
+            not isinstance(self.retry_after, str)
+            or not self.retry_after
+            or any(not 0x20 <= ord(c) <= 0x7E for c in self.retry_after)
+        ):
+            raise ValueError(
+                f"retry_after must be a non-empty header value of printable ASCII, "
+                f"got {self.retry_after!r}"
             )
 
     @property
@@ -328,6 +341,8 @@ async def answer_fault(
     if action in ("status", "rate_limit"):
         status = 429 if action == "rate_limit" else rule.status
         message = ERROR_MESSAGES.get(status, f"Sandbox fault: HTTP {status}")
+        if rule.retry_after is not None:
+            headers = {**(headers or {}), "Retry-After": rule.retry_after}
         return json_response(status, {"message": message}, headers)
     if action == "redirect":
         # A front door or proxy answers, not the service: no rate-limit headers.

@@ -32,6 +32,7 @@ from provisioner.sandbox.config import (
     Outage,
     SandboxConfig,
     check_modes,
+    check_reset_mode,
     is_number,
     parse_outage,
 )
@@ -54,6 +55,9 @@ _LIMIT = "X-RateLimit-Limit"
 _REMAINING = "X-RateLimit-Remaining"
 _RESET = "X-RateLimit-Reset"
 
+
+#: A reset past the last second of year 9999 (``--reset far``): no datetime holds it.
+FAR_RESET = 253402300800 + 86400
 
 # -- outages ---------------------------------------------------------------------------
 
@@ -120,6 +124,7 @@ class Modes:
         self.shared_span = config.shared_span
         self.header_mode = config.headers
         self.garble = config.garble
+        self.reset_mode = config.reset
         self._window = config.window_seconds
         self._planned = config.outages
         # Its own RNG, seeded apart from the sandbox's, so that garbling does not shift
@@ -200,6 +205,21 @@ class Modes:
                     at, moved = span.end, True
         return at
 
+    def moved_reset(self, reset: str, now: float, used: int) -> str:
+        """``X-RateLimit-Reset`` as the ``reset`` mode sends it (``reset``: the real one)."""
+        mode = self.reset_mode
+        if mode == "huge":
+            return "1e30"
+        if mode == "far":
+            return str(FAR_RESET)
+        if mode == "sliding":
+            return str(int(now) + self._window)
+        if mode == "jitter":
+            return str(int(reset) + self._rng.choice((-1, 0, 1)))
+        if mode == "backwards":
+            return str(int(reset) - used)
+        return reset
+
     def odd_headers(
         self, limit: str, remaining: int, reset: str, window_start: int
     ) -> dict[str, str] | None:
@@ -218,6 +238,7 @@ class Modes:
             raise ValueError(
                 f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(MODE_FIELDS)}"
             )
+        check_reset_mode(doc.get("reset", self.reset_mode), name=str)  # before any change
         (
             self.shared_consumer,
             self.shared_at,
@@ -232,6 +253,7 @@ class Modes:
             doc.get("garble", self.garble),
             name=str,
         )
+        self.reset_mode = check_reset_mode(doc.get("reset", self.reset_mode), name=str)
 
     def to_dict(self, now: float) -> dict[str, object]:
         """The document served by the modes and outage admin endpoints."""
@@ -242,6 +264,7 @@ class Modes:
             "shared_span": self.shared_span,
             "headers": self.header_mode,
             "garble": list(self.garble or GARBLE_VARIANTS),
+            "reset": self.reset_mode,
             "outages": [{"start": s.start, "end": s.end, "mode": s.mode} for s in self.spans],
             "outage_now": self.outage_at(now),
         }

@@ -128,13 +128,16 @@ class _Service:
 
     def _headers(self, ws: Workspace, exhausted: bool = False) -> dict[str, str] | None:
         remaining = 0 if exhausted else max(0, self._quota - ws.used)
+        reset = ws.reset
+        if self.modes.reset_mode != "fixed":
+            reset = self.modes.moved_reset(reset, self._clock(), ws.used)
         if self.modes.header_mode == "normal":
             return {
                 "X-RateLimit-Limit": self._limit,
                 "X-RateLimit-Remaining": str(remaining),
-                "X-RateLimit-Reset": ws.reset,
+                "X-RateLimit-Reset": reset,
             }
-        return self.modes.odd_headers(self._limit, remaining, ws.reset, ws.window * self._window)
+        return self.modes.odd_headers(self._limit, remaining, reset, ws.window * self._window)
 
     def _reply(
         self,

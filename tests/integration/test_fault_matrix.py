@@ -315,6 +315,23 @@ CASES = [
         fault_keys=("refused",),
         fault_bound=BREAKER_BOUND,
     ),
+    # An absurd X-RateLimit-Reset is a garbled header: the run goes on with the defaults
+    # (100 a day) instead of storing a window no datetime holds.
+    Case("reset_1e30", sandbox={"reset": "huge"}, statuses={"created": 20}),
+    Case("reset_past_year_9999", sandbox={"reset": "far"}, statuses={"created": 20}),
+    # A Retry-After of 31,700 years is garbled too: the 429 waits for the window's reset.
+    Case(
+        "retry_after_absurd",
+        sandbox={"window_seconds": 1},
+        faults=(
+            FaultRule("rate_limit", campaign_id="s000003", times=1, retry_after="1000000000000"),
+        ),
+        settings={"max_wait": 5},
+        statuses={"created": 20},
+        extra_requests=1,
+        fault_keys=("429",),
+        fault_bound=1,
+    ),
     Case(
         "redirect_to_another_host",
         stop_message="answered 302 redirecting to http://127.0.0.1:9;",

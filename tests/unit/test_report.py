@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from provisioner._outputs.report import human_summary
@@ -68,3 +69,14 @@ def test_summary_says_when_the_manifest_was_not_read_to_its_end() -> None:
         if finished is not None:
             summary["manifest_read_to_end"] = finished
         assert "not read to its end" not in human_summary(summary, Path("out"))
+
+
+def test_iso_never_raises_on_a_time_no_datetime_holds() -> None:
+    """A summary time from a garbled value (inf, NaN, 1e30, past year 9999) is clamped to
+    the ends of years 1..9999 rather than raising, so the summary always comes out."""
+    from provisioner._outputs.summary import iso
+
+    far = "9999-12-31T23:59:59.999Z"
+    assert [iso(v) for v in (1e30, math.inf, math.nan, 253402300800.0 + 86400)] == [far] * 4
+    assert iso(-1e30) == "0001-01-01T00:00:00.000Z"
+    assert iso(0.0) == "1970-01-01T00:00:00.000Z"
