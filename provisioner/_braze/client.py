@@ -44,6 +44,19 @@ class ReplyKind(StrEnum):
     UNEXPECTED = "unexpected"  # 1xx or anything else
 
 
+#: The one 5xx that says the server did nothing: 503 Service Unavailable (overloaded or
+#: down for maintenance, RFC 9110 15.6.4). Any other 5xx came after the request reached
+#: something that may have acted: a 502/504 is a gateway speaking for a backend that may
+#: have written, and a 500 can come after the write. Braze says to retry 5XX; for a row
+#: without a send_id a resend could create a second id, so those are in doubt instead.
+NOTHING_DONE_5XX = frozenset({503})
+
+
+def may_have_created(status: int) -> bool:
+    """Whether a 5xx answer leaves open that the id was created (all but 503)."""
+    return status >= 500 and status not in NOTHING_DONE_5XX
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """One HTTP response, classified."""

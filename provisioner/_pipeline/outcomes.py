@@ -8,7 +8,7 @@ Every message says what happened, what it means and what to do. Error codes are 
 
 from __future__ import annotations
 
-from provisioner._braze.client import Reply, ReplyKind
+from provisioner._braze.client import Reply, ReplyKind, may_have_created
 from provisioner._braze.retry import Transient
 from provisioner._core.models import Outcome, Row, RowError, Status
 from provisioner._outputs.summary import iso
@@ -130,10 +130,17 @@ def final_outcome(
             else ""
         )
         if last is not None:
+            # Only a row with a send_id gets here after a 5xx that may have created (it is
+            # resent: the same combination); a row without one is in doubt at the first.
+            after = (
+                f"Braze may have created it; running again later is safe: it resends the "
+                f"same send_id {send_id}"
+                if send_id is not None and may_have_created(last.status)
+                else "the row was not created and is safe to run again later"
+            )
             msg = (
                 f"Braze answered {last.status} ({last.message or 'server error'}) on "
-                f"{attempts} attempts{budget}; the row was not created and is safe to run again "
-                f"later"
+                f"{attempts} attempts{budget}; {after}"
             )
             return _failed(row, send_id, attempts, last, "server_error", msg, retryable=True)
         code = (
@@ -167,6 +174,20 @@ def final_outcome(
             f"check the campaign's API identifier in the Braze dashboard and fix the manifest"
         )
         return _failed(row, send_id, attempts, reply, code, msg, retryable=False)
+    if kind is ReplyKind.SERVER_ERROR:
+        # Returned as final only for a row without a send_id and a 5xx that may have
+        # created (runner.attempt): in doubt, never resent.
+        return _failed(
+            row,
+            None,
+            attempts,
+            reply,
+            "in_doubt",
+            f"Braze answered {reply.status} ({reply.message or 'server error'}), which comes "
+            f"after the request reached the server or a gateway in front of it: Braze may "
+            f"have created a send id; " + _IN_DOUBT_ADVICE.format(cid=row.campaign_id),
+            retryable=False,
+        )
     if kind in (ReplyKind.QUEUED, ReplyKind.BAD_RESPONSE):
         what = (
             "Braze queued the request (202, maintenance) and returned no send_id"

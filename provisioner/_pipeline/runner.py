@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from provisioner._braze.client import Reply, ReplyKind, redirect_message
+from provisioner._braze.client import Reply, ReplyKind, may_have_created, redirect_message
 from provisioner._braze.quota import Deferred
 from provisioner._braze.retry import RetryBudget, RetryPolicy, Transient
 from provisioner._config.settings import Settings
@@ -419,14 +419,23 @@ class Run:
                 breaker.success(probe)
                 return reply
             limited = reply.kind is ReplyKind.RATE_LIMITED
+            # A 5xx that may have created, for a row that cannot be resent: final, and
+            # counted as spent (the cap stays safe; the next headers correct the rest).
+            doubtful = (
+                reply.kind is ReplyKind.SERVER_ERROR
+                and job.send_id is None
+                and may_have_created(reply.status)
+            )
             await lane.budget.observe(
                 reply.rate_limit,
-                created=reply.kind in (ReplyKind.CREATED, ReplyKind.QUEUED),
+                created=reply.kind in (ReplyKind.CREATED, ReplyKind.QUEUED) or doubtful,
                 rate_limited=limited,
                 retry_after=reply.retry_after,
             )
             if reply.kind is ReplyKind.SERVER_ERROR:
                 breaker.failure(probe, f"{lane.client.url} answered {reply.status}")
+                if doubtful:
+                    return reply  # in doubt: never resent (final_outcome says so)
                 raise Transient(reply=reply)
             breaker.success(probe)
             if limited:

@@ -24,7 +24,7 @@ from provisioner.errors import ConfigError
 NON_CREATING_ACTIONS = frozenset({"status", "rate_limit", "drop_before", "redirect"})
 #: Actions that create (ledger + quota) and then spoil the answer.
 CREATING_ACTIONS = frozenset(
-    {"queued", "drop_after", "delay", "not_json", "no_send_id", "slow_body"}
+    {"queued", "drop_after", "delay", "not_json", "no_send_id", "slow_body", "error_after"}
 )
 ACTIONS = NON_CREATING_ACTIONS | CREATING_ACTIONS
 #: Actions that are meaningless without a positive ``delay_ms``.
@@ -110,7 +110,7 @@ class FaultRule:
             raise ValueError(f"action {self.action!r} needs a delay_ms > 0")
         if isinstance(self.status, bool) or not isinstance(self.status, int):
             raise ValueError(f"status must be an integer, got {self.status!r}")
-        if self.action == "status" and not 400 <= self.status <= 599:
+        if self.action in ("status", "error_after") and not 400 <= self.status <= 599:
             raise ValueError(f"status must be an HTTP error code (400-599), got {self.status}")
         if self.action == "redirect":
             if self.status == 500:
@@ -148,7 +148,7 @@ class FaultRule:
     @property
     def outcome(self) -> str:
         """The ledger's ``by_status`` key for a request this rule answers."""
-        if self.action in ("status", "redirect"):
+        if self.action in ("status", "redirect", "error_after"):
             return str(self.status)
         return _OUTCOMES[self.action]
 
@@ -338,7 +338,7 @@ async def answer_fault(
         # Never written: aiohttp finds the transport closed, takes it for a client
         # disconnect and ignores it quietly.
         return web.Response(status=204)
-    if action in ("status", "rate_limit"):
+    if action in ("status", "rate_limit", "error_after"):
         status = 429 if action == "rate_limit" else rule.status
         message = ERROR_MESSAGES.get(status, f"Sandbox fault: HTTP {status}")
         if rule.retry_after is not None:

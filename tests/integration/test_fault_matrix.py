@@ -145,7 +145,11 @@ CASES = [
         # Concurrency 1 makes the seeded draws hit the same requests every time.
         sandbox={"error_rate": 0.2, "seed": 3},
         settings={"concurrency": 1},
-        statuses={"created": 80},
+        # One row without a send_id draws a 500 or 502: it may have been created (the
+        # client cannot tell that this one was not), so it is in doubt, not resent.
+        exit_code=1,
+        statuses={"created": 79, "failed": 1},
+        errors={"in_doubt": 1},
         fault_keys=("500", "502", "503"),
         fault_bound=BUDGET_FLOOR + 25,  # retries stay within the budget
     ),
@@ -315,6 +319,32 @@ CASES = [
         fault_keys=("refused",),
         fault_bound=BREAKER_BOUND,
     ),
+    # A 5xx after the server created the id (a gateway's 502/504, a 500 after the write):
+    # a row with a send_id is resent (the same combination, created a second time in
+    # repeat-counts mode); a row without one is in doubt at once and never resent.
+    *(
+        Case(
+            f"{status}_after_creating",
+            faults=targeted("error_after", status=status),
+            exit_code=1,
+            statuses={"created": 18, "failed": 2},
+            errors={"in_doubt": 2},
+            lost_answers=LOST,
+            extra_requests=2,
+            fault_keys=(str(status),),
+            fault_bound=4,
+        )
+        for status in (500, 502, 504)
+    ),
+    # A 503 says the server did nothing: even a row without a send_id is retried.
+    Case(
+        "503_then_created_without_send_id",
+        faults=tuple(FaultRule("status", status=503, campaign_id=c, times=1) for c in U_TARGETS),
+        statuses={"created": 20},
+        extra_requests=2,
+        fault_keys=("503",),
+        fault_bound=2,
+    ),
     # An absurd X-RateLimit-Reset is a garbled header: the run goes on with the defaults
     # (100 a day) instead of storing a window no datetime holds.
     Case("reset_1e30", sandbox={"reset": "huge"}, statuses={"created": 20}),
@@ -397,7 +427,7 @@ HEAVY_CASES = [
         sandbox={"error_rate": 0.2, "seed": 11},
         settings={"concurrency": 16},
         exit_code=frozenset({0, 1}),
-        allowed_errors=frozenset({"server_error"}),
+        allowed_errors=frozenset({"server_error", "in_doubt"}),
         fault_keys=("500", "502", "503"),
         fault_bound=BUDGET_FLOOR + int(BUDGET_RATIO * 3800),
         breaker_opens=None,  # five failures in a row happen by chance at this size
