@@ -30,6 +30,9 @@ log = get_logger(__name__)
 
 # Extra seconds after a window's reset before probing it again, for clock skew.
 RESET_MARGIN = 0.05
+# How far a new window's reset may fall short of a whole window after the old one (the
+# server's clock or rounding): less than that is the same window with a moved reset.
+WINDOW_SLACK = 1.0
 # How long to pause on a 429 that says neither when the window resets nor Retry-After.
 UNKNOWN_RESET_PAUSE = 60.0
 
@@ -186,6 +189,7 @@ class QuotaBudget:
         self._deferred: Deferred | None = None
         self.http_429 = 0
         self.headers_missing_logged = False
+        self._reset_moved_logged = False
         self._stopping = asyncio.Event()
         # Workers waiting on the condition for room. While none waits and the lock is
         # free, acquire and observe decide without it: none of their critical sections
@@ -380,19 +384,42 @@ class QuotaBudget:
         assert rl.reset is not None
         if rl.reset <= now:
             return  # a window that has already closed says nothing about this one
-        if not self.known or self.reset_at is None or rl.reset > self.reset_at:
-            if self.known and self.reset_at is not None and rl.reset > self.reset_at:
+        if (
+            not self.known
+            or self.reset_at is None
+            or self.remaining is None
+            or rl.reset >= self.reset_at + max(self.default_window - WINDOW_SLACK, WINDOW_SLACK)
+        ):
+            # A window not known yet, or one that begins where the old one ended: only a
+            # reset a whole window later is a new window. Otherwise a reset that slides
+            # (now + 1 h) or jitters by a second would start the spent count over at every
+            # answer, and --quota would not hold. (Our clock passing the reset is the
+            # other way a window ends: _roll_window_if_due.)
+            if self.known:
                 self.spent = 0
             self.known = True
             self.reset_at = rl.reset
             self.limit = rl.limit
             self.remaining = rl.remaining
             log.debug("quota_window", limit=rl.limit, remaining=rl.remaining, reset=rl.reset)
-        elif rl.reset == self.reset_at:
-            # The server's Remaining only goes down within a window; the lowest is the latest.
-            self.remaining = min(
-                self.remaining if self.remaining is not None else rl.remaining, rl.remaining
-            )
+            return
+        # The same window, whichever way its reset moved: the server's Remaining only goes
+        # down within a window, so the lowest is the latest and is obeyed, even when it
+        # comes with an earlier reset; the latest reset is kept, so the window ends (and
+        # the spent count starts over) no sooner than the server last said.
+        self.remaining = min(self.remaining, rl.remaining)
+        self.limit = rl.limit
+        if rl.reset != self.reset_at:
+            if not self._reset_moved_logged:
+                self._reset_moved_logged = True
+                log.info(
+                    "rate_limit_reset_moved",
+                    was=self.reset_at,
+                    now_says=rl.reset,
+                    hint="taken as the same window: the lowest Remaining and the latest "
+                    "reset are kept",
+                )
+            self.reset_at = max(self.reset_at, rl.reset)
 
     def _observe_without_headers(self, now: float, created: bool, rl: RateLimit | None) -> None:
         if not self.headers_missing_logged:
