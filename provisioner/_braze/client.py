@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
@@ -114,19 +115,30 @@ def parse_retry_after(headers: CIMultiDictProxy[str]) -> float | None:
     return None if value is None else float(value)
 
 
-def _message(body: Any, raw: bytes) -> str:
+def _same(text: str) -> str:
+    return text
+
+
+def _message(body: Any, raw: bytes, redact: Callable[[str], str]) -> str:
+    # Redacted before it is cut short: a cut must not leave the first half of a key.
     if isinstance(body, dict):
         msg = body.get("message")
         errors = body.get("errors")
-        text = str(msg) if msg is not None else ""
+        text = redact(str(msg)) if msg is not None else ""
         if errors:
-            text = f"{text} ({orjson.dumps(errors).decode()[:200]})" if text else str(errors)
+            listed = redact(orjson.dumps(errors).decode())
+            text = f"{text} ({listed[:200]})" if text else redact(str(errors))
         return text[:300]
-    return raw[:120].decode("utf-8", "replace")
+    return redact(raw[:4096].decode("utf-8", "replace"))[:120]
 
 
-def classify(status: int, raw: bytes) -> tuple[ReplyKind, str | None, str]:
-    """Map a status and body to (kind, send_id, message) as braze-facts.md describes."""
+def classify(
+    status: int, raw: bytes, redact: Callable[[str], str] = _same
+) -> tuple[ReplyKind, str | None, str]:
+    """Map a status and body to (kind, send_id, message) as braze-facts.md describes.
+
+    ``redact`` is applied to every text taken from the body (the message, its errors), so
+    that a server echoing the Authorization header cannot put the key in an output."""
     try:
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
@@ -136,7 +148,7 @@ def classify(status: int, raw: bytes) -> tuple[ReplyKind, str | None, str]:
         send_id = body.get("send_id")
         if isinstance(send_id, str) and send_id and not body.get("errors"):
             return ReplyKind.CREATED, send_id, "success"
-    message = _message(body, raw)
+    message = _message(body, raw, redact)
     if 200 <= status < 300:
         if isinstance(body, dict):
             send_id = body.get("send_id")
@@ -228,6 +240,7 @@ class BrazeClient:
         self.url = check_base_url(base_url) + ENDPOINT
         self.host = urlsplit(self.url).netloc
         self._api_key = api_key
+        self._redact = api_key.redactor()
         self._concurrency = concurrency
         self._timeout = aiohttp.ClientTimeout(
             total=None,
@@ -312,7 +325,10 @@ class BrazeClient:
         except TimeoutError as exc:
             raise InDoubt(f"no response from {self.url} within the read timeout") from exc
         latency_ms = (time.perf_counter() - started) * 1000.0
-        kind, new_send_id, message = classify(status, raw)
+        kind, new_send_id, message = classify(status, raw, self._redact)
+        if new_send_id is not None and self._redact(new_send_id) != new_send_id:
+            # A "send_id" holding the key is no send id: never stored or written.
+            kind, new_send_id, message = ReplyKind.BAD_RESPONSE, None, "send_id holds the key"
         return Reply(
             kind=kind,
             status=status,
@@ -323,5 +339,9 @@ class BrazeClient:
             # 429 only, and the runner names a redirect's target.
             retry_after=parse_retry_after(headers) if status == 429 else None,
             latency_ms=latency_ms,
-            location=headers.get("Location") if kind is ReplyKind.REDIRECTED else None,
+            location=(
+                self._redact(headers.get("Location", ""))
+                if kind is ReplyKind.REDIRECTED and "Location" in headers
+                else None
+            ),
         )

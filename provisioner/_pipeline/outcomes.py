@@ -2,7 +2,7 @@
 
 Every message says what happened, what it means and what to do. Error codes are stable
 (scripts match on them): ``invalid_campaign_id``, ``invalid_request``, ``in_doubt``,
-``queued``, ``bad_response``, ``server_error``, ``connection_failed``,
+``queued``, ``bad_response``, ``send_id_mismatch``, ``server_error``, ``connection_failed``,
 ``unexpected_response``, plus the validation codes of ``validation.ERROR_CODES``.
 """
 
@@ -153,6 +153,15 @@ def final_outcome(
         return _failed(row, send_id, attempts, None, code, msg, retryable=True)
     assert reply is not None
     kind = reply.kind
+    if kind is ReplyKind.CREATED and send_id is not None and reply.send_id != send_id:
+        # Braze documents the requested id coming back; another one means the server did
+        # something else than asked (or is not Braze): never a plain success.
+        msg = (
+            f"Braze answered success with send_id {reply.send_id!r}, not the requested "
+            f"{send_id!r}: check in the Braze dashboard which send id campaign "
+            f"{row.campaign_id} got before running this row again (a rerun sends it again)"
+        )
+        return _failed(row, send_id, attempts, reply, "send_id_mismatch", msg, retryable=False)
     if kind is ReplyKind.CREATED:
         return Outcome(
             line=row.line,

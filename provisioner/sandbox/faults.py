@@ -9,11 +9,13 @@ names (``FaultRule``, ``load_faults``) are re-exported there.
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -21,12 +23,23 @@ from aiohttp import web
 from provisioner.errors import ConfigError
 
 #: Actions that answer without creating anything.
-NON_CREATING_ACTIONS = frozenset({"status", "rate_limit", "drop_before", "redirect"})
+NON_CREATING_ACTIONS = frozenset({"status", "rate_limit", "drop_before", "redirect", "echo_auth"})
 #: Actions that create (ledger + quota) and then spoil the answer.
 CREATING_ACTIONS = frozenset(
-    {"queued", "drop_after", "delay", "not_json", "no_send_id", "slow_body", "error_after"}
+    {
+        "queued",
+        "drop_after",
+        "delay",
+        "not_json",
+        "no_send_id",
+        "slow_body",
+        "error_after",
+        "other_send_id",
+    }
 )
 ACTIONS = NON_CREATING_ACTIONS | CREATING_ACTIONS
+#: Actions that answer their rule's ``status``.
+_STATUS_ACTIONS = frozenset({"status", "error_after", "echo_auth"})
 #: Actions that are meaningless without a positive ``delay_ms``.
 _DELAYED_ACTIONS = frozenset({"delay", "slow_body"})
 #: The codes a ``redirect`` rule may answer, and its default (307 keeps the method and body,
@@ -47,6 +60,7 @@ _OUTCOMES = {
     "not_json": "201",
     "no_send_id": "201",
     "slow_body": "201",
+    "other_send_id": "201",
 }
 #: Braze-like messages for error answers, shared with the server module.
 ERROR_MESSAGES = {
@@ -110,7 +124,7 @@ class FaultRule:
             raise ValueError(f"action {self.action!r} needs a delay_ms > 0")
         if isinstance(self.status, bool) or not isinstance(self.status, int):
             raise ValueError(f"status must be an integer, got {self.status!r}")
-        if self.action in ("status", "error_after") and not 400 <= self.status <= 599:
+        if self.action in _STATUS_ACTIONS and not 400 <= self.status <= 599:
             raise ValueError(f"status must be an HTTP error code (400-599), got {self.status}")
         if self.action == "redirect":
             if self.status == 500:
@@ -148,7 +162,7 @@ class FaultRule:
     @property
     def outcome(self) -> str:
         """The ledger's ``by_status`` key for a request this rule answers."""
-        if self.action in ("status", "redirect", "error_after"):
+        if self.action in _STATUS_ACTIONS or self.action == "redirect":
             return str(self.status)
         return _OUTCOMES[self.action]
 
@@ -338,6 +352,16 @@ async def answer_fault(
         # Never written: aiohttp finds the transport closed, takes it for a client
         # disconnect and ignores it quietly.
         return web.Response(status=204)
+    if action == "echo_auth":
+        # A careless server quoting the request's credentials back, raw, base64-encoded
+        # and URL-encoded: the client must not write any of them anywhere.
+        auth = request.headers.get("Authorization", "")
+        b64 = base64.b64encode(auth.encode()).decode()
+        message = f"Invalid credentials {auth!r} (base64 {b64}, url {quote(auth, safe='')})"
+        return json_response(rule.status, {"message": message, "errors": [auth]}, headers)
+    if action == "other_send_id":
+        other = f"{send_id}-other" if send_id is not None else "sbx_other"
+        return json_response(201, {"message": "success", "send_id": other}, headers)
     if action in ("status", "rate_limit", "error_after"):
         status = 429 if action == "rate_limit" else rule.status
         message = ERROR_MESSAGES.get(status, f"Sandbox fault: HTTP {status}")

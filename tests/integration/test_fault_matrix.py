@@ -40,7 +40,9 @@ BUDGET_FLOOR, BUDGET_RATIO = 20, 0.2
 BREAKER_THRESHOLD = 5
 ATTEMPTS = 5  # [retry] attempts, the default
 # Codes of failed rows that Braze may have created: the ledger may hold them.
-MAYBE_CREATED = frozenset({"in_doubt", "queued", "bad_response", "connection_lost"})
+MAYBE_CREATED = frozenset(
+    {"in_doubt", "queued", "bad_response", "connection_lost", "send_id_mismatch"}
+)
 
 # Rows "s…" carry a send_id, rows "u…" do not. Targeted faults hit two of each.
 S_TARGETS = ("s000003", "s000007")
@@ -344,6 +346,15 @@ CASES = [
         extra_requests=2,
         fault_keys=("503",),
         fault_bound=2,
+    ),
+    # A success naming another send_id than the one requested is no plain success: the
+    # row fails (send_id_mismatch, both ids in the message) and is not resent.
+    Case(
+        "success_with_another_send_id",
+        faults=tuple(FaultRule("other_send_id", campaign_id=c, times=1) for c in S_TARGETS),
+        exit_code=1,
+        statuses={"created": 18, "failed": 2},
+        errors={"send_id_mismatch": 2},
     ),
     # An absurd X-RateLimit-Reset is a garbled header: the run goes on with the defaults
     # (100 a day) instead of storing a window no datetime holds.
