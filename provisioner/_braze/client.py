@@ -8,6 +8,7 @@ formats a request header, so the API key cannot leak through an exception text.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from collections.abc import Callable
@@ -233,6 +234,7 @@ class BrazeClient:
         concurrency: int = 16,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        request_timeout: float = 60.0,
         ca_file: str | None = None,
     ) -> None:
         # Checked here too (not only in build_settings): this is where the key leaves, and a
@@ -248,8 +250,21 @@ class BrazeClient:
             sock_connect=connect_timeout,
             sock_read=read_timeout,
         )
+        # read_timeout bounds each socket read, not the whole: a server trickling its
+        # answer a byte at a time would hold a request for hours without this total.
+        self._request_timeout = request_timeout
+        # Requests under way, for abort(): a stop must not wait out a slow server.
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._aborted = False
         self._session: aiohttp.ClientSession | None = None
         self._ssl = tls_context(ca_file)
+
+    def abort(self) -> None:
+        """Cancel the requests under way (a stop's grace is over): each raises ``InDoubt``,
+        as its request may have reached Braze. Later requests are not affected."""
+        self._aborted = True
+        for task in list(self._in_flight):
+            task.cancel()
 
     async def __aenter__(self) -> BrazeClient:
         connector = aiohttp.TCPConnector(
@@ -294,11 +309,22 @@ class BrazeClient:
             payload["send_id"] = send_id
         data = orjson.dumps(payload)
         started = time.perf_counter()
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        deadline: asyncio.Timeout | None = None
         try:
-            async with self._session.post(self.url, data=data, allow_redirects=False) as resp:
-                raw = await read_body(resp.content)
-                status = resp.status
-                headers = resp.headers
+            async with asyncio.timeout(self._request_timeout) as deadline:
+                async with self._session.post(self.url, data=data, allow_redirects=False) as resp:
+                    raw = await read_body(resp.content)
+                    status = resp.status
+                    headers = resp.headers
+        except asyncio.CancelledError:
+            if self._aborted and task is not None and task.uncancel() == 0:
+                raise InDoubt(
+                    f"the run stopped while waiting for the answer from {self.url}"
+                ) from None
+            raise
         except aiohttp.ClientConnectorCertificateError as exc:
             # The handshake failed before any HTTP was sent: the key never left.
             err = exc.certificate_error
@@ -323,7 +349,15 @@ class BrazeClient:
                 f"connection to {self.url} failed mid-request: {type(exc).__name__}"
             ) from exc
         except TimeoutError as exc:
+            if deadline is not None and deadline.expired():
+                raise InDoubt(
+                    f"no complete response from {self.url} within the request timeout "
+                    f"({self._request_timeout:g} s)"
+                ) from exc
             raise InDoubt(f"no response from {self.url} within the read timeout") from exc
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
         latency_ms = (time.perf_counter() - started) * 1000.0
         kind, new_send_id, message = classify(status, raw, self._redact)
         if new_send_id is not None and self._redact(new_send_id) != new_send_id:

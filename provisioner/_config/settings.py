@@ -83,6 +83,8 @@ KEYS: tuple[Key, ...] = (
         doc="seconds to open a connection"),
     Key("run", "read_timeout", float, 30.0, "PROVISIONER_READ_TIMEOUT", 0.05, 600,
         doc="seconds to wait for a response once the request is sent"),
+    Key("run", "request_timeout", float, 60.0, "PROVISIONER_REQUEST_TIMEOUT", 0.05, 3600,
+        doc="seconds one request may take in all, connecting to the last byte of the answer"),
     Key("run", "progress_interval", float, 10.0, None, 0.1, 3600,
         doc="seconds between progress events"),
     Key("retry", "attempts", int, 5, "PROVISIONER_RETRY_ATTEMPTS", 1, 100,
@@ -131,6 +133,7 @@ class Settings:
     default_window: int = 86400
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
+    request_timeout: float = 60.0
     progress_interval: float = 10.0
     retry_attempts: int = 5
     retry_max_time: float = 120.0
@@ -179,6 +182,7 @@ _FIELD_FOR = {
     ("run", "default_window"): "default_window",
     ("run", "connect_timeout"): "connect_timeout",
     ("run", "read_timeout"): "read_timeout",
+    ("run", "request_timeout"): "request_timeout",
     ("run", "progress_interval"): "progress_interval",
     ("retry", "attempts"): "retry_attempts",
     ("retry", "max_time"): "retry_max_time",

@@ -47,6 +47,9 @@ from provisioner.errors import CertificateRejected, InDoubt, OutputError, Transp
 log = get_logger(__name__)
 
 _LOOKUP_BATCH = 512
+#: Seconds a stop (SIGTERM, SIGINT, an output failure) lets requests in flight finish
+#: before it ends their waits: an answer normally takes well under a second.
+STOP_GRACE_S = 3.0
 #: While stopping, how long a silent manifest pipe is waited for before the drain ends.
 _SILENT_PIPE_S = 2.0
 #: row_failed events logged per run; the rest are only in failures.jsonl.
@@ -110,6 +113,12 @@ class Run:
             log.warning("run_stopping", reason=reason, run_id=self.run_id)
             for lane in self.lanes.values():
                 lane.interrupt(reason)
+                # Requests in flight get a short grace to finish; then their waits end
+                # (a server trickling its answer must not hold a stop for long): in doubt
+                # without a send_id, deferred with one.
+                abort = getattr(lane.client, "abort", None)
+                if abort is not None:
+                    asyncio.get_running_loop().call_later(STOP_GRACE_S, abort)
         elif reason == "interrupted" and self.stop_reason == "interrupted":
             # A second signal: stop draining the manifest; in-flight requests still finish.
             self.drain_abandoned = True

@@ -35,13 +35,15 @@ CREATING_ACTIONS = frozenset(
         "slow_body",
         "error_after",
         "other_send_id",
+        "trickle_body",
+        "trickle_headers",
     }
 )
 ACTIONS = NON_CREATING_ACTIONS | CREATING_ACTIONS
 #: Actions that answer their rule's ``status``.
 _STATUS_ACTIONS = frozenset({"status", "error_after", "echo_auth"})
 #: Actions that are meaningless without a positive ``delay_ms``.
-_DELAYED_ACTIONS = frozenset({"delay", "slow_body"})
+_DELAYED_ACTIONS = frozenset({"delay", "slow_body", "trickle_body", "trickle_headers"})
 #: The codes a ``redirect`` rule may answer, and its default (307 keeps the method and body,
 #: so a client that followed it would POST the key and body to ``location``).
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -61,6 +63,8 @@ _OUTCOMES = {
     "no_send_id": "201",
     "slow_body": "201",
     "other_send_id": "201",
+    "trickle_body": "201",
+    "trickle_headers": "201",
 }
 #: Braze-like messages for error answers, shared with the server module.
 ERROR_MESSAGES = {
@@ -386,6 +390,8 @@ async def answer_fault(
             text="<html>oops</html>", status=201, headers=headers, content_type="text/html"
         )
     delay = rule.delay_ms / 1000.0
+    if action in ("trickle_body", "trickle_headers"):
+        return await _trickle(rule, request, headers, send_id, delay)
     if action == "delay":
         await asyncio.sleep(delay)
         return json_response(201, {"message": "success", "send_id": send_id}, headers)
@@ -404,3 +410,42 @@ async def answer_fault(
     except ConnectionError:
         pass  # the client gave up (read timeout): that is what this fault is for
     return response
+
+
+async def _trickle(
+    rule: FaultRule,
+    request: web.Request,
+    headers: dict[str, str] | None,
+    send_id: str | None,
+    delay: float,
+) -> web.StreamResponse:
+    """The normal 201 written straight to the socket one byte every ``delay`` seconds:
+    the headers too (``trickle_headers``), or only the body (``trickle_body``). Each read
+    of the client gets a byte well within any read timeout; only a total bounds it."""
+    body = orjson.dumps({"message": "success", "send_id": send_id})
+    head = "HTTP/1.1 201 Created\r\n" + "".join(
+        f"{name}: {value}\r\n"
+        for name, value in {
+            **(headers or {}),
+            "Content-Type": _JSON,
+            "Content-Length": str(len(body)),
+            "Connection": "close",
+        }.items()
+    )
+    raw_head = (head + "\r\n").encode()
+    transport = request.transport
+    if transport is None:
+        return web.Response(status=204)
+    trickled = raw_head + body if rule.action == "trickle_headers" else body
+    try:
+        if rule.action == "trickle_body":
+            transport.write(raw_head)
+        for index in range(len(trickled)):
+            await asyncio.sleep(delay)
+            if transport.is_closing():
+                break  # the client gave up: that is what this fault is for
+            transport.write(trickled[index : index + 1])
+    finally:
+        transport.close()
+    # Never written: the transport is closed, which aiohttp takes quietly.
+    return web.Response(status=204)

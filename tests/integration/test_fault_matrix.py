@@ -224,6 +224,22 @@ CASES = [
         lost_answers=LOST,
         extra_requests=2,
     ),
+    # A byte every 100 ms, well within the read timeout (2 s) of each read: only the total
+    # request_timeout ends the wait. As for any lost answer: resent with a send_id, in
+    # doubt without.
+    *(
+        Case(
+            f"{action}_past_request_timeout",
+            faults=targeted(action, delay_ms=100),
+            settings={"request_timeout": 0.5},
+            exit_code=1,
+            statuses={"created": 18, "failed": 2},
+            errors={"in_doubt": 2},
+            lost_answers=LOST,
+            extra_requests=2,
+        )
+        for action in ("trickle_body", "trickle_headers")
+    ),
     Case(
         "success_not_json",
         faults=targeted("not_json"),
