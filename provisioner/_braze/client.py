@@ -13,6 +13,8 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
@@ -110,10 +112,25 @@ def parse_rate_limit(headers: CIMultiDictProxy[str]) -> RateLimit | None:
     return RateLimit(limit, remaining, None if reset is None else float(reset))
 
 
-def parse_retry_after(headers: CIMultiDictProxy[str]) -> float | None:
-    """Retry-After in seconds (undocumented for Braze: honoured when present)."""
+def parse_retry_after(
+    headers: CIMultiDictProxy[str], now: Callable[[], float] = time.time
+) -> float | None:
+    """Retry-After in seconds (undocumented for Braze: honoured when present), given as
+    seconds or as an HTTP date (RFC 9110 10.2.3: "Fri, 04 Dec 2026 01:00:00 GMT"); a
+    date already past is 0. None when absent or garbled."""
     value = _int_header(headers, "Retry-After")
-    return None if value is None else float(value)
+    if value is not None:
+        return float(value)
+    text = headers.get("Retry-After")
+    if text is None or not text.strip() or text.strip()[0].isdigit():
+        return None  # absent, or a number _int_header refused (negative, inf, garbled)
+    try:
+        when = parsedate_to_datetime(text.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # "-0000" (or no zone): UTC, as RFC 5322 says
+    return max(0.0, when.timestamp() - now())
 
 
 def _same(text: str) -> str:

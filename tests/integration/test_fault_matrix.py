@@ -23,6 +23,8 @@ import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,9 @@ ATTEMPTS = 5  # [retry] attempts, the default
 MAYBE_CREATED = frozenset(
     {"in_doubt", "queued", "bad_response", "connection_lost", "send_id_mismatch"}
 )
+
+# An HTTP date a day from now, for a Retry-After (RFC 9110's IMF-fixdate).
+DATE_TOMORROW = format_datetime(datetime.now(UTC) + timedelta(days=1), usegmt=True)
 
 # Rows "s…" carry a send_id, rows "u…" do not. Targeted faults hit two of each.
 S_TARGETS = ("s000003", "s000007")
@@ -386,6 +391,18 @@ CASES = [
         settings={"max_wait": 5},
         statuses={"created": 20},
         extra_requests=1,
+        fault_keys=("429",),
+        fault_bound=1,
+    ),
+    # Retry-After as an HTTP date a day ahead is honoured: past --max-wait, the rest is
+    # deferred (ignoring it would wait only for the 1-second window's reset).
+    Case(
+        "retry_after_http_date",
+        sandbox={"window_seconds": 1},
+        faults=(FaultRule("rate_limit", times=1, retry_after=DATE_TOMORROW),),
+        settings={"max_wait": 5, "concurrency": 1},
+        exit_code=3,
+        deferred={"rate_limited": 20},
         fault_keys=("429",),
         fault_bound=1,
     ),

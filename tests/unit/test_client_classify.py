@@ -261,3 +261,19 @@ def test_client_refuses_an_unsafe_base_url(url: str) -> None:
 
     with pytest.raises(ConfigError):
         BrazeClient(url, ApiKey("k"))
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("Fri, 04 Dec 2026 01:00:30 GMT", 30.0),
+        ("Fri, 04 Dec 2026 00:59:00 GMT", 0.0),  # already past: no wait
+        ("Fri, 04 Dec 2026 01:02:00 -0000", 120.0),
+        ("Friday, 32 Foo 2026", None),  # garbled
+        ("-5", None),
+    ],
+)
+def test_retry_after_may_be_an_http_date(value: str, seconds: float | None) -> None:
+    """Retry-After as an HTTP date is the seconds until it (0 when past); garbled: None."""
+    now = 1796346000.0  # 2026-12-04T01:00:00Z
+    assert parse_retry_after(_headers({"Retry-After": value}), now=lambda: now) == seconds
