@@ -8,9 +8,13 @@ formats a request header, so the API key cannot leak through an exception text.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from types import TracebackType
 from typing import Any
@@ -45,6 +49,19 @@ class ReplyKind(StrEnum):
     UNEXPECTED = "unexpected"  # 1xx or anything else
 
 
+#: The one 5xx that says the server did nothing: 503 Service Unavailable (overloaded or
+#: down for maintenance, RFC 9110 15.6.4). Any other 5xx came after the request reached
+#: something that may have acted: a 502/504 is a gateway speaking for a backend that may
+#: have written, and a 500 can come after the write. Braze says to retry 5XX; for a row
+#: without a send_id a resend could create a second id, so those are in doubt instead.
+NOTHING_DONE_5XX = frozenset({503})
+
+
+def may_have_created(status: int) -> bool:
+    """Whether a 5xx answer leaves open that the id was created (all but 503)."""
+    return status >= 500 and status not in NOTHING_DONE_5XX
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """One HTTP response, classified."""
@@ -62,6 +79,9 @@ class Reply:
 _RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
 
 
+_MAX_HEADER_INT = 2**53
+
+
 def _int_header(headers: CIMultiDictProxy[str], name: str) -> int | None:
     value = headers.get(name)
     if value is None:
@@ -73,7 +93,9 @@ def _int_header(headers: CIMultiDictProxy[str], name: str) -> int | None:
             number = int(float(value))
         except (ValueError, OverflowError):  # "nan" is a ValueError here, "inf" overflows
             return None
-    return number if number >= 0 else None
+    # Beyond 2**53 a float no longer holds it (and past ~1e308 float() overflows): no
+    # server meant such a figure.
+    return number if 0 <= number <= _MAX_HEADER_INT else None
 
 
 def parse_rate_limit(headers: CIMultiDictProxy[str]) -> RateLimit | None:
@@ -91,27 +113,53 @@ def parse_rate_limit(headers: CIMultiDictProxy[str]) -> RateLimit | None:
     return RateLimit(limit, remaining, None if reset is None else float(reset))
 
 
-def parse_retry_after(headers: CIMultiDictProxy[str]) -> float | None:
+def parse_retry_after(
+    headers: CIMultiDictProxy[str], now: Callable[[], float] = time.time
+) -> float | None:
     """X-RateLimit-Retry-After (Braze's newer rate-limit pages: seconds, preferred when
-    present), else Retry-After (undocumented for Braze), in seconds."""
+    present), else Retry-After (undocumented for Braze: honoured when present), given as
+    seconds or as an HTTP date (RFC 9110 10.2.3: "Fri, 04 Dec 2026 01:00:00 GMT"); a
+    date already past is 0. None when absent or garbled."""
     value = _int_header(headers, "X-RateLimit-Retry-After")
     value = _int_header(headers, "Retry-After") if value is None else value
-    return None if value is None else float(value)
+    if value is not None:
+        return float(value)
+    text = headers.get("Retry-After")
+    if text is None or not text.strip() or text.strip()[0].isdigit():
+        return None  # absent, or a number _int_header refused (negative, inf, garbled)
+    try:
+        when = parsedate_to_datetime(text.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)  # "-0000" (or no zone): UTC, as RFC 5322 says
+    return max(0.0, when.timestamp() - now())
 
 
-def _message(body: Any, raw: bytes) -> str:
+def _same(text: str) -> str:
+    return text
+
+
+def _message(body: Any, raw: bytes, redact: Callable[[str], str]) -> str:
+    # Redacted before it is cut short: a cut must not leave the first half of a key.
     if isinstance(body, dict):
         msg = body.get("message")
         errors = body.get("errors")
-        text = str(msg) if msg is not None else ""
+        text = redact(str(msg)) if msg is not None else ""
         if errors:
-            text = f"{text} ({orjson.dumps(errors).decode()[:200]})" if text else str(errors)
+            listed = redact(orjson.dumps(errors).decode())
+            text = f"{text} ({listed[:200]})" if text else redact(str(errors))
         return text[:300]
-    return raw[:120].decode("utf-8", "replace")
+    return redact(raw[:4096].decode("utf-8", "replace"))[:120]
 
 
-def classify(status: int, raw: bytes) -> tuple[ReplyKind, str | None, str]:
-    """Map a status and body to (kind, send_id, message) as docs/braze.md describes."""
+def classify(
+    status: int, raw: bytes, redact: Callable[[str], str] = _same
+) -> tuple[ReplyKind, str | None, str]:
+    """Map a status and body to (kind, send_id, message) as docs/braze.md describes.
+
+    ``redact`` is applied to every text taken from the body (the message, its errors), so
+    that a server echoing the Authorization header cannot put the key in an output."""
     try:
         body: Any = orjson.loads(raw) if raw else None
     except orjson.JSONDecodeError:
@@ -121,7 +169,7 @@ def classify(status: int, raw: bytes) -> tuple[ReplyKind, str | None, str]:
         send_id = body.get("send_id")
         if isinstance(send_id, str) and send_id and not body.get("errors"):
             return ReplyKind.CREATED, send_id, "success"
-    message = _message(body, raw)
+    message = _message(body, raw, redact)
     if 200 <= status < 300:
         if isinstance(body, dict):
             send_id = body.get("send_id")
@@ -206,6 +254,7 @@ class BrazeClient:
         concurrency: int = 16,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
+        request_timeout: float = 60.0,
         ca_file: str | None = None,
     ) -> None:
         # Checked here too (not only in build_settings): this is where the key leaves, and a
@@ -213,6 +262,7 @@ class BrazeClient:
         self.url = check_base_url(base_url) + ENDPOINT
         self.host = urlsplit(self.url).netloc
         self._api_key = api_key
+        self._redact = api_key.redactor()
         self._concurrency = concurrency
         self._timeout = aiohttp.ClientTimeout(
             total=None,
@@ -220,8 +270,21 @@ class BrazeClient:
             sock_connect=connect_timeout,
             sock_read=read_timeout,
         )
+        # read_timeout bounds each socket read, not the whole: a server trickling its
+        # answer a byte at a time would hold a request for hours without this total.
+        self._request_timeout = request_timeout
+        # Requests under way, for abort(): a stop must not wait out a slow server.
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._aborted = False
         self._session: aiohttp.ClientSession | None = None
         self._ssl = tls_context(ca_file)
+
+    def abort(self) -> None:
+        """Cancel the requests under way (a stop's grace is over): each raises ``InDoubt``,
+        as its request may have reached Braze. Later requests are not affected."""
+        self._aborted = True
+        for task in list(self._in_flight):
+            task.cancel()
 
     async def __aenter__(self) -> BrazeClient:
         connector = aiohttp.TCPConnector(
@@ -272,11 +335,22 @@ class BrazeClient:
             payload["send_id"] = send_id
         data = orjson.dumps(payload)
         started = time.perf_counter()
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        deadline: asyncio.Timeout | None = None
         try:
-            async with self._session.post(self.url, data=data, allow_redirects=False) as resp:
-                raw = await read_body(resp.content)
-                status = resp.status
-                headers = resp.headers
+            async with asyncio.timeout(self._request_timeout) as deadline:
+                async with self._session.post(self.url, data=data, allow_redirects=False) as resp:
+                    raw = await read_body(resp.content)
+                    status = resp.status
+                    headers = resp.headers
+        except asyncio.CancelledError:
+            if self._aborted and task is not None and task.uncancel() == 0:
+                raise InDoubt(
+                    f"the run stopped while waiting for the answer from {self.url}"
+                ) from None
+            raise
         except aiohttp.ClientConnectorCertificateError as exc:
             # The handshake failed before any HTTP was sent: the key never left.
             err = exc.certificate_error
@@ -301,9 +375,20 @@ class BrazeClient:
                 f"connection to {self.url} failed mid-request: {type(exc).__name__}"
             ) from exc
         except TimeoutError as exc:
+            if deadline is not None and deadline.expired():
+                raise InDoubt(
+                    f"no complete response from {self.url} within the request timeout "
+                    f"({self._request_timeout:g} s)"
+                ) from exc
             raise InDoubt(f"no response from {self.url} within the read timeout") from exc
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        kind, new_send_id, message = classify(status, raw)
+        kind, new_send_id, message = classify(status, raw, self._redact)
+        if new_send_id is not None and self._redact(new_send_id) != new_send_id:
+            # A "send_id" holding the key is no send id: never stored or written.
+            kind, new_send_id, message = ReplyKind.BAD_RESPONSE, None, "send_id holds the key"
         return Reply(
             kind=kind,
             status=status,
@@ -314,5 +399,9 @@ class BrazeClient:
             # 429 only, and the runner names a redirect's target.
             retry_after=parse_retry_after(headers) if status == 429 else None,
             latency_ms=latency_ms,
-            location=headers.get("Location") if kind is ReplyKind.REDIRECTED else None,
+            location=(
+                self._redact(headers.get("Location", ""))
+                if kind is ReplyKind.REDIRECTED and "Location" in headers
+                else None
+            ),
         )

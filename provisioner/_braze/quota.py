@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from provisioner._core.logs import get_logger
+from provisioner._core.models import MAX_RESET_AHEAD
 from provisioner._core.vocab import DeferReason
 from provisioner.errors import Deferred as Deferred  # its old home; defined in errors
 
@@ -25,6 +26,9 @@ log = get_logger(__name__)
 
 # Extra seconds after a window's reset before probing it again, for clock skew.
 RESET_MARGIN = 0.05
+# How far a new window's reset may fall short of a whole window after the old one (the
+# server's clock or rounding): less than that is the same window with a moved reset.
+WINDOW_SLACK = 1.0
 # How long to pause on a 429 that says neither when the window resets nor Retry-After.
 UNKNOWN_RESET_PAUSE = 60.0
 
@@ -95,6 +99,7 @@ class QuotaBudget:
         self._deferred: Deferred | None = None
         self.http_429 = 0
         self.headers_missing_logged = False
+        self._reset_moved_logged = False
         self._stopping = asyncio.Event()
         # Workers waiting on the condition for room. While none waits and the lock is
         # free, acquire and observe decide without it: none of their critical sections
@@ -236,6 +241,7 @@ class QuotaBudget:
         self.in_flight -= 1
         now = self._clock()
         self._roll_window_if_due(now)
+        rate_limit, retry_after = self._believable(rate_limit, retry_after, now)
         if rate_limit is not None and rate_limit.complete:
             self._observe_headers(rate_limit, now)
         else:
@@ -270,25 +276,62 @@ class QuotaBudget:
             if until is not None:
                 self._pause(until, "http_429")
 
+    def _believable(
+        self, rl: RateLimit | None, retry_after: float | None, now: float
+    ) -> tuple[RateLimit | None, float | None]:
+        """The headers with a reset or wait beyond ``MAX_RESET_AHEAD`` taken as garbled:
+        a reset of 1e30 would otherwise become the window (and a wait of years a pause)."""
+        far = now + MAX_RESET_AHEAD
+        if rl is not None and rl.reset is not None and not rl.reset <= far:
+            log.warning("rate_limit_reset_absurd", reset=rl.reset, max_ahead_s=MAX_RESET_AHEAD)
+            rl = RateLimit(rl.limit, rl.remaining, None)
+        if retry_after is not None and not retry_after <= MAX_RESET_AHEAD:
+            log.warning("retry_after_absurd", retry_after=retry_after)
+            retry_after = None
+        return rl, retry_after
+
     def _observe_headers(self, rl: RateLimit, now: float) -> None:
         assert rl.limit is not None
         assert rl.remaining is not None
         assert rl.reset is not None
         if rl.reset <= now:
             return  # a window that has already closed says nothing about this one
-        if not self.known or self.reset_at is None or rl.reset > self.reset_at:
-            if self.known and self.reset_at is not None and rl.reset > self.reset_at:
+        if (
+            not self.known
+            or self.reset_at is None
+            or self.remaining is None
+            or rl.reset >= self.reset_at + max(self.default_window - WINDOW_SLACK, WINDOW_SLACK)
+        ):
+            # A window not known yet, or one that begins where the old one ended: only a
+            # reset a whole window later is a new window. Otherwise a reset that slides
+            # (now + 1 h) or jitters by a second would start the spent count over at every
+            # answer, and --quota would not hold. (Our clock passing the reset is the
+            # other way a window ends: _roll_window_if_due.)
+            if self.known:
                 self.spent = 0
             self.known = True
             self.reset_at = rl.reset
             self.limit = rl.limit
             self.remaining = rl.remaining
             log.debug("quota_window", limit=rl.limit, remaining=rl.remaining, reset=rl.reset)
-        elif rl.reset == self.reset_at:
-            # The server's Remaining only goes down within a window; the lowest is the latest.
-            self.remaining = min(
-                self.remaining if self.remaining is not None else rl.remaining, rl.remaining
-            )
+            return
+        # The same window, whichever way its reset moved: the server's Remaining only goes
+        # down within a window, so the lowest is the latest and is obeyed, even when it
+        # comes with an earlier reset; the latest reset is kept, so the window ends (and
+        # the spent count starts over) no sooner than the server last said.
+        self.remaining = min(self.remaining, rl.remaining)
+        self.limit = rl.limit
+        if rl.reset != self.reset_at:
+            if not self._reset_moved_logged:
+                self._reset_moved_logged = True
+                log.info(
+                    "rate_limit_reset_moved",
+                    was=self.reset_at,
+                    now_says=rl.reset,
+                    hint="taken as the same window: the lowest Remaining and the latest "
+                    "reset are kept",
+                )
+            self.reset_at = max(self.reset_at, rl.reset)
 
     def _observe_without_headers(self, now: float, created: bool, rl: RateLimit | None) -> None:
         if not self.headers_missing_logged:
@@ -311,8 +354,9 @@ class QuotaBudget:
     def seed(self, reset_at: float, limit: int, remaining: int, spent: int) -> None:
         """Start from a window an earlier run saw (the state store), if it is still open:
         a restart within the window neither bursts nor forgets what was spent."""
-        if reset_at <= self._clock():
-            return
+        now = self._clock()
+        if not now < reset_at <= now + MAX_RESET_AHEAD:
+            return  # closed, or a window no server meant (the store repairs those on open)
         self.known = True
         self.reset_at = reset_at
         self.limit = limit

@@ -6,8 +6,9 @@ capped in attempts and in total time. Two things are deliberately NOT retried he
 
 - a 429 or a spent quota window: that is a fixed window, not a transient error, and is
   handled by pausing the whole run (``quota.QuotaBudget``);
-- a request that may have reached Braze for a row without a send_id (``InDoubt``):
-  resending could create a second id and spend quota, so the row is reported in doubt.
+- a request that may have reached Braze for a row without a send_id (``InDoubt``, or a
+  5xx other than 503: ``client.may_have_created``): resending could create a second id
+  and spend quota, so the row is reported in doubt.
 
 A retry budget keeps retries a bounded fraction of requests, so that an outage does not
 multiply the load on Braze (Google SRE, "Handling Overload").

@@ -232,6 +232,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--headers garble; default: all of empty, negative, past_reset, text)",
     )
     sandbox.add_argument(
+        "--reset",
+        choices=("fixed", "huge", "far", "sliding", "jitter", "backwards"),
+        default="fixed",
+        help="how X-RateLimit-Reset moves: fixed (default: the window's end), huge (1e30), "
+        "far (past year 9999), sliding (now + a window), jitter (+-1 s), backwards "
+        "(1 s earlier per creation); the quota counted stays the real window's",
+    )
+    sandbox.add_argument(
         "--outage",
         action="append",
         dest="outages",

@@ -93,6 +93,7 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
         shared_span=args.shared_span,
         headers=headers,
         garble=tuple(args.garble or ()),
+        reset=args.reset,
         outages=tuple(outages),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

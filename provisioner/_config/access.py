@@ -7,18 +7,40 @@ setting where it may have been pasted by mistake, not a URL's credentials or que
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, quote_plus, unquote, urlsplit
 
 from provisioner._core.identity import workspace_label
 from provisioner.errors import ConfigError
 
 DEFAULT_BASE_URL = "https://rest.iad-01.braze.com"
 DEFAULT_KEY_ENV = "BRAZE_API_KEY"
+
+
+REDACTED = "<redacted>"
+# A form shorter than this would redact ordinary words of a message; no real key is.
+_MIN_FORM = 6
+
+
+def _unchanged(text: str) -> str:
+    return text
+
+
+def _key_forms(key: str) -> set[str]:
+    """The strings that hold the key: itself and its encodings (for base64, the part of
+    the encoding that depends on the key's bytes alone, at each alignment)."""
+    raw = key.encode()
+    found = {key, quote(key, safe=""), quote_plus(key), raw.hex(), raw.hex().upper()}
+    for pad in range(3):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(b"\x00" * pad + raw).decode()
+            found.add(text[4 if pad else 0 : -4])
+    return {form for form in found if len(form) >= _MIN_FORM}
 
 
 class ApiKey:
@@ -33,6 +55,22 @@ class ApiKey:
     def reveal(self) -> str:
         """The key itself, for the Authorization header and nothing else."""
         return self._value
+
+    def redactor(self) -> Callable[[str], str]:
+        """A function that replaces the key, in every form a server could echo it (raw, so
+        also ``Bearer <key>``; URL-encoded; hex; base64 and URL-safe base64 at each of the
+        three alignments), with ``<redacted>``. For text taken from a response."""
+        forms = sorted(_key_forms(self._value), key=len, reverse=True)  # longest first
+        if not forms:
+            return _unchanged
+
+        def redact(text: str) -> str:
+            for form in forms:
+                if form in text:
+                    text = text.replace(form, REDACTED)
+            return text
+
+        return redact
 
     @property
     def label(self) -> str:

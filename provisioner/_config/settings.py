@@ -62,6 +62,7 @@ class Settings:
     default_window: int = default("default_window")
     connect_timeout: float = default("connect_timeout")
     read_timeout: float = default("read_timeout")
+    request_timeout: float = default("request_timeout")
     progress_interval: float = default("progress_interval")
     retry_attempts: int = default("retry_attempts")
     retry_max_time: float = default("retry_max_time")

@@ -85,6 +85,8 @@ KEYS: tuple[Key, ...] = (
         doc="seconds to open a connection"),
     Key("run", "read_timeout", float, 30.0, "PROVISIONER_READ_TIMEOUT", 0.05, 600,
         doc="seconds to wait for a response once the request is sent"),
+    Key("run", "request_timeout", float, 60.0, "PROVISIONER_REQUEST_TIMEOUT", 0.05, 3600,
+        doc="seconds one request may take in all, connecting to the last byte of the answer"),
     Key("run", "progress_interval", float, 10.0, None, 0.1, 3600,
         doc="seconds between progress events"),
     Key("retry", "attempts", int, 5, "PROVISIONER_RETRY_ATTEMPTS", 1, 100,

@@ -15,6 +15,13 @@ SEND_ID = "send_id"
 WORKSPACE = "workspace"
 RESERVED_COLUMNS = frozenset({CAMPAIGN_ID, SEND_ID})
 
+#: The furthest ahead (seconds) a server's ``X-RateLimit-Reset`` or ``Retry-After`` may
+#: point and still be believed: two days. Braze's window is one UTC day, so no honest
+#: reset is more than a day away; the second day allows for clock skew and a contract's
+#: longer window. Anything beyond is a garbled header (as ``inf`` or text are), and a
+#: stored window beyond it is dropped when the store opens.
+MAX_RESET_AHEAD = 2 * 86400.0
+
 
 class Status(StrEnum):
     """Where a row ended. Every row gets exactly one."""

@@ -12,9 +12,19 @@ import math
 import time
 from datetime import UTC, datetime
 
+#: The range ``iso`` can write (years 1 to 9999): what is outside is clamped to its ends.
+_ISO_MIN, _ISO_MAX = -62135596800.0, 253402300799.9995
+
 
 def iso(epoch: float) -> str:
-    """Epoch seconds as ISO-8601 UTC with milliseconds, e.g. 2024-05-01T12:00:00.000Z."""
+    """Epoch seconds as ISO-8601 UTC with milliseconds, e.g. 2024-05-01T12:00:00.000Z.
+
+    Never raises: a value no datetime holds (NaN, inf, past year 9999, which only a
+    garbled server value or a damaged store can produce) is clamped to year 1 or 9999,
+    so that a summary or ``status`` always comes out.
+    """
+    if not _ISO_MIN <= epoch <= _ISO_MAX:
+        epoch = _ISO_MIN if epoch < 0 else _ISO_MAX  # NaN compares false: the far end
     # What datetime.fromtimestamp(...).isoformat(timespec="milliseconds") gives (fraction
     # rounded half-even to microseconds, then truncated to milliseconds), with the date and
     # time formatted once per second: a skip run formats one created_at per row, and
@@ -38,9 +48,12 @@ _MILLIS = tuple(f".{millis:03d}Z" for millis in range(1000))
 
 @functools.lru_cache(maxsize=1024)
 def _iso_second(second: int) -> str:
-    return datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    # isoformat, not strftime: glibc's %Y writes year 1 as "1", not "0001".
+    return datetime.fromtimestamp(second, UTC).isoformat()[:19]
 
 
 def utc_minute(epoch: float) -> str:
     """Epoch seconds for people, to the minute: "2026-11-27 00:00 UTC"."""
+    if not _ISO_MIN <= epoch <= _ISO_MAX:
+        epoch = _ISO_MIN if epoch < 0 else _ISO_MAX
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(epoch))

@@ -2,13 +2,13 @@
 
 Every message says what happened, what it means and what to do. Error codes are stable
 (scripts match on them): ``invalid_campaign_id``, ``invalid_request``, ``in_doubt``,
-``queued``, ``bad_response``, ``server_error``, ``connection_failed``,
+``queued``, ``bad_response``, ``send_id_mismatch``, ``server_error``, ``connection_failed``,
 ``unexpected_response``, plus the validation codes of ``rules.ERROR_CODES``.
 """
 
 from __future__ import annotations
 
-from provisioner._braze.client import Reply, ReplyKind
+from provisioner._braze.client import Reply, ReplyKind, may_have_created
 from provisioner._core.models import Outcome, Row, RowError, Status
 from provisioner._core.times import iso
 from provisioner._state.schema import Prior
@@ -129,10 +129,17 @@ def final_outcome(
             else ""
         )
         if last is not None:
+            # Only a row with a send_id gets here after a 5xx that may have created (it is
+            # resent: the same combination); a row without one is in doubt at the first.
+            after = (
+                f"Braze may have created it; running again later is safe: it resends the "
+                f"same send_id {send_id}"
+                if send_id is not None and may_have_created(last.status)
+                else "the row was not created and is safe to run again later"
+            )
             msg = (
                 f"Braze answered {last.status} ({last.message or 'server error'}) on "
-                f"{attempts} attempts{budget}; the row was not created and is safe to run again "
-                f"later"
+                f"{attempts} attempts{budget}; {after}"
             )
             return _failed(row, send_id, attempts, last, "server_error", msg, retryable=True)
         code = (
@@ -145,6 +152,15 @@ def final_outcome(
         return _failed(row, send_id, attempts, None, code, msg, retryable=True)
     assert reply is not None
     kind = reply.kind
+    if kind is ReplyKind.CREATED and send_id is not None and reply.send_id != send_id:
+        # Braze documents the requested id coming back; another one means the server did
+        # something else than asked (or is not Braze): never a plain success.
+        msg = (
+            f"Braze answered success with send_id {reply.send_id!r}, not the requested "
+            f"{send_id!r}: check in the Braze dashboard which send id campaign "
+            f"{row.campaign_id} got before running this row again (a rerun sends it again)"
+        )
+        return _failed(row, send_id, attempts, reply, "send_id_mismatch", msg, retryable=False)
     if kind is ReplyKind.CREATED:
         return Outcome(
             line=row.line,
@@ -166,6 +182,20 @@ def final_outcome(
             f"check the campaign's API identifier in the Braze dashboard and fix the manifest"
         )
         return _failed(row, send_id, attempts, reply, code, msg, retryable=False)
+    if kind is ReplyKind.SERVER_ERROR:
+        # Returned as final only for a row without a send_id and a 5xx that may have
+        # created (runner.attempt): in doubt, never resent.
+        return _failed(
+            row,
+            None,
+            attempts,
+            reply,
+            "in_doubt",
+            f"Braze answered {reply.status} ({reply.message or 'server error'}), which comes "
+            f"after the request reached the server or a gateway in front of it: Braze may "
+            f"have created a send id; " + _IN_DOUBT_ADVICE.format(cid=row.campaign_id),
+            retryable=False,
+        )
     if kind in (ReplyKind.QUEUED, ReplyKind.BAD_RESPONSE):
         what = (
             "Braze queued the request (202, maintenance) and returned no send_id"

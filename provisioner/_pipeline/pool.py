@@ -199,6 +199,7 @@ async def _run(
                     concurrency=ws.concurrency or settings.concurrency,
                     connect_timeout=settings.connect_timeout,
                     read_timeout=settings.read_timeout,
+                    request_timeout=settings.request_timeout,
                     ca_file=settings.ca_file,
                 )
             )

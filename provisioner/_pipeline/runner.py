@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from provisioner._braze.client import Reply, ReplyKind, redirect_message
+from provisioner._braze.client import Reply, ReplyKind, may_have_created, redirect_message
 from provisioner._braze.retry import RetryBudget, RetryPolicy
 from provisioner._config.settings import Settings
 from provisioner._core.identity import RowKey
@@ -57,6 +57,9 @@ from provisioner.errors import (
 log = get_logger(__name__)
 
 _LOOKUP_BATCH = 512
+#: Seconds a stop (SIGTERM, SIGINT, an output failure) lets requests in flight finish
+#: before it ends their waits: an answer normally takes well under a second.
+STOP_GRACE_S = 3.0
 #: While stopping, how long a silent manifest pipe is waited for before the drain ends.
 _SILENT_PIPE_S = 2.0
 #: row_failed events logged per run; the rest are only in failures.jsonl.
@@ -124,6 +127,12 @@ class Run:
             log.warning("run_stopping", reason=reason, run_id=self.run_id)
             for lane in self.lanes.values():
                 lane.interrupt(reason)
+                # Requests in flight get a short grace to finish; then their waits end
+                # (a server trickling its answer must not hold a stop for long): in doubt
+                # without a send_id, deferred with one.
+                abort = getattr(lane.client, "abort", None)
+                if abort is not None:
+                    asyncio.get_running_loop().call_later(STOP_GRACE_S, abort)
         elif reason == DeferReason.INTERRUPTED and self.stop_reason == DeferReason.INTERRUPTED:
             # A second signal: stop draining the manifest; in-flight requests still finish.
             self.drain_abandoned = True
@@ -451,14 +460,23 @@ class Run:
                 breaker.success(probe)
                 return reply
             limited = reply.kind is ReplyKind.RATE_LIMITED
+            # A 5xx that may have created, for a row that cannot be resent: final, and
+            # counted as spent (the cap stays safe; the next headers correct the rest).
+            doubtful = (
+                reply.kind is ReplyKind.SERVER_ERROR
+                and job.send_id is None
+                and may_have_created(reply.status)
+            )
             await lane.budget.observe(
                 reply.rate_limit,
-                created=reply.kind in (ReplyKind.CREATED, ReplyKind.QUEUED),
+                created=reply.kind in (ReplyKind.CREATED, ReplyKind.QUEUED) or doubtful,
                 rate_limited=limited,
                 retry_after=reply.retry_after,
             )
             if reply.kind is ReplyKind.SERVER_ERROR:
                 breaker.failure(probe, f"{lane.client.url} answered {reply.status}")
+                if doubtful:
+                    return reply  # in doubt: never resent (final_outcome says so)
                 raise Transient(reply=reply)
             breaker.success(probe)
             if limited:

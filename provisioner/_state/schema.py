@@ -22,7 +22,7 @@ from typing import Any, Literal
 import orjson
 
 from provisioner._core.identity import RowKey
-from provisioner._core.models import Outcome
+from provisioner._core.models import MAX_RESET_AHEAD, Outcome
 from provisioner._state.codec import LINE_INDEX, OUTCOME_COLUMNS, decode_outcome
 from provisioner._state.lock import live_holder
 from provisioner.errors import StateError
@@ -118,6 +118,16 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
         raise describe(path, exc) from None
 
 
+def repair_quota_windows(conn: sqlite3.Connection, now: float) -> int:
+    """Drop stored windows whose reset no server meant (NaN, or further than
+    ``MAX_RESET_AHEAD`` from ``now``: an absurd ``X-RateLimit-Reset`` an older version
+    stored). Left in place, such a window would be the workspace's for ever. Returns how
+    many rows went."""
+    with conn:
+        cursor = conn.execute(SQL_REPAIR_QUOTA, (now + MAX_RESET_AHEAD,))
+    return cursor.rowcount
+
+
 def describe(path: Path, exc: sqlite3.Error) -> StateError:
     """Translate a sqlite3 error about ``path`` into a one-line StateError with a fix."""
     text = str(exc)
@@ -211,6 +221,9 @@ SQL_QUOTA = (
     " spent = spent + excluded.spent"
 )
 SQL_PRUNE_QUOTA = "DELETE FROM quota_windows WHERE reset_at < ?"
+# NOT (x <= ?) rather than x > ?: a value that compares as nothing (text an older version
+# let in) goes too.
+SQL_REPAIR_QUOTA = "DELETE FROM quota_windows WHERE NOT (reset_at <= ?)"
 
 
 @functools.lru_cache(maxsize=32)
@@ -326,8 +339,8 @@ class SqliteReader:
         with self._reading() as conn:
             rows = conn.execute(
                 "SELECT reset_at, quota_limit, remaining, spent FROM quota_windows"
-                " WHERE workspace = ? AND reset_at > ? ORDER BY reset_at",
-                (workspace, now),
+                " WHERE workspace = ? AND reset_at > ? AND reset_at <= ? ORDER BY reset_at",
+                (workspace, now, now + MAX_RESET_AHEAD),
             ).fetchall()
         if not rows:
             return None

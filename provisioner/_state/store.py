@@ -119,6 +119,8 @@ def open_store(path: Path, *, lock: bool = True, durable_intents: bool = True) -
         conns.append(schema.connect(path))
         schema.prepare(conns[0], path)  # under the run lock: a migration never races a run
         if lock:
+            # Under the run lock, like a migration; status and export only filter them.
+            schema.repair_quota_windows(conns[0], time.time())
             conns[0].execute("PRAGMA synchronous = NORMAL")
             conns.append(schema.connect(path))
         read = conns[-1]

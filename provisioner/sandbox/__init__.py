@@ -6,9 +6,9 @@ nothing in the tool imports it except the ``provisioner sandbox`` command.
 
 from __future__ import annotations
 
+from provisioner.sandbox.config import Outage, SandboxConfig, parse_outage
 from provisioner.sandbox.faults import FaultRule, load_faults
-from provisioner.sandbox.modes import Outage, parse_outage
-from provisioner.sandbox.server import Sandbox, SandboxConfig, serve
+from provisioner.sandbox.server import Sandbox, serve
 
 __all__ = [
     "FaultRule",

@@ -1,5 +1,6 @@
-"""How the sandbox reads a create request, spoils its answer and records it: the body's
-rules, fault rules (what a rule is, how rules are read, which one applies) and the ledger.
+"""How the sandbox reads a create request and spoils its answer: the body's rules and
+fault rules (what a rule is, how rules are read, which one applies). The ledger that
+records what happened is ``sandbox/ledger.py``.
 
 Kept apart from ``server.py`` so that the server module stays about serving; the public
 names (``FaultRule``, ``load_faults``) are re-exported by ``provisioner.sandbox``.
@@ -8,11 +9,13 @@ names (``FaultRule``, ``load_faults``) are re-exported by ``provisioner.sandbox`
 from __future__ import annotations
 
 import asyncio
+import base64
 import math
 import random
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -21,14 +24,27 @@ from provisioner._core.identity import MAX_SEND_ID
 from provisioner.errors import ConfigError
 
 #: Actions that answer without creating anything.
-NON_CREATING_ACTIONS = frozenset({"status", "rate_limit", "drop_before", "redirect"})
+NON_CREATING_ACTIONS = frozenset({"status", "rate_limit", "drop_before", "redirect", "echo_auth"})
 #: Actions that create (ledger + quota) and then spoil the answer.
 CREATING_ACTIONS = frozenset(
-    {"queued", "drop_after", "delay", "not_json", "no_send_id", "slow_body"}
+    {
+        "queued",
+        "drop_after",
+        "delay",
+        "not_json",
+        "no_send_id",
+        "slow_body",
+        "error_after",
+        "other_send_id",
+        "trickle_body",
+        "trickle_headers",
+    }
 )
 ACTIONS = NON_CREATING_ACTIONS | CREATING_ACTIONS
+#: Actions that answer their rule's ``status``.
+_STATUS_ACTIONS = frozenset({"status", "error_after", "echo_auth"})
 #: Actions that are meaningless without a positive ``delay_ms``.
-_DELAYED_ACTIONS = frozenset({"delay", "slow_body"})
+_DELAYED_ACTIONS = frozenset({"delay", "slow_body", "trickle_body", "trickle_headers"})
 #: The codes a ``redirect`` rule may answer, and its default (307 keeps the method and body,
 #: so a client that followed it would POST the key and body to ``location``).
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -47,6 +63,9 @@ _OUTCOMES = {
     "not_json": "201",
     "no_send_id": "201",
     "slow_body": "201",
+    "other_send_id": "201",
+    "trickle_body": "201",
+    "trickle_headers": "201",
 }
 #: Braze-like messages for error answers, shared with the server module.
 ERROR_MESSAGES = {
@@ -81,6 +100,9 @@ class FaultRule:
     delay_ms: float = 0.0
     status: int = 500
     location: str | None = None
+    #: A ``Retry-After`` header sent as it is (seconds, an HTTP date, or nonsense) on a
+    #: ``rate_limit`` or ``status`` answer.
+    retry_after: str | None = None
 
     def __post_init__(self) -> None:
         # Checked here, not only in the JSON reader, so that a rule built in Python
@@ -105,7 +127,7 @@ class FaultRule:
             raise ValueError(f"action {self.action!r} needs a delay_ms > 0")
         if isinstance(self.status, bool) or not isinstance(self.status, int):
             raise ValueError(f"status must be an integer, got {self.status!r}")
-        if self.action == "status" and not 400 <= self.status <= 599:
+        if self.action in _STATUS_ACTIONS and not 400 <= self.status <= 599:
             raise ValueError(f"status must be an HTTP error code (400-599), got {self.status}")
         if self.action == "redirect":
             if self.status == 500:
@@ -125,6 +147,16 @@ class FaultRule:
                 f"location must be a URL of printable ASCII without spaces, got {self.location!r}"
             )
 
+        if self.retry_after is not None and (
+            not isinstance(self.retry_after, str)
+            or not self.retry_after
+            or any(not 0x20 <= ord(c) <= 0x7E for c in self.retry_after)
+        ):
+            raise ValueError(
+                f"retry_after must be a non-empty header value of printable ASCII, "
+                f"got {self.retry_after!r}"
+            )
+
     @property
     def creates(self) -> bool:
         """Whether a request hit by this rule still creates (ledger entry, quota)."""
@@ -133,7 +165,7 @@ class FaultRule:
     @property
     def outcome(self) -> str:
         """The ledger's ``by_status`` key for a request this rule answers."""
-        if self.action in ("status", "redirect"):
+        if self.action in _STATUS_ACTIONS or self.action == "redirect":
             return str(self.status)
         return _OUTCOMES[self.action]
 
@@ -250,84 +282,6 @@ def parse_create_body(raw: bytes) -> tuple[str, str | None] | Invalid:
     return campaign_id, send_id if isinstance(send_id, str) else None
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    """One creation as the server saw it; ``at`` is the sandbox clock (epoch seconds)."""
-
-    workspace: str
-    campaign_id: str
-    send_id: str
-    at: float
-
-
-@dataclass(slots=True)
-class WindowFigures:
-    """One workspace's quota window: ``ours`` creations by the clients of the sandbox,
-    ``other`` by the shared consumer, ``http_429`` answers to our clients,
-    ``outage`` creates answered by an outage (503 or reset), ``invalid_campaign`` 400s
-    for a campaign ``--campaigns`` does not list as an API campaign and
-    ``invalid_counted`` those of them that spent quota (``--invalid-counts``)."""
-
-    workspace: str
-    window_start: int
-    window_end: int
-    quota: int
-    ours: int = 0
-    other: int = 0
-    http_429: int = 0
-    outage: int = 0
-    invalid_campaign: int = 0
-    invalid_counted: int = 0
-
-
-@dataclass(slots=True)
-class Ledger:
-    """What the sandbox created and how it answered ``/sends/id/create``.
-
-    ``by_status`` counts answers by status code as a string, plus ``"dropped"`` for
-    connections a fault closed and ``"refused"`` for those an outage reset; ``total`` is
-    the sum of all of them. ``windows`` holds per-window figures by (workspace, start).
-    """
-
-    created: list[LedgerEntry] = field(default_factory=list)
-    by_status: dict[str, int] = field(default_factory=dict)
-    total: int = 0
-    windows: dict[tuple[str, int], WindowFigures] = field(default_factory=dict)
-    #: Answers of ``GET /campaigns/list`` by status code (apart: another endpoint).
-    campaigns_list: dict[str, int] = field(default_factory=dict)
-
-    def count(self, status: int | str) -> int:
-        """How many requests got this status (or ``"dropped"``, ``"refused"``)."""
-        return self.by_status.get(str(status), 0)
-
-    def window_figures(self, workspace: str | None = None) -> list[WindowFigures]:
-        """Per-window figures, oldest window first, of one workspace or of all."""
-        return sorted(
-            (w for w in self.windows.values() if workspace is None or w.workspace == workspace),
-            key=lambda w: (w.window_start, w.workspace),
-        )
-
-    def to_dict(self) -> dict[str, object]:
-        """The document served at ``GET /sandbox/ledger``."""
-        # Entries stay dataclasses: orjson writes them as objects keyed by field name.
-        return {
-            "created": self.created,
-            "requests": {"total": self.total, "by_status": dict(self.by_status)},
-            "windows": self.window_figures(),
-            "campaigns_list": dict(self.campaigns_list),
-        }
-
-    def _answered(self, key: str) -> None:
-        self.total += 1
-        self.by_status[key] = self.by_status.get(key, 0) + 1
-
-    def _window(self, workspace: str, start: int, end: int, quota: int) -> WindowFigures:
-        figures = self.windows.get((workspace, start))
-        if figures is None:
-            figures = self.windows[workspace, start] = WindowFigures(workspace, start, end, quota)
-        return figures
-
-
 class _Slot:
     """A rule and how many more times it may apply (None = unlimited)."""
 
@@ -399,9 +353,21 @@ async def answer_fault(
         # Never written: aiohttp finds the transport closed, takes it for a client
         # disconnect and ignores it quietly.
         return web.Response(status=204)
-    if action in ("status", "rate_limit"):
+    if action == "echo_auth":
+        # A careless server quoting the request's credentials back, raw, base64-encoded
+        # and URL-encoded: the client must not write any of them anywhere.
+        auth = request.headers.get("Authorization", "")
+        b64 = base64.b64encode(auth.encode()).decode()
+        message = f"Invalid credentials {auth!r} (base64 {b64}, url {quote(auth, safe='')})"
+        return json_response(rule.status, {"message": message, "errors": [auth]}, headers)
+    if action == "other_send_id":
+        other = f"{send_id}-other" if send_id is not None else "sbx_other"
+        return json_response(201, {"message": "success", "send_id": other}, headers)
+    if action in ("status", "rate_limit", "error_after"):
         status = 429 if action == "rate_limit" else rule.status
         message = ERROR_MESSAGES.get(status, f"Sandbox fault: HTTP {status}")
+        if rule.retry_after is not None:
+            headers = {**(headers or {}), "Retry-After": rule.retry_after}
         return json_response(status, {"message": message}, headers)
     if action == "redirect":
         # A front door or proxy answers, not the service: no rate-limit headers.
@@ -421,6 +387,8 @@ async def answer_fault(
             text="<html>oops</html>", status=201, headers=headers, content_type="text/html"
         )
     delay = rule.delay_ms / 1000.0
+    if action in ("trickle_body", "trickle_headers"):
+        return await _trickle(rule, request, headers, send_id, delay)
     if action == "delay":
         await asyncio.sleep(delay)
         return json_response(201, {"message": "success", "send_id": send_id}, headers)
@@ -439,3 +407,42 @@ async def answer_fault(
     except ConnectionError:
         pass  # the client gave up (read timeout): that is what this fault is for
     return response
+
+
+async def _trickle(
+    rule: FaultRule,
+    request: web.Request,
+    headers: dict[str, str] | None,
+    send_id: str | None,
+    delay: float,
+) -> web.StreamResponse:
+    """The normal 201 written straight to the socket one byte every ``delay`` seconds:
+    the headers too (``trickle_headers``), or only the body (``trickle_body``). Each read
+    of the client gets a byte well within any read timeout; only a total bounds it."""
+    body = orjson.dumps({"message": "success", "send_id": send_id})
+    head = "HTTP/1.1 201 Created\r\n" + "".join(
+        f"{name}: {value}\r\n"
+        for name, value in {
+            **(headers or {}),
+            "Content-Type": _JSON,
+            "Content-Length": str(len(body)),
+            "Connection": "close",
+        }.items()
+    )
+    raw_head = (head + "\r\n").encode()
+    transport = request.transport
+    if transport is None:
+        return web.Response(status=204)
+    trickled = raw_head + body if rule.action == "trickle_headers" else body
+    try:
+        if rule.action == "trickle_body":
+            transport.write(raw_head)
+        for index in range(len(trickled)):
+            await asyncio.sleep(delay)
+            if transport.is_closing():
+                break  # the client gave up: that is what this fault is for
+            transport.write(trickled[index : index + 1])
+    finally:
+        transport.close()
+    # Never written: the transport is closed, which aiohttp takes quietly.
+    return web.Response(status=204)

@@ -4,10 +4,8 @@ Modes (see ``docs/sandbox.md``): a shared consumer (another client of the same w
 spending part of each window's quota), how the rate-limit headers are sent (normal,
 omitted, garbled) and outage windows (every create answered 503, or its connection
 reset). They live in ``Modes``, which the admin API reads and changes while the sandbox
-runs; ``add_admin_routes`` serves it. What the modes did shows in the ledger
-(``faults.Ledger``). Kept apart from ``server.py`` so that the server module stays about
-serving; the public names (``Outage``, ``parse_outage``) are re-exported by
-``provisioner.sandbox``.
+runs. Kept apart from ``server.py`` so that the server module stays about serving; the
+mode settings and their checks are ``config.py``'s (re-exported here).
 
 Everything here is deterministic: the shared consumer acts at fixed points of each
 window, outages are fixed spans of the sandbox clock, and garbling draws from its own
@@ -17,114 +15,51 @@ seeded RNG so that turning it on does not shift the draws of ``--error-rate`` or
 from __future__ import annotations
 
 import contextlib
-import math
 import random
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeGuard
 
 import orjson
 from aiohttp import web
 
-from provisioner.sandbox.faults import (
-    FaultBook,
-    Ledger,
-    WindowFigures,
-    json_response,
-    rules_from_document,
+from provisioner.sandbox.config import (
+    GARBLE_VARIANTS,
+    HEADER_MODES,
+    MODE_FIELDS,
+    OUTAGE_MODES,
+    Outage,
+    SandboxConfig,
+    check_modes,
+    check_reset_mode,
+    is_number,
+    parse_outage,
 )
+from provisioner.sandbox.faults import FaultBook, json_response, rules_from_document
+from provisioner.sandbox.ledger import Ledger, WindowFigures
 
-if TYPE_CHECKING:
-    from provisioner.sandbox.server import SandboxConfig
-
-HEADER_MODES = ("normal", "omit", "garble")
-#: How ``--headers garble`` spoils the three headers (each described in docs/sandbox.md).
-GARBLE_VARIANTS = ("empty", "negative", "past_reset", "text")
-OUTAGE_MODES = ("5xx", "refuse")
-#: The fields ``POST /sandbox/modes`` may change; each is a SandboxConfig field and a flag.
-MODE_FIELDS = ("shared_consumer", "shared_at", "shared_span", "headers", "garble")
+__all__ = [
+    "GARBLE_VARIANTS",
+    "HEADER_MODES",
+    "MODE_FIELDS",
+    "Modes",
+    "Outage",
+    "Workspace",
+    "add_admin_routes",
+    "parse_outage",
+    "refuse_connection",
+]
 
 _LIMIT = "X-RateLimit-Limit"
 _REMAINING = "X-RateLimit-Remaining"
 _RESET = "X-RateLimit-Reset"
 
 
-def _is_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_modes(
-    shared_consumer: object,
-    shared_at: object,
-    shared_span: object,
-    headers: object,
-    garble: object,
-    *,
-    name: Callable[[str], str],
-) -> tuple[int, float, float, str, tuple[str, ...]]:
-    """The mode settings, checked and typed; ValueError if they are impossible.
-
-    ``name`` renders a field in the message: ``--shared-at`` for the command line,
-    ``shared_at`` for the admin API.
-    """
-    if isinstance(shared_consumer, bool) or not isinstance(shared_consumer, int):
-        raise ValueError(
-            f"{name('shared_consumer')} must be a whole number, got {shared_consumer!r}"
-        )
-    if shared_consumer < 0:
-        raise ValueError(f"{name('shared_consumer')} must be >= 0, got {shared_consumer}")
-    if not _is_number(shared_at) or not 0.0 <= shared_at < 1.0:
-        raise ValueError(f"{name('shared_at')} must be a fraction in [0, 1), got {shared_at!r}")
-    if not _is_number(shared_span) or not 0.0 <= shared_span <= 1.0 - shared_at:
-        raise ValueError(
-            f"{name('shared_span')} must be between 0 and 1 - {name('shared_at')} "
-            f"(the spread ends within the window), got {shared_span!r}"
-        )
-    if not isinstance(headers, str) or headers not in HEADER_MODES:
-        choices = ", ".join(HEADER_MODES)
-        raise ValueError(f"{name('headers')} must be one of {choices}, got {headers!r}")
-    if not isinstance(garble, tuple | list) or any(v not in GARBLE_VARIANTS for v in garble):
-        choices = ", ".join(GARBLE_VARIANTS)
-        raise ValueError(f"{name('garble')} variants must be among {choices}, got {garble!r}")
-    variants = tuple(str(v) for v in garble)
-    return shared_consumer, float(shared_at), float(shared_span), headers, variants
-
+#: A reset past the last second of year 9999 (``--reset far``): no datetime holds it.
+FAR_RESET = 253402300800 + 86400
 
 # -- outages ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Outage:
-    """An outage planned from the start: ``duration`` seconds beginning ``start`` seconds
-    after the sandbox starts; ``mode`` "5xx" (every create gets 503) or "refuse" (every
-    create's connection is reset unanswered)."""
-
-    start: float
-    duration: float
-    mode: str = "5xx"
-
-    def __post_init__(self) -> None:
-        if not _is_number(self.start) or self.start < 0:
-            raise ValueError(f"the start must be a number of seconds >= 0, got {self.start!r}")
-        if not _is_number(self.duration) or self.duration <= 0:
-            raise ValueError(f"the duration must be a number of seconds > 0, got {self.duration!r}")
-        if self.mode not in OUTAGE_MODES:
-            choices = " or ".join(OUTAGE_MODES)
-            raise ValueError(f"the mode must be {choices}, got {self.mode!r}")
-
-
-def parse_outage(text: str) -> Outage:
-    """Read ``START:DURATION[:MODE]`` (the ``--outage`` flag); ValueError says what is wrong."""
-    parts = text.split(":")
-    if len(parts) not in (2, 3):
-        raise ValueError(f"expected START:DURATION[:MODE], got {text!r}")
-    try:
-        start, duration = float(parts[0]), float(parts[1])
-    except ValueError:
-        raise ValueError(f"START and DURATION must be seconds, got {text!r}") from None
-    return Outage(start, duration, parts[2] if len(parts) == 3 else "5xx")
 
 
 @dataclass(slots=True)
@@ -189,6 +124,7 @@ class Modes:
         self.shared_span = config.shared_span
         self.header_mode = config.headers
         self.garble = config.garble
+        self.reset_mode = config.reset
         self._window = config.window_seconds
         self._planned = config.outages
         # Its own RNG, seeded apart from the sandbox's, so that garbling does not shift
@@ -269,6 +205,21 @@ class Modes:
                     at, moved = span.end, True
         return at
 
+    def moved_reset(self, reset: str, now: float, used: int) -> str:
+        """``X-RateLimit-Reset`` as the ``reset`` mode sends it (``reset``: the real one)."""
+        mode = self.reset_mode
+        if mode == "huge":
+            return "1e30"
+        if mode == "far":
+            return str(FAR_RESET)
+        if mode == "sliding":
+            return str(int(now) + self._window)
+        if mode == "jitter":
+            return str(int(reset) + self._rng.choice((-1, 0, 1)))
+        if mode == "backwards":
+            return str(int(reset) - used)
+        return reset
+
     def odd_headers(
         self, limit: str, remaining: int, reset: str, window_start: int
     ) -> dict[str, str] | None:
@@ -287,6 +238,7 @@ class Modes:
             raise ValueError(
                 f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(MODE_FIELDS)}"
             )
+        check_reset_mode(doc.get("reset", self.reset_mode), name=str)  # before any change
         (
             self.shared_consumer,
             self.shared_at,
@@ -301,6 +253,7 @@ class Modes:
             doc.get("garble", self.garble),
             name=str,
         )
+        self.reset_mode = check_reset_mode(doc.get("reset", self.reset_mode), name=str)
 
     def to_dict(self, now: float) -> dict[str, object]:
         """The document served by the modes and outage admin endpoints."""
@@ -311,6 +264,7 @@ class Modes:
             "shared_span": self.shared_span,
             "headers": self.header_mode,
             "garble": list(self.garble or GARBLE_VARIANTS),
+            "reset": self.reset_mode,
             "outages": [{"start": s.start, "end": s.end, "mode": s.mode} for s in self.spans],
             "outage_now": self.outage_at(now),
         }
@@ -324,7 +278,7 @@ def outage_request(doc: object) -> tuple[float, str]:
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(unknown)}; allowed: seconds, mode")
     seconds, mode = doc.get("seconds"), doc.get("mode", "5xx")
-    if not _is_number(seconds) or seconds <= 0:
+    if not is_number(seconds) or seconds <= 0:
         raise ValueError(f"seconds must be a number > 0, got {seconds!r}")
     if mode not in OUTAGE_MODES:
         raise ValueError(f"mode must be {' or '.join(OUTAGE_MODES)}, got {mode!r}")

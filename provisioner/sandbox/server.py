@@ -3,9 +3,10 @@
 Used by the integration tests, ``make run``, the benchmarks and by users rehearsing a
 migration: real sockets, Braze's documented answers (401/400/413/429/201, rate-limit
 headers on every answer for a known key), a per-key quota over fixed epoch-aligned
-windows, an in-memory ledger of what was created, deterministic fault injection
+windows, an in-memory ledger of what was created (``ledger.py``), deterministic fault injection
 (``faults.py``) and run-time modes: a shared consumer, omitted or garbled headers,
-outages (``modes.py``). See ``docs/sandbox.md`` for the user-facing description.
+outages (``modes.py``), all set by a ``SandboxConfig`` (``config.py``). See
+``docs/sandbox.md`` for the user-facing description.
 
 The create handler is the hot path (benchmarks push ~10k requests/s through it): no
 per-request logging, no access log, orjson, header values recomputed only when a
@@ -15,43 +16,31 @@ window rolls over, and one comparison each for the modes when they are off.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import secrets
 import signal
-import ssl
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from types import TracebackType
 
 from aiohttp import web
 
 from provisioner._core.identity import workspace_label
 from provisioner.errors import UsageError
-from provisioner.sandbox.campaigns import CampaignBook, SandboxCampaign, add_campaign_routes
+from provisioner.sandbox.campaigns import CampaignBook, add_campaign_routes
+from provisioner.sandbox.config import Outage, SandboxConfig
 from provisioner.sandbox.faults import (
     ERROR_MESSAGES,
     FaultBook,
     FaultRule,
     Invalid,
-    Ledger,
-    LedgerEntry,
-    WindowFigures,
     answer_fault,
     json_response,
     load_faults,
     parse_create_body,
 )
-from provisioner.sandbox.modes import (
-    MODE_FIELDS,
-    Modes,
-    Outage,
-    Workspace,
-    add_admin_routes,
-    check_modes,
-    refuse_connection,
-)
+from provisioner.sandbox.ledger import Ledger, LedgerEntry, WindowFigures
+from provisioner.sandbox.modes import Modes, Workspace, add_admin_routes, refuse_connection
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -72,93 +61,6 @@ __all__ = [
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 _RANDOM_ERRORS = (500, 502, 503)
-
-
-def _flag(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
-@dataclass(frozen=True, slots=True)
-class SandboxConfig:
-    """Everything a sandbox is started with; each field mirrors a ``provisioner sandbox`` flag.
-
-    Raises ``UsageError`` on a value the sandbox cannot honour, naming the flag.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    api_keys: tuple[str, ...] = ("sandbox-key",)
-    daily_quota: int = 100
-    window_seconds: int = 86400
-    latency_ms: float = 0.0
-    error_rate: float = 0.0
-    seed: int | None = None
-    repeat_counts: bool = False
-    faults: tuple[FaultRule, ...] = ()
-    shared_consumer: int = 0
-    shared_at: float = 0.0
-    shared_span: float = 0.0
-    headers: str = "normal"
-    garble: tuple[str, ...] = ()
-    outages: tuple[Outage, ...] = ()
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    #: None: every campaign id is accepted and ``/campaigns/list`` is not served.
-    campaigns: tuple[SandboxCampaign, ...] | None = None
-    invalid_counts: bool = False
-    keys_without_campaigns_list: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise UsageError(f"--port must be between 0 and 65535, got {self.port}")
-        if not self.api_keys:
-            raise UsageError("the sandbox needs at least one --api-key")
-        for index, key in enumerate(self.api_keys, start=1):
-            # The key itself is never put in a message: only its position.
-            if not key or key != key.strip() or any(c.isspace() for c in key):
-                raise UsageError(f"--api-key #{index} is empty or contains whitespace")
-        if self.daily_quota < 0:
-            raise UsageError(f"--daily-quota must be >= 0, got {self.daily_quota}")
-        if self.window_seconds < 1:
-            raise UsageError(f"--window-seconds must be >= 1, got {self.window_seconds}")
-        if not 0 <= self.latency_ms < math.inf:
-            raise UsageError(f"--latency-ms must be a finite number >= 0, got {self.latency_ms}")
-        if not 0.0 <= self.error_rate <= 1.0:
-            raise UsageError(f"--error-rate must be between 0 and 1, got {self.error_rate}")
-        try:
-            check_modes(*(getattr(self, f) for f in MODE_FIELDS), name=_flag)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        if self.garble and self.headers != "garble":
-            raise UsageError(f"--garble needs --headers garble, not --headers {self.headers}")
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise UsageError("--tls-cert and --tls-key go together: give both or neither")
-        if self.invalid_counts and self.campaigns is None:
-            raise UsageError("--invalid-counts needs --campaigns FILE (which ids are invalid)")
-        for index, key in enumerate(self.keys_without_campaigns_list, start=1):
-            if key not in self.api_keys:
-                raise UsageError(
-                    f"--key-without-campaigns-list #{index} is not one of the --api-key "
-                    "values; give the key with --api-key too"
-                )
-
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The server's TLS context when ``tls_cert``/``tls_key`` are set (https), else None.
-
-        Raises ``UsageError`` naming the files when they cannot be loaded.
-        """
-        if self.tls_cert is None or self.tls_key is None:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        try:
-            context.load_cert_chain(self.tls_cert, self.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise UsageError(
-                f"--tls-cert {self.tls_cert} / --tls-key {self.tls_key} cannot be loaded: "
-                f"{getattr(exc, 'strerror', None) or exc}; give a PEM certificate (chain) and "
-                f"its unencrypted PEM private key"
-            ) from None
-        return context
 
 
 class _Service:
@@ -260,13 +162,16 @@ class _Service:
 
     def _headers(self, ws: Workspace, exhausted: bool = False) -> dict[str, str] | None:
         remaining = 0 if exhausted else max(0, self._quota - ws.used)
+        reset = ws.reset
+        if self.modes.reset_mode != "fixed":
+            reset = self.modes.moved_reset(reset, self._clock(), ws.used)
         if self.modes.header_mode == "normal":
             return {
                 "X-RateLimit-Limit": self._limit,
                 "X-RateLimit-Remaining": str(remaining),
-                "X-RateLimit-Reset": ws.reset,
+                "X-RateLimit-Reset": reset,
             }
-        return self.modes.odd_headers(self._limit, remaining, ws.reset, ws.window * self._window)
+        return self.modes.odd_headers(self._limit, remaining, reset, ws.window * self._window)
 
     def _reply(
         self,

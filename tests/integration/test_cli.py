@@ -207,6 +207,36 @@ async def test_signal_finishes_in_flight_and_writes_outputs(
     assert len(sandbox.ledger.created) == 400
 
 
+async def test_sigterm_ends_a_trickling_servers_requests_within_the_grace(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """SIGTERM while every answer trickles in a byte a second (minutes per request): the
+    wait ends after the stop's grace, the request in flight is in doubt for a row without
+    a send_id (deferred with one), the rest deferred, the outputs written (exit 143)."""
+    from provisioner.sandbox.faults import FaultRule
+
+    sandbox = await sandbox_factory(
+        faults=(FaultRule("trickle_headers", delay_ms=1000),), daily_quota=1000
+    )
+    # The first request probes the quota window alone (one of the rows: any of them may
+    # get there first); the others wait behind it.
+    rows = [*campaigns(3, with_send_id=False, prefix="n"), *campaigns(3)]
+    manifest = write_csv(tmp_path / "m.csv", rows)
+    proc = await start_cli(*run_args(sandbox.url, tmp_path, str(manifest)), "--concurrency", "6")
+    assert await wait_for_created(sandbox, 1)
+    proc.send_signal(signal.SIGTERM)
+    # A bound against a hang (each request would take minutes), not a timing assertion.
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 143, err.decode()
+    _, failures, deferred, summary = outputs(tmp_path / "out")
+    assert_invariant(tmp_path / "out", 6)
+    probe = sandbox.ledger.created[0].campaign_id
+    expected = [(probe, "in_doubt")] if probe.startswith("n") else []
+    assert [(f["campaign_id"], f["error"]) for f in failures] == expected
+    assert len(deferred) == 6 - len(expected)
+    assert summary["deferred_reasons"] == {"interrupted": len(deferred)}
+
+
 @pytest.mark.parametrize("command", ["run", "sandbox", "export", "status", "validate"])
 async def test_help_has_examples(command: str) -> None:
     """Every command's --help shows at least one example."""

@@ -23,6 +23,8 @@ import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,12 @@ BUDGET_FLOOR, BUDGET_RATIO = 20, 0.2
 BREAKER_THRESHOLD = 5
 ATTEMPTS = 5  # [retry] attempts, the default
 # Codes of failed rows that Braze may have created: the ledger may hold them.
-MAYBE_CREATED = frozenset({"in_doubt", "queued", "bad_response", "connection_lost"})
+MAYBE_CREATED = frozenset(
+    {"in_doubt", "queued", "bad_response", "connection_lost", "send_id_mismatch"}
+)
+
+# An HTTP date a day from now, for a Retry-After (RFC 9110's IMF-fixdate).
+DATE_TOMORROW = format_datetime(datetime.now(UTC) + timedelta(days=1), usegmt=True)
 
 # Rows "s…" carry a send_id, rows "u…" do not. Targeted faults hit two of each.
 S_TARGETS = ("s000003", "s000007")
@@ -145,7 +152,11 @@ CASES = [
         # Concurrency 1 makes the seeded draws hit the same requests every time.
         sandbox={"error_rate": 0.2, "seed": 3},
         settings={"concurrency": 1},
-        statuses={"created": 80},
+        # One row without a send_id draws a 500 or 502: it may have been created (the
+        # client cannot tell that this one was not), so it is in doubt, not resent.
+        exit_code=1,
+        statuses={"created": 79, "failed": 1},
+        errors={"in_doubt": 1},
         fault_keys=("500", "502", "503"),
         fault_bound=BUDGET_FLOOR + 25,  # retries stay within the budget
     ),
@@ -217,6 +228,22 @@ CASES = [
         errors={"in_doubt": 2},
         lost_answers=LOST,
         extra_requests=2,
+    ),
+    # A byte every 100 ms, well within the read timeout (2 s) of each read: only the total
+    # request_timeout ends the wait. As for any lost answer: resent with a send_id, in
+    # doubt without.
+    *(
+        Case(
+            f"{action}_past_request_timeout",
+            faults=targeted(action, delay_ms=100),
+            settings={"request_timeout": 0.5},
+            exit_code=1,
+            statuses={"created": 18, "failed": 2},
+            errors={"in_doubt": 2},
+            lost_answers=LOST,
+            extra_requests=2,
+        )
+        for action in ("trickle_body", "trickle_headers")
     ),
     Case(
         "success_not_json",
@@ -315,6 +342,70 @@ CASES = [
         fault_keys=("refused",),
         fault_bound=BREAKER_BOUND,
     ),
+    # A 5xx after the server created the id (a gateway's 502/504, a 500 after the write):
+    # a row with a send_id is resent (the same combination, created a second time in
+    # repeat-counts mode); a row without one is in doubt at once and never resent.
+    *(
+        Case(
+            f"{status}_after_creating",
+            faults=targeted("error_after", status=status),
+            exit_code=1,
+            statuses={"created": 18, "failed": 2},
+            errors={"in_doubt": 2},
+            lost_answers=LOST,
+            extra_requests=2,
+            fault_keys=(str(status),),
+            fault_bound=4,
+        )
+        for status in (500, 502, 504)
+    ),
+    # A 503 says the server did nothing: even a row without a send_id is retried.
+    Case(
+        "503_then_created_without_send_id",
+        faults=tuple(FaultRule("status", status=503, campaign_id=c, times=1) for c in U_TARGETS),
+        statuses={"created": 20},
+        extra_requests=2,
+        fault_keys=("503",),
+        fault_bound=2,
+    ),
+    # A success naming another send_id than the one requested is no plain success: the
+    # row fails (send_id_mismatch, both ids in the message) and is not resent.
+    Case(
+        "success_with_another_send_id",
+        faults=tuple(FaultRule("other_send_id", campaign_id=c, times=1) for c in S_TARGETS),
+        exit_code=1,
+        statuses={"created": 18, "failed": 2},
+        errors={"send_id_mismatch": 2},
+    ),
+    # An absurd X-RateLimit-Reset is a garbled header: the run goes on with the defaults
+    # (100 a day) instead of storing a window no datetime holds.
+    Case("reset_1e30", sandbox={"reset": "huge"}, statuses={"created": 20}),
+    Case("reset_past_year_9999", sandbox={"reset": "far"}, statuses={"created": 20}),
+    # A Retry-After of 31,700 years is garbled too: the 429 waits for the window's reset.
+    Case(
+        "retry_after_absurd",
+        sandbox={"window_seconds": 1},
+        faults=(
+            FaultRule("rate_limit", campaign_id="s000003", times=1, retry_after="1000000000000"),
+        ),
+        settings={"max_wait": 5},
+        statuses={"created": 20},
+        extra_requests=1,
+        fault_keys=("429",),
+        fault_bound=1,
+    ),
+    # Retry-After as an HTTP date a day ahead is honoured: past --max-wait, the rest is
+    # deferred (ignoring it would wait only for the 1-second window's reset).
+    Case(
+        "retry_after_http_date",
+        sandbox={"window_seconds": 1},
+        faults=(FaultRule("rate_limit", times=1, retry_after=DATE_TOMORROW),),
+        settings={"max_wait": 5, "concurrency": 1},
+        exit_code=3,
+        deferred={"rate_limited": 20},
+        fault_keys=("429",),
+        fault_bound=1,
+    ),
     Case(
         "redirect_to_another_host",
         stop_message="answered 302 redirecting to http://127.0.0.1:9;",
@@ -380,7 +471,7 @@ HEAVY_CASES = [
         sandbox={"error_rate": 0.2, "seed": 11},
         settings={"concurrency": 16},
         exit_code=frozenset({0, 1}),
-        allowed_errors=frozenset({"server_error"}),
+        allowed_errors=frozenset({"server_error", "in_doubt"}),
         fault_keys=("500", "502", "503"),
         fault_bound=BUDGET_FLOOR + int(BUDGET_RATIO * 3800),
         breaker_opens=None,  # five failures in a row happen by chance at this size

@@ -3,7 +3,9 @@ missing or garbled rate-limit headers."""
 
 from __future__ import annotations
 
+import itertools
 import math
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -88,3 +90,37 @@ async def test_garbled_headers_are_tolerated(
     assert result.counts["failed"] == 0
     assert len(sandbox.ledger.created) <= 8
     assert result.counts["created"] + result.counts["deferred"] == 12
+
+
+@pytest.mark.parametrize("reset", ["sliding", "jitter"])
+async def test_quota_cap_holds_when_the_reset_moves_forward(
+    sandbox_factory: SandboxFactory, tmp_path: Path, reset: str
+) -> None:
+    """A reset that slides (now + a window) or jitters by a second is the same window:
+    --quota 10 lets exactly 10 through and defers the rest."""
+    start = time.time()
+    ticks = itertools.count()
+
+    def clock() -> float:
+        """The sandbox's clock runs a second per reading, so a sliding reset slides."""
+        return start + next(ticks)
+
+    sandbox = await sandbox_factory(clock=clock, daily_quota=1000, reset=reset, seed=1)
+    manifest = write_csv(tmp_path / "m.csv", campaigns(40))
+    settings = settings_for(sandbox.url, tmp_path, manifest, max_wait=0, quota=10)
+    result = await run_pipeline(settings)
+    assert len(sandbox.ledger.created) == 10
+    assert (result.counts["created"], result.counts["deferred"]) == (10, 30)
+
+
+async def test_a_reset_that_moves_backwards_still_has_its_remaining_obeyed(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """A reset a second earlier at each creation is the same window: its Remaining is
+    obeyed, so the server's quota of 20 is never passed and no request meets a 429."""
+    sandbox = await sandbox_factory(daily_quota=20, reset="backwards")
+    manifest = write_csv(tmp_path / "m.csv", campaigns(40))
+    result = await run_pipeline(settings_for(sandbox.url, tmp_path, manifest, max_wait=0))
+    assert sandbox.ledger.count(429) == 0
+    assert len(sandbox.ledger.created) == 20
+    assert (result.counts["created"], result.counts["deferred"]) == (20, 20)

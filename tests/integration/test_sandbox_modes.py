@@ -289,6 +289,7 @@ async def test_modes_admin_endpoint_changes_modes_at_run_time(
         "shared_span": 0.0,
         "headers": "normal",
         "garble": list(GARBLE_VARIANTS),
+        "reset": "fixed",
         "outages": [],
         "outage_now": None,
     }
@@ -464,3 +465,34 @@ async def test_subprocess_serves_the_modes_on_the_real_clock(
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
+
+
+@pytest.mark.parametrize(
+    ("mode", "resets"),
+    [
+        ("fixed", {str(int(T0) + 2)}),
+        ("huge", {"1e30"}),
+        ("far", {str(253402300800 + 86400)}),
+        ("sliding", {str(int(T0) + 1 + 2)}),
+        ("jitter", {str(int(T0) + 2 + d) for d in (-1, 0, 1)}),
+    ],
+)
+async def test_reset_modes_move_the_reset_as_documented(
+    http: aiohttp.ClientSession, sandbox_factory: SandboxFactory, mode: str, resets: set[str]
+) -> None:
+    """Each --reset mode sends X-RateLimit-Reset as docs/sandbox.md says; the quota stays."""
+    clock = FakeClock(T0 + 1)
+    sandbox = await shared(sandbox_factory, clock, reset=mode)
+    answers = [await post(http, sandbox) for _ in range(11)]
+    assert {_rate(a)[2] for a in answers[:10]} <= resets
+    assert [a.status for a in answers] == [201] * 10 + [429]
+
+
+async def test_backwards_reset_moves_a_second_earlier_per_creation(
+    http: aiohttp.ClientSession, sandbox_factory: SandboxFactory
+) -> None:
+    """--reset backwards: the window's end minus the creations of the window so far."""
+    sandbox = await sandbox_factory(clock=FakeClock(T0), daily_quota=10, reset="backwards")
+    answers = [await post(http, sandbox) for _ in range(3)]
+    end = int(T0) // 86400 * 86400 + 86400
+    assert [_rate(a)[2] for a in answers] == [str(end - n) for n in (1, 2, 3)]

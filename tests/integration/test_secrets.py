@@ -239,6 +239,21 @@ async def in_doubt_and_failures(ctx: Ctx) -> None:
     assert await ctx.run(sandbox.url, manifest(ctx, rows)) == 1
 
 
+async def server_echoes_the_key(ctx: Ctx) -> None:
+    """A server quoting the Authorization header (raw, base64, URL-encoded) in its error
+    messages: a 400, a retried 503, and a 502 for a row in doubt."""
+    sandbox = await ctx.start()
+    sandbox.add_faults(
+        [
+            FaultRule(action="echo_auth", status=400, campaign_id="c000001"),
+            FaultRule(action="echo_auth", status=503, campaign_id="c000002", times=1),
+            FaultRule(action="echo_auth", status=502, campaign_id="n000000"),
+        ]
+    )
+    rows = [*campaigns(3), *campaigns(1, with_send_id=False, prefix="n")]
+    assert await ctx.run(sandbox.url, manifest(ctx, rows), "--config", str(fast_config(ctx))) == 1
+
+
 async def validate_status_export(ctx: Ctx) -> None:
     sandbox = await ctx.start()
     m = manifest(ctx)
@@ -364,6 +379,7 @@ SCENARIOS: dict[str, Callable[[Ctx], Awaitable[None]]] = {
         outage_beyond_max_wait,
         key_refused,
         in_doubt_and_failures,
+        server_echoes_the_key,
         validate_status_export,
         two_workspaces_env_and_file,
         refused_before_sending,

@@ -279,3 +279,19 @@ def test_x_ratelimit_retry_after_is_honoured_like_retry_after(
 ) -> None:
     """X-RateLimit-Retry-After counts as Retry-After (any case), and wins when both come."""
     assert parse_retry_after(_headers(given)) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("Fri, 04 Dec 2026 01:00:30 GMT", 30.0),
+        ("Fri, 04 Dec 2026 00:59:00 GMT", 0.0),  # already past: no wait
+        ("Fri, 04 Dec 2026 01:02:00 -0000", 120.0),
+        ("Friday, 32 Foo 2026", None),  # garbled
+        ("-5", None),
+    ],
+)
+def test_retry_after_may_be_an_http_date(value: str, seconds: float | None) -> None:
+    """Retry-After as an HTTP date is the seconds until it (0 when past); garbled: None."""
+    now = 1796346000.0  # 2026-12-04T01:00:00Z
+    assert parse_retry_after(_headers({"Retry-After": value}), now=lambda: now) == seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from provisioner._outputs.report import human_summary
@@ -107,3 +108,14 @@ def test_summary_dates_the_last_deferred_row() -> None:
         Path("out"),
     )  # fmt: skip
     assert "at 100 per window the last is expected to be created 2026-11-29 00:00 UTC" in text
+
+
+def test_iso_never_raises_on_a_time_no_datetime_holds() -> None:
+    """A summary time from a garbled value (inf, NaN, 1e30, past year 9999) is clamped to
+    the ends of years 1..9999 rather than raising, so the summary always comes out."""
+    from provisioner._core.times import iso
+
+    far = "9999-12-31T23:59:59.999Z"
+    assert [iso(v) for v in (1e30, math.inf, math.nan, 253402300800.0 + 86400)] == [far] * 4
+    assert iso(-1e30) == "0001-01-01T00:00:00.000Z"
+    assert iso(0.0) == "1970-01-01T00:00:00.000Z"

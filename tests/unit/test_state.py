@@ -451,6 +451,28 @@ async def test_quota_windows_sum_spent_and_keep_lowest_remaining(store: SqliteSt
     assert store.quota_window(WS, now=2000.0) is None
 
 
+async def test_a_stored_absurd_window_is_never_read_and_is_dropped_on_open(path: Path) -> None:
+    """A window whose reset no server meant (1e30, past year 9999), as an older version
+    stored it, is invisible to status and to the next run, and a run's open deletes it."""
+    from provisioner._outputs.report import status_report
+
+    s = open_store(path)
+    s.begin_run("run-1", "a.csv", 1.0, None, {})
+    s.record_quota(WS, 1e30, 100, 40, 3)
+    s.record_quota("ws-far", 253402300800.0 + 86400, 100, 40, 3)
+    s.finish_run("run-1", 2.0, 0, {}, {})
+    s.close()
+    reader = open_store(path, lock=False)
+    try:
+        assert reader.quota_window(WS, now=1000.0) is None
+        assert status_report(reader, now=1000.0)["quota"] == []
+    finally:
+        reader.close()
+    open_store(path).close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM quota_windows").fetchone() == (0,)
+
+
 async def test_recent_runs_and_open_problems(path: Path) -> None:
     """Runs list newest first with counts and exit codes; problems count doubts, stale
     intents and the latest run's deferred rows."""
