@@ -100,17 +100,38 @@ class Settings:
         return out
 
 
+#: A config file larger than this is refused unread (a config is a few KiB; this also
+#: bounds what a hostile file can make tomllib build).
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config_file(path: Path) -> dict[tuple[str, str], object]:
     """Read a TOML config into {(section, key): value}, refusing unknown keys and secrets.
 
     ``[[workspaces]]`` tables come back checked under the key ("workspaces", "")."""
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file {path} is larger than {MAX_CONFIG_BYTES:,} bytes: a config is a "
+                "few dozen lines; check the --config path"
+            )
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist: check the --config path") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 (byte {exc.start}): save it as UTF-8"
+        ) from None
+    except RecursionError:
+        # tomllib recurses once per nested array or inline table.
+        raise ConfigError(
+            f"config file {path} nests arrays or tables too deeply to read: a config has "
+            "no nesting beyond [[workspaces]]; check the --config path"
+        ) from None
     values: dict[tuple[str, str], object] = {}
     if "workspaces" in data:
         values[("workspaces", "")] = parse_workspaces(data.pop("workspaces"), path)

@@ -86,10 +86,20 @@ def _number(value: object, where: str, kind: type, low: float, high: float) -> f
     return value
 
 
+#: The most [[workspaces]] one run accepts (5,000 took over 1 GB before any request).
+MAX_WORKSPACES = 1000
+
+
 def parse_workspaces(tables: object, path: Path) -> tuple[RawWorkspace, ...]:
     """Check the ``[[workspaces]]`` tables of a config file."""
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
         raise ConfigError(f"config file {path}: workspaces must be [[workspaces]] tables")
+    if len(tables) > MAX_WORKSPACES:
+        # Each workspace gets its own client, pool, pacer and queue before the first request.
+        raise ConfigError(
+            f"config file {path}: {len(tables):,} [[workspaces]] tables, more than the "
+            f"{MAX_WORKSPACES:,} a run accepts: split the manifest into several runs"
+        )
     seen: set[str] = set()
     out: list[RawWorkspace] = []
     for i, table in enumerate(tables, 1):

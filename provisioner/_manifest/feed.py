@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Protocol, cast
 
 from provisioner._core.models import RawRow, RowError
-from provisioner._manifest.reader import Manifest
+from provisioner._manifest.reader import Idle, Manifest
 
 Item = RawRow | RowError
 
@@ -50,7 +50,9 @@ class Feed(Protocol):
 
 def feed_for(manifest: Manifest) -> Feed:
     """A thread-backed feed when the manifest's source can block, else a direct one."""
-    return ThreadFeed(manifest) if can_block(manifest) else DirectFeed(iter(manifest))
+    if can_block(manifest):
+        return ThreadFeed(manifest)
+    return DirectFeed(manifest.records(idle=True))
 
 
 def can_block(manifest: Manifest) -> bool:
@@ -70,12 +72,17 @@ class DirectFeed:
 
     can_wait = False
 
-    def __init__(self, items: Iterator[Item]) -> None:
+    def __init__(self, items: Iterator[Item | Idle]) -> None:
         self._items = items
 
     async def take(self, limit: int) -> tuple[list[Item], bool]:
-        """Up to ``limit`` records, parsed here and now."""
-        chunk = list(itertools.islice(self._items, limit))
+        """Up to ``limit`` records, parsed here and now; fewer (even none, with True) when
+        a long run of blank lines gives the loop its turn."""
+        chunk: list[Item] = []
+        for item in itertools.islice(self._items, limit):
+            if isinstance(item, Idle):
+                return chunk, True
+            chunk.append(item)
         return chunk, len(chunk) == limit
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ import re
 import sys
 from collections.abc import Iterator
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 
@@ -63,6 +63,17 @@ csv.field_size_limit(FIELD_SIZE_LIMIT)
 #: How far the JSONL open-time check looks for a first object before giving up on it
 #: (records after that are still checked one by one by validation).
 _PEEK_MAX_LINES = 1000
+#: ``records(idle=True)`` yields IDLE after this many blank lines in a row, so that a
+#: reader on the event loop can let it run (a .gz of a billion blank lines took 18 minutes
+#: of the loop, signals unanswered).
+IDLE_AFTER_BLANKS = 4096
+
+
+class Idle:
+    """The type of IDLE: "blank lines only, so far", for readers that must yield."""
+
+
+IDLE = Idle()
 _PEEK_MAX_BYTES = 16 * 1024 * 1024
 #: orjson reports "line 1 column 5 (char 4)"; in JSONL the line is ours, only the column helps.
 _JSON_POSITION = re.compile(r":? ?line \d+ column (\d+) \(char \d+\)")
@@ -119,6 +130,7 @@ class Manifest:
         self._reader: Iterator[list[str]] = iter(())
         self._peeked: list[bytes | LineTooLong] = []
         self._started = False
+        self._idle = False
 
     def __enter__(self) -> Manifest:
         """Open the manifest and check it as a whole; raise ManifestError if it is unusable."""
@@ -284,6 +296,14 @@ class Manifest:
 
     def __iter__(self) -> Iterator[RawRow | RowError]:
         """Yield each record in file order; a record that cannot be parsed is a RowError."""
+        return cast(Iterator[RawRow | RowError], self._records())
+
+    def records(self, *, idle: bool) -> Iterator[RawRow | RowError | Idle]:
+        """As ``iter``; with ``idle``, also IDLE after every IDLE_AFTER_BLANKS blank lines."""
+        self._idle = idle
+        return self._records()
+
+    def _records(self) -> Iterator[RawRow | RowError | Idle]:
         if self._lines is None or self._started:
             raise RuntimeError("a Manifest is iterated once, inside its `with` block")
         self._started = True
@@ -303,12 +323,13 @@ class Manifest:
             ),
         )
 
-    def _csv_rows(self) -> Iterator[RawRow | RowError]:
+    def _csv_rows(self) -> Iterator[RawRow | RowError | Idle]:
         lines, text, reader, header = self._lines, self._text, self._reader, self.header
         assert lines is not None
         assert text is not None
         assert header is not None
         width = len(header)
+        blanks, idle = 0, self._idle
         while True:
             start = lines.number + 1
             text.bad_utf8 = False
@@ -329,8 +350,13 @@ class Manifest:
                 continue
             if lines.failure is not None:
                 break  # the read failed inside this record: what was returned is a fragment
-            if not values:
-                continue  # a blank line
+            if not values:  # a blank line
+                if idle:
+                    blanks += 1
+                    if blanks >= IDLE_AFTER_BLANKS:
+                        blanks = 0
+                        yield IDLE
+                continue
             if text.bad_utf8:
                 yield RowError(
                     line=start,
@@ -375,18 +401,24 @@ class Manifest:
             line=line, error="malformed_csv", message=f"line {line} is not valid CSV: {why}"
         )
 
-    def _jsonl_rows(self) -> Iterator[RawRow | RowError]:
+    def _jsonl_rows(self) -> Iterator[RawRow | RowError | Idle]:
         lines = self._lines
         assert lines is not None
         number = 0
+        blanks, idle = 0, self._idle
         for item in chain_lines(self._peeked, lines):
             number += 1
             if isinstance(item, LineTooLong):
                 yield too_long_error(item, number, self.max_row_bytes)
                 continue
             raw = item
-            if raw.isspace():
-                continue  # a blank line
+            if raw.isspace():  # a blank line
+                if idle:
+                    blanks += 1
+                    if blanks >= IDLE_AFTER_BLANKS:
+                        blanks = 0
+                        yield IDLE
+                continue
             try:
                 value = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:

@@ -202,6 +202,9 @@ class Run:
                 # 256 records at a time: between chunks the workers and timers run, and
                 # the state writer's queue stays bounded (long stretches of invalid rows).
                 chunk, more = await self._take(feed, n)
+                if not chunk and more:  # blank lines only: the loop had its turn
+                    await asyncio.sleep(0)
+                    continue
                 if not chunk:
                     self.read_to_end = not self.drain_abandoned
                     break

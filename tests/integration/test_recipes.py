@@ -236,7 +236,7 @@ async def test_cron_wrapper_refuses_a_readable_env_file(sandbox: Sandbox, tmp_pa
 
 
 async def test_second_concurrent_run_exits_75(sandbox: Sandbox, tmp_path: Path) -> None:
-    """While a run works, a second exits 75 at the job lock, and without it at the state lock."""
+    """While a run works, a second exits 75 at the job lock, and without it at its own locks."""
     cron = Cron(tmp_path, sandbox.url)
     first = await cron.start()
     # The others read a file of their own: the pipe is the first run's.
@@ -247,11 +247,11 @@ async def test_second_concurrent_run_exits_75(sandbox: Sandbox, tmp_path: Path) 
         code, mail = await cron.run(PROVISIONER_MANIFEST=other)
         assert (code, mail) == (75, "")
         assert cron.events().count("job_lock_busy") == 1
-        # Without the job lock (PROVISIONER_LOCK empty) the tool's own locks say 75: the
-        # output folder's (same --out) before the state store's.
+        # Without the job lock (PROVISIONER_LOCK empty) the run's own locks say 75: the
+        # --out folder's (taken first, the same --out) or the state store's.
         code, mail = await cron.run(PROVISIONER_MANIFEST=other, PROVISIONER_LOCK="")
         assert (code, mail) == (75, "")
-        assert "is being written by another run" in cron.log.read_text()
+        assert "by another run (pid" in cron.log.read_text()
     code, mail = await finish(first)
     assert (code, mail) == (0, "")
     assert outputs(cron.out)[3]["counts"]["created"] == 2

@@ -251,3 +251,31 @@ def test_a_refused_base_url_never_shows_its_path() -> None:
         check_base_url(f"http://rest.example.com/{SECRET_KEY}")
     assert SECRET_KEY not in str(info.value)
     assert "'http://rest.example.com' (path not shown)" in str(info.value)
+
+
+def test_a_deeply_nested_config_is_refused_with_exit_2(tmp_path: Path) -> None:
+    """TOML nested 100,000 deep is a ConfigError (exit 2), not a RecursionError traceback."""
+    with pytest.raises(ConfigError, match="too deeply") as info:
+        build(tmp_path, "[run]\nx = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert info.value.exit_code == 2
+
+
+def test_a_config_larger_than_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    """A config file over MAX_CONFIG_BYTES is refused before parsing."""
+    with pytest.raises(ConfigError, match="larger than"):
+        build(tmp_path, "# " + "x" * (1 << 20) + "\n")
+
+
+def test_a_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 are named as such (exit 2), not a traceback."""
+    config = tmp_path / "c.toml"
+    config.write_bytes(b"[run]\nrate = 1 # \xff\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        build_settings(manifest="m.csv", out_dir=tmp_path, cli={}, env=ENV, config_path=config)
+
+
+def test_absurdly_many_workspaces_are_refused(tmp_path: Path) -> None:
+    """More [[workspaces]] than MAX_WORKSPACES stop the run before anything is built."""
+    tables = "".join(f'[[workspaces]]\nname = "w{i}"\napi_key_env = "K"\n' for i in range(1001))
+    with pytest.raises(ConfigError, match="more than the 1,000"):
+        build(tmp_path, tables, env={"K": "k-1"})
