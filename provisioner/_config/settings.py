@@ -32,6 +32,7 @@ from provisioner._config.workspaces import (
     parse_workspaces,
     secret_advice,
 )
+from provisioner._core.redact import redact_url
 from provisioner.errors import ConfigError
 
 
@@ -100,7 +101,8 @@ KEYS: tuple[Key, ...] = (
     Key("run", "max_row_bytes", int, 1_048_576, "PROVISIONER_MAX_ROW_BYTES", 1024, 67_108_864,
         doc="a manifest record longer than this (bytes) fails as line_too_long, unparsed"),
     Key("state", "path", str, None, "PROVISIONER_STATE",
-        doc="state store file (default: $XDG_STATE_HOME/provisioner/state.sqlite3)"),
+        doc="state store file or postgresql:// URL"
+            " (default: $XDG_STATE_HOME/provisioner/state.sqlite3)"),
     Key("log", "format", str, None, "PROVISIONER_LOG_FORMAT", choices=("json", "console"),
         doc="log format (default: console on a terminal, json otherwise)"),
     Key("log", "level", str, "info", "PROVISIONER_LOG_LEVEL",
@@ -162,6 +164,8 @@ class Settings:
                 ]  # fmt: skip
                 continue
             value = getattr(self, f.name)
+            if f.name == "state_path" and isinstance(value, str) and "://" in value:
+                value = redact_url(value)  # a database URL may hold a password
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
 

@@ -12,7 +12,6 @@ import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from provisioner._config.settings import Settings
 from provisioner._core.models import Row, RowError
@@ -20,7 +19,7 @@ from provisioner._manifest.reader import Manifest
 from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import SeenIndex
 from provisioner._state.schema import StoreReader
-from provisioner._state.store import SqliteStateStore, default_state_path, open_store
+from provisioner._state.store import SqliteStateStore, open_store, state_location
 
 _BATCH = 512
 _EXAMPLES = 5
@@ -117,8 +116,9 @@ class Forecast:
 
 def forecast(settings: Settings) -> Forecast:
     """Read the manifest and the state store; send nothing."""
-    path = Path(settings.state_path).expanduser() if settings.state_path else default_state_path()
-    store: SqliteStateStore | None = open_store(path, lock=False) if path.exists() else None
+    path = state_location(settings.state_path)
+    exists = isinstance(path, str) or path.exists()  # a database is opened (and checked)
+    store: SqliteStateStore | None = open_store(path, lock=False) if exists else None
     lanes = {w.name: w for w in settings.workspaces}
     now = time.time()
     report = Forecast(manifest=settings.manifest)
