@@ -183,7 +183,8 @@ def open_settings_store(settings: Settings) -> SqliteStateStore:
 
     Blocking, once per run, before any request: a busy store must stop the run early.
     """
-    return open_store(state_location(settings.state_path))
+    labels = [w.api_key.label for w in settings.workspaces]
+    return open_store(state_location(settings.state_path), workspaces=labels)
 
 
 async def _run(

@@ -26,6 +26,7 @@ from provisioner._core.models import Outcome
 from provisioner._state import postgres_schema as pg
 from provisioner._state.batch import Op, settle, sort_batch
 from provisioner._state.codec import decode_outcome
+from provisioner._state.postgres_lease import Lease, LeaseLostError
 from provisioner._state.store import SqliteStateStore
 from provisioner.errors import StateError
 
@@ -83,6 +84,7 @@ class PostgresStateStore(SqliteStateStore):
         location: pg.Location,
         read: Any,
         write: Any | None,
+        lease: Lease | None = None,
         *,
         durable_intents: bool = True,
     ) -> None:
@@ -93,7 +95,20 @@ class PostgresStateStore(SqliteStateStore):
         self._read = read
         self._dialect = _Dialect(read, location.schema)
         self._pg_write = write
+        self._lease = lease
         self._init_writer(write is not None, durable_intents)
+        if lease is not None:
+            self.took_over_from = lease.took_over_from
+            lease.start_heartbeat(self._lease_lost)
+
+    def _lease_lost(self, why: str) -> None:
+        """From the heartbeat or a fenced commit: fail-stop, so nothing more is sent."""
+        if self._error is None:
+            self._error = (
+                f"state store {self.location.shown}: {why}; this run stopped sending and"
+                " recorded nothing more, since another run may own these rows now:"
+                " `provisioner status` shows the runs"
+            )
 
     def _init_writer(self, writable: bool, durable_intents: bool) -> None:
         import threading
@@ -172,6 +187,8 @@ class PostgresStateStore(SqliteStateStore):
             durable = sorted_.durable and self._durable_intents
             try:
                 self._commit(sorted_.tables, durable)
+            except LeaseLostError:
+                pass  # _lease_lost set the error
             except Exception as exc:  # surfaced to every waiter and every later call
                 detail = pg.scrub(str(exc), self.location.secrets) or type(exc).__name__
                 self._error = (
@@ -186,6 +203,8 @@ class PostgresStateStore(SqliteStateStore):
         conn = self._pg_write
         assert conn is not None  # the writer thread exists only with a write connection
         with conn.transaction(), conn.cursor() as cur:
+            if self._lease is not None:
+                self._lease.fence(cur)  # before any write: a fenced holder changes nothing
             if not durable:
                 cur.execute("SET LOCAL synchronous_commit TO off")
             for ops in tables:
@@ -209,7 +228,10 @@ class PostgresStateStore(SqliteStateStore):
                 self._writer.join()
         finally:
             self._closed = True
-            for conn in (self._read, self._pg_write):
+            if self._lease is not None:
+                self._lease.release()
+            lease_conn = None if self._lease is None else self._lease.conn
+            for conn in (self._read, self._pg_write, lease_conn):
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
@@ -223,12 +245,17 @@ def _is_psycopg_error(exc: BaseException) -> bool:
 
 
 def open_postgres(
-    url: str, *, lock: bool = True, durable_intents: bool = True
+    url: str,
+    *,
+    lock: bool = True,
+    durable_intents: bool = True,
+    workspaces: Sequence[str] = (),
 ) -> PostgresStateStore:
     """Open (creating or upgrading its schema) the store in the database ``url`` names.
 
     ``lock=True`` (runs) opens a write connection and starts the writer thread;
-    ``lock=False`` (status, export, validate) reads only.
+    ``lock=False`` (status, export, validate) reads only. A writing store holds the
+    lease of each of ``workspaces`` (postgres_lease.py) until :meth:`close`.
     """
     location = pg.parse_location(url)
     conns: list[Any] = []
@@ -240,11 +267,21 @@ def open_postgres(
             raise
         except Exception as exc:
             raise pg.describe(location, exc, "preparing the schema") from None
+        lease = None
         if lock:
             conns.append(connect(location))
+            conns.append(connect(location))
+            try:
+                lease = Lease.acquire(
+                    conns[2], location.schema, workspaces, location.shown, location.lease_s
+                )
+            except StateError:
+                raise
+            except Exception as exc:
+                raise pg.describe(location, exc, "taking the run's lease") from None
         read = conns[0]
         write = conns[1] if lock else None
-        return PostgresStateStore(location, read, write, durable_intents=durable_intents)
+        return PostgresStateStore(location, read, write, lease, durable_intents=durable_intents)
     except BaseException:
         for conn in conns:
             with contextlib.suppress(Exception):

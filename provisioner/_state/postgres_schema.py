@@ -24,6 +24,7 @@ __all__ = ["redact_url"]  # re-exported: callers of this module redact with it
 
 from provisioner._core.redact import redact_url
 from provisioner._state import schema
+from provisioner._state.postgres_lease import DDL as LEASE_DDL
 from provisioner.errors import StateError
 
 URL_SCHEMES = ("postgresql://", "postgres://")
@@ -31,7 +32,7 @@ DEFAULT_SCHEMA = "provisioner"
 APPLICATION = "provisioner"
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 #: Query parameters the tool reads itself and does not pass to libpq.
-_OWN_PARAMS = ("schema", "password_file")
+_OWN_PARAMS = ("schema", "password_file", "lease_s")
 
 
 def is_url(location: object) -> bool:
@@ -48,6 +49,7 @@ class Location:
     schema: str
     password: str | None  # read from password_file=, else None (libpq finds its own)
     secrets: tuple[str, ...]  # every password this location knows, scrubbed from texts
+    lease_s: float = 30.0  # ?lease_s=: how long a run's lease lasts without a heartbeat
 
 
 def parse_location(url: str) -> Location:
@@ -77,8 +79,17 @@ def parse_location(url: str) -> Location:
             ) from None
         password = lines[0] if lines else ""
         secrets.append(password)
+    try:
+        lease_s = float(own.get("lease_s", "30"))
+    except ValueError:
+        lease_s = -1.0
+    if not 1.0 <= lease_s <= 3600.0:
+        raise StateError(
+            f"state store {shown}: lease_s={own.get('lease_s')!r} is not a number of seconds"
+            " from 1 to 3600; fix the URL's lease_s parameter"
+        )
     conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest), ""))
-    return Location(conninfo, shown, name, password, tuple(s for s in secrets if s))
+    return Location(conninfo, shown, name, password, tuple(s for s in secrets if s), lease_s)
 
 
 def scrub(text: str, secrets: tuple[str, ...]) -> str:
@@ -131,6 +142,7 @@ _V1 = (
         workspace TEXT NOT NULL, reset_at DOUBLE PRECISION NOT NULL,
         quota_limit INTEGER NOT NULL, remaining INTEGER NOT NULL, spent INTEGER NOT NULL,
         PRIMARY KEY (workspace, reset_at))""",
+    LEASE_DDL,
 )
 
 #: MIGRATIONS[i] takes a schema from version i to i + 1 (0: no tables yet).

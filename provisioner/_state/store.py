@@ -160,12 +160,17 @@ def show_location(location: Path | str) -> str:
 
 
 def open_store(
-    path: Path | str, *, lock: bool = True, durable_intents: bool = True
+    path: Path | str,
+    *,
+    lock: bool = True,
+    durable_intents: bool = True,
+    workspaces: Sequence[str] = (),
 ) -> SqliteStateStore:
     """Open (creating or upgrading) the store at ``path``; parent folders are created.
 
     A ``postgresql://`` or ``postgres://`` URL (a str) opens the PostgreSQL store instead
-    (``provisioner._state.postgres``), which has the same interface.
+    (``provisioner._state.postgres``), which has the same interface; its runs hold a
+    lease per workspace (``workspaces``: the store labels) instead of the file lock.
 
     ``lock=True`` (runs) takes the run lock and starts the writer thread; ``lock=False``
     (status, export) opens for reading only. ``durable_intents=False`` commits intents
@@ -175,7 +180,9 @@ def open_store(
     if isinstance(path, str) and path.lower().startswith(("postgresql://", "postgres://")):
         from provisioner._state.postgres import open_postgres
 
-        return open_postgres(path, lock=lock, durable_intents=durable_intents)
+        return open_postgres(
+            path, lock=lock, durable_intents=durable_intents, workspaces=workspaces
+        )
     path = Path(path).expanduser()
     if path.is_dir():
         raise StateError(f"state store {path} is a directory; pass --state PATH naming a file")

@@ -5,7 +5,12 @@ refusals, its fail-stop, and the password kept out of everything the tool shows.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -15,12 +20,12 @@ import pytest
 from provisioner._core.models import Outcome, Status
 from provisioner._core.redact import redact_url
 from provisioner._state.postgres_schema import parse_location
-from provisioner._state.store import open_store
-from provisioner.errors import StateError
+from provisioner._state.store import SqliteStateStore, open_store
+from provisioner.errors import StateError, StateLockedError
 from provisioner.sandbox.server import Sandbox
 from tests.pg_server import PASSWORD, ROLE, PgServer
 
-from .helpers import campaigns, write_csv
+from .helpers import ROOT, campaigns, settings_for, write_csv
 from .test_cli import provisioner
 
 WS = "ws-main"
@@ -130,7 +135,7 @@ def test_tables_live_in_their_schema_with_a_version(pg_url: str) -> None:
             "SELECT table_schema, count(*) FROM information_schema.tables"
             " WHERE table_schema IN ('provisioner', 'other_one') GROUP BY 1 ORDER BY 1"
         ).fetchall()
-        assert rows == [("other_one", 6), ("provisioner", 6)]
+        assert rows == [("other_one", 7), ("provisioner", 7)]
         meta: dict[str, str] = dict(
             conn.execute("SELECT name, value FROM provisioner.meta").fetchall()
         )
@@ -210,6 +215,127 @@ async def test_database_stopped_mid_run_fails_stop(pg_url: str, pg_server: PgSer
         store.close()
     finally:
         pg_server.start()
-    again = open_store(pg_url)
+    # The lease could not be released (the server was gone): it expires on its own.
+    again = open_store(pg_url, lock=False)
     assert again.lookup_many(WS, [("c", "s:a")])["c", "s:a"].kind == "in_flight"
     again.close()
+
+
+# -- leases: two runs, two processes
+
+CHILD = """
+import asyncio, sys, time
+from provisioner._core.models import Outcome, Status
+from provisioner._state.store import SqliteStateStore, open_store
+from provisioner.errors import StateError, StateLockedError
+
+async def main():
+    store = open_store(sys.argv[1], workspaces=["ws-main"])
+    store.begin_run("child", "m", 1.0, None, {})
+    await store.intent("child", "ws-main", ("c", "s:a"), None, 1)
+    print("ready", flush=True)
+    sys.stdin.readline()  # the parent says when to go on
+    try:
+        store.record("child", "ws-main", ("c", "s:b"), Outcome(2, Status.CREATED, "c", "b"))
+        await store.flush()
+        print("wrote", flush=True)
+    except StateError as exc:
+        print("refused:", exc, flush=True)
+    try:
+        store.close()
+    except StateError:
+        pass
+
+asyncio.run(main())
+"""
+
+
+def child(url: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def open_when_expired(url: str) -> SqliteStateStore:
+    """Open the store for ws-main as soon as the other holder's lease has expired."""
+    for _ in range(200):
+        try:
+            return open_store(url, workspaces=["ws-main"])
+        except StateLockedError:
+            time.sleep(0.05)
+    raise AssertionError("the lease never expired")
+
+
+def test_one_run_per_workspace_other_workspaces_run_alongside(pg_url: str) -> None:
+    """A second writer on a workspace is refused (exit 75) naming the holder; a writer on
+    another workspace of the same database runs at the same time; a release frees it."""
+    first = open_store(pg_url, workspaces=["ws-main"])
+    with pytest.raises(StateLockedError, match=r"'ws-main' is in use by another run \(host"):
+        open_store(pg_url, workspaces=["ws-main", "ws-other"])
+    other = open_store(pg_url, workspaces=["ws-other"])
+    other.close()
+    first.close()
+    again = open_store(pg_url, workspaces=["ws-main"])
+    assert again.took_over_from is None  # a clean hand-over, not a takeover
+    again.close()
+
+
+async def test_second_cli_run_on_a_held_workspace_exits_75(
+    sandbox: Sandbox, tmp_path: Path, pg_url: str
+) -> None:
+    """The CLI on a workspace whose lease another run holds exits 75, sending nothing."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(3))
+    label = settings_for(sandbox.url, tmp_path, manifest).workspaces[0].api_key.label
+    holder = open_store(pg_url, workspaces=[label])
+    try:
+        code, out, err = await provisioner(*run_args(sandbox, tmp_path / "o", manifest, pg_url))
+    finally:
+        holder.close()
+    assert code == 75, err
+    assert "in use by another run" in err
+    assert sandbox.ledger.total == 0
+    no_password(out, err)
+
+
+def test_a_dead_holders_lease_is_taken_over_after_it_expires(pg_url: str) -> None:
+    """kill -9 of the holder: its lease blocks others until it expires, then the next run
+    takes over, names the dead holder, and sees its unsettled intent."""
+    url = pg_url + "?lease_s=1"
+    proc = child(url)
+    pid = proc.pid
+    os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    with pytest.raises(StateLockedError):
+        open_store(url, workspaces=["ws-main"])
+    store = open_when_expired(url)
+    assert store.took_over_from is not None
+    assert store.took_over_from[0] == pid
+    assert store.lookup_many(WS, [("c", "s:a")])["c", "s:a"].kind == "in_flight"
+    store.close()
+
+
+def test_a_paused_holder_is_fenced_when_it_wakes(pg_url: str) -> None:
+    """SIGSTOP past the lease, another run takes over, SIGCONT: the first commits nothing
+    more and says why."""
+    url = pg_url + "?lease_s=1"
+    proc = child(url)
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        taker = open_when_expired(url)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    out, _ = proc.communicate("go\n", timeout=60)
+    taker.close()
+    assert "refused:" in out
+    assert "expired or was taken over" in out
+    assert PASSWORD not in out
+    reader = open_store(url, lock=False)
+    assert reader.lookup_many(WS, [("c", "s:b")]) == {}
+    reader.close()
