@@ -103,6 +103,8 @@ KEYS: tuple[Key, ...] = (
     Key("state", "path", str, None, "PROVISIONER_STATE",
         doc="state store file or postgresql:// URL"
             " (default: $XDG_STATE_HOME/provisioner/state.sqlite3)"),
+    Key("state", "url", str, None,
+        doc="a postgresql:// URL for the state store (the same as path; give one of them)"),
     Key("log", "format", str, None, "PROVISIONER_LOG_FORMAT", choices=("json", "console"),
         doc="log format (default: console on a terminal, json otherwise)"),
     Key("log", "level", str, "info", "PROVISIONER_LOG_LEVEL",
@@ -313,6 +315,11 @@ def build_settings(
         raw[(key.section, key.name)] = value
         if field_name:
             merged[field_name] = value
+    url = raw[("state", "url")]
+    if url is not None and ("state", "path") in from_file:
+        raise ConfigError(f"config file {path}: [state] has both path and url; keep one of them")
+    if url is not None and merged.get("state_path") is None:  # env and flags override it
+        merged["state_path"] = url
     base_url = check_base_url(str(merged.pop("base_url")))
     declared_any = bool(from_file.get(("workspaces", "")))
     # With declared workspaces each carries its own key; the [braze] one is optional then.

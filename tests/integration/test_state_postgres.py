@@ -17,6 +17,7 @@ import orjson
 import psycopg
 import pytest
 
+from provisioner._config.settings import build_settings
 from provisioner._core.models import Outcome, Status
 from provisioner._core.redact import redact_url
 from provisioner._state.postgres_schema import parse_location
@@ -225,6 +226,7 @@ async def test_database_stopped_mid_run_fails_stop(pg_url: str, pg_server: PgSer
 
 CHILD = """
 import asyncio, sys, time
+from provisioner._config.settings import build_settings
 from provisioner._core.models import Outcome, Status
 from provisioner._state.store import SqliteStateStore, open_store
 from provisioner.errors import StateError, StateLockedError
@@ -339,3 +341,20 @@ def test_a_paused_holder_is_fenced_when_it_wakes(pg_url: str) -> None:
     reader = open_store(url, lock=False)
     assert reader.lookup_many(WS, [("c", "s:b")]) == {}
     reader.close()
+
+
+def test_state_url_in_the_config_file(tmp_path: Path) -> None:
+    """[state] url names the store; PROVISIONER_STATE and --state override it."""
+    config = tmp_path / "c.toml"
+    config.write_text('[state]\nurl = "postgresql://u@h/db"\n')
+    env = {"BRAZE_API_KEY": "k"}
+
+    def state(cli: dict[str, object], env: dict[str, str]) -> str | None:
+        settings = build_settings(
+            manifest="m.csv", out_dir=tmp_path, cli=cli, env=env, config_path=config
+        )
+        return settings.state_path
+
+    assert state({}, env) == "postgresql://u@h/db"
+    assert state({}, {**env, "PROVISIONER_STATE": "/x.db"}) == "/x.db"
+    assert state({"state_path": "postgres://a@b/c"}, env) == "postgres://a@b/c"
