@@ -70,6 +70,9 @@ class PgServer:
     folder: Path
     port: int
     user: str | None
+    #: Tests run with fsync=off (speed; nothing there survives a power cut anyway);
+    #: benchmarks with the server's durable default.
+    fsync: bool = False
 
     @property
     def data(self) -> Path:
@@ -89,7 +92,9 @@ class PgServer:
             raise subprocess.CalledProcessError(done.returncode, args[0], stderr=err)
 
     def start(self) -> None:
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off"
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.folder}"
+        if not self.fsync:
+            options += " -c fsync=off"
         log = str(self.folder / "server.log")
         self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
 
@@ -115,7 +120,7 @@ class PgServer:
         return self.url(name)
 
 
-def start_server(folder: Path) -> PgServer:
+def start_server(folder: Path, *, fsync: bool = False) -> PgServer:
     """initdb in ``folder`` and start the server; raises RuntimeError if impossible."""
     bindir = find_binaries()
     if bindir is None:
@@ -127,7 +132,7 @@ def start_server(folder: Path) -> PgServer:
         # The server user must reach the folder: open every parent for traversal.
         folder.parent.chmod(0o711)
         shutil.chown(folder, entry.pw_uid, entry.pw_gid)
-    server = PgServer(bindir, folder, _free_port(), user)
+    server = PgServer(bindir, folder, _free_port(), user, fsync)
     pwfile = folder / "pw"
     pwfile.write_text("postgres-unused\n")
     if user is not None:

@@ -213,7 +213,20 @@ class PostgresStateStore(SqliteStateStore):
                     params = [op[2] for op in group]
                     if fix is not None:
                         params = [fix(p) for p in params]
-                    cur.executemany(pg.statement(sql, self._schema), params)
+                    key = pg.MULTI_ROW.get(sql)
+                    if (
+                        key is None
+                        or len(params) < 2
+                        or len({key(p) for p in params}) < len(params)
+                    ):
+                        cur.executemany(pg.statement(sql, self._schema), params)
+                        continue
+                    for start in range(0, len(params), pg.ROWS_PER_INSERT):
+                        chunk = params[start : start + pg.ROWS_PER_INSERT]
+                        cur.execute(
+                            pg.multi_row(sql, self._schema, len(chunk)),
+                            list(itertools.chain.from_iterable(chunk)),
+                        )
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close the connections."""

@@ -257,8 +257,24 @@ def statement(sqlite_sql: str, s: str) -> str:
     return _PG[sqlite_sql].format(s=s)
 
 
-def _split(value: object, kind: type) -> tuple[object, object]:
-    return (value, None) if isinstance(value, kind) else (None, value)
+#: Statements sent as one INSERT of many rows (one round trip and one parse per chunk
+#: instead of per row), with the function giving each fixed row's conflict key: an
+#: upsert may not touch one row twice, so a chunk with a repeated key goes row by row.
+MULTI_ROW: dict[str, Callable[[tuple[Any, ...]], object]] = {
+    schema.SQL_OUTCOME: lambda row: (row[0], row[8]),
+    schema.SQL_SKIPPED: lambda row: (row[0], row[7]),
+    schema.SQL_CREATED: lambda row: row[:3],
+}
+ROWS_PER_INSERT = 500
+
+
+@functools.lru_cache(maxsize=64)
+def multi_row(sqlite_sql: str, s: str, rows: int) -> str:
+    """statement() with ``rows`` rows in its VALUES list."""
+    sql = statement(sqlite_sql, s)
+    head, _, rest = sql.partition(" VALUES (")
+    row, _, tail = rest.partition(")")  # a row holds placeholders and literals, no "("
+    return f"{head} VALUES {', '.join([f'({row})'] * rows)}{tail}"
 
 
 def fix_outcome(row: tuple[Any, ...]) -> tuple[Any, ...]:
