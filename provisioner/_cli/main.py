@@ -106,10 +106,10 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def _open_for_reading(state_path: str | None) -> SqliteStateStore:
-    from provisioner._state.store import default_state_path, open_store
+    from provisioner._state.store import open_store, state_location
 
-    path = Path(state_path).expanduser() if state_path else default_state_path()
-    if not path.exists():
+    path = state_location(state_path)
+    if isinstance(path, Path) and not path.exists():
         raise StateError(
             f"state store {path} does not exist: pass --state PATH of a store that a run has used"
         )

@@ -37,6 +37,7 @@ from provisioner._config.workspaces import (
     secret_advice,
 )
 from provisioner._core.identity import MAX_SEND_ID
+from provisioner._core.redact import redact_url
 from provisioner.errors import ConfigError
 
 _KEY_ADVICE = f"{DEFAULT_KEY_ENV} (or the one api_key_env names)"
@@ -96,6 +97,8 @@ class Settings:
                 ]  # fmt: skip
                 continue
             value = getattr(self, f.name)
+            if f.name == "state_path" and isinstance(value, str) and "://" in value:
+                value = redact_url(value)  # a database URL may hold a password
             out[f.name] = str(value) if isinstance(value, Path) else value
         return out
 
@@ -245,6 +248,11 @@ def build_settings(
         raw[(key.section, key.name)] = value
         if field_name:
             merged[field_name] = value
+    url = raw[("state", "url")]
+    if url is not None and ("state", "path") in from_file:
+        raise ConfigError(f"config file {path}: [state] has both path and url; keep one of them")
+    if url is not None and merged.get("state_path") is None:  # env and flags override it
+        merged["state_path"] = url
     base_url = check_base_url(str(merged.pop("base_url")))
     declared_any = bool(from_file.get(("workspaces", "")))
     # With declared workspaces each carries its own key; the [braze] one is optional then.

@@ -108,8 +108,11 @@ KEYS: tuple[Key, ...] = (
     Key("run", "max_row_bytes", int, 1_048_576, "PROVISIONER_MAX_ROW_BYTES", 1024, 67_108_864,
         doc="a manifest record longer than this (bytes) fails as line_too_long, unparsed"),
     Key("state", "path", str, None, "PROVISIONER_STATE",
-        doc="state store file (default: $XDG_STATE_HOME/provisioner/state.sqlite3)",
+        doc="state store file or postgresql:// URL"
+            " (default: $XDG_STATE_HOME/provisioner/state.sqlite3)",
         flag="--state", metavar="PATH", flag_help=_STATE_HELP),
+    Key("state", "url", str, None, None, settable=False,
+        doc="a postgresql:// URL for the state store (the same as path; give one of them)"),
     Key("log", "format", str, None, "PROVISIONER_LOG_FORMAT", choices=("json", "console"),
         doc="log format (default: console on a terminal, json otherwise)",
         flag="--log-format",

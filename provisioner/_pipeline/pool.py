@@ -33,7 +33,7 @@ from provisioner._outputs.observe import ProgressLog, RunObserver, snapshot, wat
 from provisioner._pipeline.runner import Run, new_run_id
 from provisioner._pipeline.workspace_lane import Lane
 from provisioner._state.interface import RunStore
-from provisioner._state.store import SqliteStateStore, default_state_path, open_store
+from provisioner._state.store import SqliteStateStore, open_store, show_location, state_location
 from provisioner.errors import OutputError
 
 log = get_logger(__name__)
@@ -175,8 +175,8 @@ def open_settings_store(settings: Settings) -> SqliteStateStore:
 
     Blocking, once per run, before any request: a busy store must stop the run early.
     """
-    path = Path(settings.state_path).expanduser() if settings.state_path else default_state_path()
-    return open_store(path)
+    labels = [w.api_key.label for w in settings.workspaces]
+    return open_store(state_location(settings.state_path), workspaces=labels)
 
 
 async def _run(
@@ -336,7 +336,9 @@ def _nothing_lost(
     """The one-line message for output files that failed after requests were sent: the
     store has every outcome, so it says which run to export, and how."""
     out = shlex.quote(str(settings.out_dir))
-    state = f" --state {shlex.quote(settings.state_path)}" if settings.state_path else ""
+    state = (
+        f" --state {shlex.quote(show_location(settings.state_path))}" if settings.state_path else ""
+    )
     counts = summary.get("counts")
     done = ", ".join(f"{n} {s}" for s, n in counts.items() if n) if isinstance(counts, dict) else ""
     return (

@@ -18,7 +18,6 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 from provisioner._braze.campaigns import Campaigns, Unchecked, list_campaigns
 from provisioner._braze.client import BrazeClient
@@ -34,7 +33,7 @@ from provisioner._pipeline.campaign_check import refused
 from provisioner._pipeline.decide import SEND, SKIP, decide
 from provisioner._pipeline.plan import Plan, plan
 from provisioner._state.interface import StoreReader
-from provisioner._state.store import default_state_path, open_store
+from provisioner._state.store import open_store, state_location
 from provisioner.errors import UsageError
 
 _BATCH = 512
@@ -204,8 +203,9 @@ def plan_text(p: Plan, by: float | None) -> str:
 
 def forecast(settings: Settings, *, by: float | None = None) -> Forecast:
     """Read the manifest and the state store; send nothing. ``by``: a deadline (epoch s)."""
-    path = Path(settings.state_path).expanduser() if settings.state_path else default_state_path()
-    store: StoreReader | None = open_store(path, lock=False) if path.exists() else None
+    path = state_location(settings.state_path)
+    exists = isinstance(path, str) or path.exists()  # a database is opened (and checked)
+    store: StoreReader | None = open_store(path, lock=False) if exists else None
     lanes = {w.name: w for w in settings.workspaces}
     now = time.time()
     if by is not None and by < now:

@@ -64,6 +64,7 @@ from provisioner.errors import StateError
 __all__ = [
     "IN_DOUBT", "Prior", "QuotaWindow", "RowKey", "RunRecord", "RunStore", "SqliteStateStore",
     "StateStore", "StoreReader", "default_state_path", "open_store", "scrub_settings",
+    "show_location", "state_location",
 ]  # fmt: skip
 
 
@@ -95,14 +96,47 @@ def _dumps(value: object) -> str:
     return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
-def open_store(path: Path, *, lock: bool = True, durable_intents: bool = True) -> SqliteStateStore:
+def state_location(value: str | None) -> Path | str:
+    """Where a --state value points: a PostgreSQL URL as it is, else a file path
+    (``~`` expanded; None: :func:`default_state_path`)."""
+    if value and value.lower().startswith(("postgresql://", "postgres://")):
+        return value
+    return Path(value).expanduser() if value else default_state_path()
+
+
+def show_location(location: Path | str) -> str:
+    """A location as messages may show it (a URL without its password)."""
+    if isinstance(location, str):
+        from provisioner._state.postgres_schema import redact_url
+
+        return redact_url(location)
+    return str(location)
+
+
+def open_store(
+    path: Path | str,
+    *,
+    lock: bool = True,
+    durable_intents: bool = True,
+    workspaces: Sequence[str] = (),
+) -> SqliteStateStore:
     """Open (creating or upgrading) the store at ``path``; parent folders are created.
+
+    A ``postgresql://`` or ``postgres://`` URL (a str) opens the PostgreSQL store instead
+    (``provisioner._state.postgres``), which has the same interface; its runs hold a
+    lease per workspace (``workspaces``: the store labels) instead of the file lock.
 
     ``lock=True`` (runs) takes the run lock and starts the writer thread; ``lock=False``
     (status, export) opens for reading only. ``durable_intents=False`` commits intents
     with synchronous=NORMAL like the rest (kill -9 safe, not power-cut safe).
     Raises StateError (StateLockedError: exit 75) with a one-line message naming the path.
     """
+    if isinstance(path, str) and path.lower().startswith(("postgresql://", "postgres://")):
+        from provisioner._state.postgres import open_postgres
+
+        return open_postgres(
+            path, lock=lock, durable_intents=durable_intents, workspaces=workspaces
+        )
     path = Path(path).expanduser()
     if path.is_dir():
         raise StateError(f"state store {path} is a directory; pass --state PATH naming a file")

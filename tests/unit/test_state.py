@@ -36,8 +36,25 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "state" / "state.sqlite3"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, path: Path) -> Path | str:
+    """Where a store lives, once per backend: tests taking it pin StateStore behaviour
+    both backends share (the PostgreSQL one on a throwaway server, fresh database)."""
+    if request.param == "postgresql":
+        return str(request.getfixturevalue("pg_url"))
+    return path
+
+
 @pytest.fixture
-def store(path: Path) -> Iterator[SqliteStateStore]:
+def store(location: Path | str) -> Iterator[SqliteStateStore]:
+    s = open_store(location)
+    s.begin_run("run-1", "manifest.csv", 1000.0, ("campaign_id", "send_id", "note"), {})
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sqlite_store(path: Path) -> Iterator[SqliteStateStore]:
     s = open_store(path)
     s.begin_run("run-1", "manifest.csv", 1000.0, ("campaign_id", "send_id", "note"), {})
     yield s
@@ -119,27 +136,29 @@ async def test_lookup_many_spans_several_chunks(store: SqliteStateStore) -> None
 
 
 async def test_intent_is_committed_when_its_await_returns(
-    store: SqliteStateStore, path: Path
+    sqlite_store: SqliteStateStore, path: Path
 ) -> None:
     """After `await intent(...)` the intent is readable from a brand-new connection."""
-    await store.intent("run-1", WS, ("c1", "s:a"), "a", 7)
+    await sqlite_store.intent("run-1", WS, ("c1", "s:a"), "a", 7)
     row = sqlite3.connect(path).execute("SELECT state, send_id, line FROM intents").fetchall()
     assert row == [("in_flight", "a", 7)]
 
 
-async def test_lazy_intent_is_queued_not_awaited(store: SqliteStateStore, path: Path) -> None:
+async def test_lazy_intent_is_queued_not_awaited(
+    sqlite_store: SqliteStateStore, path: Path
+) -> None:
     """wait=False returns at once; the intent is on disk after the next flush."""
-    await store.intent("run-1", WS, ("c1", "s:b"), "b", 8, wait=False)
-    await store.flush()
+    await sqlite_store.intent("run-1", WS, ("c1", "s:b"), "b", 8, wait=False)
+    await sqlite_store.flush()
     row = sqlite3.connect(path).execute("SELECT state, send_id, line FROM intents").fetchall()
     assert row == [("in_flight", "b", 8)]
 
 
 async def test_unwaited_records_reach_the_disk_without_a_flush(
-    store: SqliteStateStore, path: Path
+    sqlite_store: SqliteStateStore, path: Path
 ) -> None:
     """A record nobody waits for is committed by the writer's own poll, not only by flush()."""
-    store.record("run-1", WS, ("c9", "s:z"), created(9, "c9", "z"))
+    sqlite_store.record("run-1", WS, ("c9", "s:z"), created(9, "c9", "z"))
     conn = sqlite3.connect(path)
     for _ in range(500):  # the writer polls every 10 ms; give it up to 5 s on a busy machine
         if conn.execute("SELECT count(*) FROM created").fetchone()[0]:
@@ -149,7 +168,7 @@ async def test_unwaited_records_reach_the_disk_without_a_flush(
 
 
 async def test_concurrent_intents_share_commits(
-    store: SqliteStateStore, monkeypatch: pytest.MonkeyPatch
+    sqlite_store: SqliteStateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Many workers awaiting intents at once are committed in far fewer transactions."""
     commits = 0
@@ -162,13 +181,13 @@ async def test_concurrent_intents_share_commits(
 
     monkeypatch.setattr(state, "commit", counting)
     await asyncio.gather(
-        *(store.intent("run-1", WS, ("c", f"s:{i}"), str(i), i) for i in range(64))
+        *(sqlite_store.intent("run-1", WS, ("c", f"s:{i}"), str(i), i) for i in range(64))
     )
     assert 1 <= commits < 64
 
 
 async def test_one_records_statements_share_a_transaction(
-    store: SqliteStateStore, monkeypatch: pytest.MonkeyPatch
+    sqlite_store: SqliteStateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Even one operation per transaction never splits an outcome from its created row."""
     monkeypatch.setattr(state, "_BATCH", 1)
@@ -180,35 +199,37 @@ async def test_one_records_statements_share_a_transaction(
         real_commit(conn, tables)
 
     monkeypatch.setattr(state, "commit", spying)
-    store.record("run-1", WS, ("c", "s:a"), created(1, "c", "a"))
-    await store.flush()
+    sqlite_store.record("run-1", WS, ("c", "s:a"), created(1, "c", "a"))
+    await sqlite_store.flush()
     assert seen == [[0, 1, 1, 1, 0]]  # runs, created, intents, outcomes, quota
-    assert store.pending == 0
+    assert sqlite_store.pending == 0
 
 
-async def test_own_in_flight_intents_are_not_reported_but_older_ones_are(path: Path) -> None:
+async def test_own_in_flight_intents_are_not_reported_but_older_ones_are(
+    location: Path | str,
+) -> None:
     """An intent is invisible to its own run; the next run sees it as in_flight."""
-    first = open_store(path)
+    first = open_store(location)
     first.begin_run("run-1", "m", 1.0, None, {})
     await first.intent("run-1", WS, ("c1", "s:a"), "a", 2)
     assert first.lookup_many(WS, [("c1", "s:a")]) == {}
     first.close()  # as if the run died before recording the outcome
-    second = open_store(path)
+    second = open_store(location)
     second.begin_run("run-2", "m", 2.0, None, {})
     prior = second.lookup_many(WS, [("c1", "s:a")])["c1", "s:a"]
     assert (prior.kind, prior.run_id, prior.send_id) == ("in_flight", "run-1", "a")
     second.close()
 
 
-async def test_outcomes_settle_intents_as_documented(path: Path) -> None:
+async def test_outcomes_settle_intents_as_documented(location: Path | str) -> None:
     """created and this run's failures resolve intents; in_doubt keeps them; duplicates and
     an older run's intent under a deferral are left alone."""
-    s = open_store(path)
+    s = open_store(location)
     s.begin_run("run-1", "m", 1.0, None, {})
     for key in (("c", "s:ok"), ("c", "s:bad"), ("c", "n:1"), ("c", "s:old")):
         await s.intent("run-1", WS, key, None, 1)
     s.close()
-    s = open_store(path)
+    s = open_store(location)
     s.begin_run("run-2", "m", 2.0, None, {})
     await s.intent("run-2", WS, ("c", "s:ok"), "ok", 1)
     await s.intent("run-2", WS, ("c", "s:bad"), "bad", 2)
@@ -400,7 +421,7 @@ def test_settings_never_store_secret_looking_names(path: Path) -> None:
 
 
 async def test_writer_errors_surface_on_every_later_call(
-    store: SqliteStateStore, path: Path
+    sqlite_store: SqliteStateStore, path: Path
 ) -> None:
     """A failed write raises StateError on flush, record, intent and finish_run; nothing later
     is committed."""
@@ -410,17 +431,17 @@ async def test_writer_errors_surface_on_every_later_call(
         " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
     )
     other.commit()
-    store.record("run-1", WS, ("c", "s:a"), created(1, "c", "a"))
+    sqlite_store.record("run-1", WS, ("c", "s:a"), created(1, "c", "a"))
     with pytest.raises(StateError, match=r"disk on fire.*run again"):
-        await store.flush()
+        await sqlite_store.flush()
     with pytest.raises(StateError):
-        store.record("run-1", WS, None, Outcome(2, Status.DEFERRED, None, None))
+        sqlite_store.record("run-1", WS, None, Outcome(2, Status.DEFERRED, None, None))
     with pytest.raises(StateError):
-        await store.intent("run-1", WS, ("c", "s:b"), "b", 3)
+        await sqlite_store.intent("run-1", WS, ("c", "s:b"), "b", 3)
     with pytest.raises(StateError):
-        store.finish_run("run-1", 2.0, 0, {}, {})
+        sqlite_store.finish_run("run-1", 2.0, 0, {}, {})
     assert other.execute("SELECT count(*) FROM created").fetchone() == (0,)
-    store.close()  # the error was already surfaced: close does not raise it again
+    sqlite_store.close()  # the error was already surfaced: close does not raise it again
 
 
 async def test_unsurfaced_writer_error_is_raised_by_close(path: Path) -> None:
@@ -473,10 +494,10 @@ async def test_a_stored_absurd_window_is_never_read_and_is_dropped_on_open(path:
         assert conn.execute("SELECT COUNT(*) FROM quota_windows").fetchone() == (0,)
 
 
-async def test_recent_runs_and_open_problems(path: Path) -> None:
+async def test_recent_runs_and_open_problems(location: Path | str) -> None:
     """Runs list newest first with counts and exit codes; problems count doubts, stale
     intents and the latest run's deferred rows."""
-    s = open_store(path)
+    s = open_store(location)
     s.begin_run("run-1", "a.csv", 1.0, None, {})
     await s.intent("run-1", WS, ("c", "n:1"), None, 1)
     s.record("run-1", WS, ("c", "n:1"), failed(1, "c", "in_doubt"))
@@ -484,13 +505,13 @@ async def test_recent_runs_and_open_problems(path: Path) -> None:
     s.record("run-1", WS, None, Outcome(3, Status.DEFERRED, None, None, reason="quota"))
     s.finish_run("run-1", 5.0, 3, {"deferred": 1, "failed": 1}, {"note": "first"})
     s.close()
-    s = open_store(path)
+    s = open_store(location)
     s.begin_run("run-2", "b.csv", 10.0, ("campaign_id",), {})
     for line in (1, 2):
         s.record("run-2", WS, None, Outcome(line, Status.DEFERRED, None, None, reason="quota"))
     s.finish_run("run-2", 11.0, 3, {"deferred": 2}, {"note": "second"})
     s.close()
-    s = open_store(path, lock=False)
+    s = open_store(location, lock=False)
     runs = s.recent_runs()
     assert [(r.run_id, r.manifest, r.exit_code, r.counts) for r in runs] == [
         ("run-2", "b.csv", 3, {"deferred": 2}),
@@ -511,7 +532,7 @@ async def test_recent_runs_and_open_problems(path: Path) -> None:
     s.close()
 
 
-async def test_misuse_is_refused(store: SqliteStateStore, path: Path) -> None:
+async def test_misuse_is_refused(store: SqliteStateStore, location: Path | str) -> None:
     """Writing for another run, a created outcome without key, a reused run id, or use after
     close raises instead of storing something wrong."""
     with pytest.raises(RuntimeError, match="not this store's run"):
@@ -525,7 +546,7 @@ async def test_misuse_is_refused(store: SqliteStateStore, path: Path) -> None:
     store.close()
     with pytest.raises(RuntimeError, match="closed"):
         store.lookup_many(WS, [("c", "s:a")])
-    again = open_store(path)
+    again = open_store(location)
     with pytest.raises(StateError, match="run id 'run-1' is already in state store"):
         again.begin_run("run-1", "m", 1.0, None, {})
     again.close()

@@ -1,0 +1,302 @@
+"""The PostgreSQL state store: the same :class:`~provisioner._state.store.StateStore`
+as the SQLite file, for hosts that share one database (Kubernetes, Airflow, failover).
+
+It reuses :class:`SqliteStateStore`'s queue, writer thread, group commit and fail-stop
+unchanged; only the connections, the reads' SQL dialect and the commit differ
+(``postgres_schema.py`` holds the SQL). psycopg 3, sync connections, autocommit with
+explicit transactions, ``prepare_threshold=None`` (no server-side prepared statements:
+they break behind PgBouncer's transaction pooling).
+
+Durability: every commit waits for the server's WAL flush (``synchronous_commit`` on)
+when it holds an intent that must be durable; other batches commit with
+``synchronous_commit = off`` (the server has the data; a server crash may lose the last
+fraction of a second of records, never an intent), as the SQLite store's
+``synchronous=NORMAL``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator, Sequence
+from operator import itemgetter
+from typing import Any
+
+from provisioner._core.models import Outcome
+from provisioner._state import postgres_schema as pg
+from provisioner._state.batch import Op, settle, sort_batch
+from provisioner._state.codec import decode_outcome
+from provisioner._state.postgres_lease import Lease, LeaseLostError
+from provisioner._state.store import SqliteStateStore
+from provisioner.errors import StateError
+
+_PAGE = 2000
+_OUTCOME_SELECT = (
+    "SELECT run_seq, workspace, key, status, created_seq, created_text, columns, columns_bin,"
+    " line, campaign_id, send_id, attempts, http_status, latency_ms, error, message,"
+    " retryable, field, duplicate_of, reason, created_at FROM {s}.outcomes"
+    " WHERE run_seq = %s AND line > %s ORDER BY line LIMIT " + str(_PAGE)
+)
+
+
+def connect(location: pg.Location, doing: str = "connecting") -> Any:
+    """A psycopg connection (autocommit, no prepared statements); StateError if it fails."""
+    try:
+        import psycopg
+    except ImportError:
+        raise StateError(
+            f"state store {location.shown}: PostgreSQL support is not installed;"
+            " pip install 'provisioner[postgresql]'"
+        ) from None
+    extra: dict[str, Any] = {}
+    if location.password is not None:
+        extra["password"] = location.password
+    try:
+        return psycopg.connect(
+            location.conninfo,
+            autocommit=True,
+            prepare_threshold=None,
+            application_name="provisioner",
+            connect_timeout=10,
+            **extra,
+        )
+    except Exception as exc:  # psycopg.Error, or a bad conninfo (ProgrammingError)
+        raise pg.describe(location, exc, doing) from None
+
+
+class _Dialect:
+    """The read connection as StoreReader expects it: ``execute(sql, params)`` in the
+    SQLite dialect, translated for PostgreSQL."""
+
+    def __init__(self, conn: Any, s: str) -> None:
+        self._conn = conn
+        self._s = s
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(pg.translate(sql, self._s), params)
+
+
+class PostgresStateStore(SqliteStateStore):
+    """The PostgreSQL :class:`StateStore`; create it with :func:`open_postgres`."""
+
+    def __init__(
+        self,
+        location: pg.Location,
+        read: Any,
+        write: Any | None,
+        lease: Lease | None = None,
+        *,
+        durable_intents: bool = True,
+    ) -> None:
+        self.location = location
+        self._schema = location.schema
+        # StoreReader.__init__ asks SQLite for its variable limit: set its fields here.
+        self.path = location.shown  # type: ignore[assignment]
+        self._read = read
+        self._dialect = _Dialect(read, location.schema)
+        self._pg_write = write
+        self._lease = lease
+        self._init_writer(write is not None, durable_intents)
+        if lease is not None:
+            self.took_over_from = lease.took_over_from
+            lease.start_heartbeat(self._lease_lost)
+
+    def _lease_lost(self, why: str) -> None:
+        """From the heartbeat or a fenced commit: fail-stop, so nothing more is sent."""
+        if self._error is None:
+            self._error = (
+                f"state store {self.location.shown}: {why}; this run stopped sending and"
+                " recorded nothing more, since another run may own these rows now:"
+                " `provisioner status` shows the runs"
+            )
+
+    def _init_writer(self, writable: bool, durable_intents: bool) -> None:
+        import threading
+        from collections import deque
+
+        self._read_lock = threading.RLock()
+        self._closed = False
+        self._run_id = None
+        self._run_seq = None
+        self._run_ids = {}
+        self._seqs = {}
+        self._chunk = 1000
+        self.took_over_from = None
+        self._write = None
+        self._run_lock = None
+        self._durable_intents = durable_intents
+        self._full_sync = False
+        self._ops = deque()
+        self._wake = threading.Event()
+        self._error = None
+        self._error_seen = False
+        self._writer = None
+        if writable:
+            self._writer = threading.Thread(
+                target=self._writer_main, name="provisioner-state-writer", daemon=True
+            )
+            self._writer.start()
+
+    # -- reads
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        if self._closed:
+            raise RuntimeError("the state store is closed")
+        with self._read_lock:
+            try:
+                yield self._dialect
+            except StateError:
+                raise
+            except Exception as exc:
+                if _is_psycopg_error(exc):
+                    raise pg.describe(self.location, exc, "a read") from None
+                raise
+
+    def iter_outcomes(self, run_id: str) -> Iterator[Outcome]:
+        """Every outcome of ``run_id`` in line order (StateError at once if it is unknown)."""
+        seq = self._seq_of(run_id)
+        sql = _OUTCOME_SELECT.format(s=self._schema)
+
+        def pages() -> Iterator[Outcome]:
+            last = -(2**63)
+            while True:
+                with self._reading():
+                    try:
+                        rows = self._read.execute(sql, (seq, last)).fetchall()
+                    except Exception as exc:
+                        raise pg.describe(self.location, exc, "a read") from None
+                    page = [decode_outcome(pg.unfix_outcome(r), self._run_id_of) for r in rows]
+                yield from page
+                if len(rows) < _PAGE:
+                    return
+                last = rows[-1][8]
+
+        return pages()
+
+    def _live_run_seq(self, conn: Any) -> int | None:
+        if self._run_seq is not None:
+            return self._run_seq
+        return None  # without a lease table nothing names a live run from outside
+
+    # -- the writer thread
+
+    def _apply(self, batch: list[Op]) -> bool:
+        sorted_ = sort_batch(batch)
+        if self._error is None and any(sorted_.tables):
+            durable = sorted_.durable and self._durable_intents
+            try:
+                self._commit(sorted_.tables, durable)
+            except LeaseLostError:
+                pass  # _lease_lost set the error
+            except Exception as exc:  # surfaced to every waiter and every later call
+                detail = pg.scrub(str(exc), self.location.secrets) or type(exc).__name__
+                self._error = (
+                    f"state store {self.location.shown}: a write failed ({detail}); the run"
+                    " stopped so that nothing is sent unrecorded: check the database, then"
+                    " run again"
+                )
+        settle(sorted_.waiters, self._error)
+        return sorted_.stop
+
+    def _commit(self, tables: list[list[Op]], durable: bool) -> None:
+        conn = self._pg_write
+        assert conn is not None  # the writer thread exists only with a write connection
+        with conn.transaction(), conn.cursor() as cur:
+            if self._lease is not None:
+                self._lease.fence(cur)  # before any write: a fenced holder changes nothing
+            if not durable:
+                cur.execute("SET LOCAL synchronous_commit TO off")
+            for ops in tables:
+                for sql, group in itertools.groupby(ops, itemgetter(1)):
+                    fix = pg.FIXES.get(sql)
+                    params = [op[2] for op in group]
+                    if fix is not None:
+                        params = [fix(p) for p in params]
+                    key = pg.MULTI_ROW.get(sql)
+                    if (
+                        key is None
+                        or len(params) < 2
+                        or len({key(p) for p in params}) < len(params)
+                    ):
+                        cur.executemany(pg.statement(sql, self._schema), params)
+                        continue
+                    for start in range(0, len(params), pg.ROWS_PER_INSERT):
+                        chunk = params[start : start + pg.ROWS_PER_INSERT]
+                        cur.execute(
+                            pg.multi_row(sql, self._schema, len(chunk)),
+                            list(itertools.chain.from_iterable(chunk)),
+                        )
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, close the connections."""
+        if self._closed:
+            return
+        try:
+            if self._writer is not None:
+                from provisioner._state.batch import STOP
+
+                self._push((STOP, "", None))
+                self._closed = True
+                self._writer.join()
+        finally:
+            self._closed = True
+            if self._lease is not None:
+                self._lease.release()
+            lease_conn = None if self._lease is None else self._lease.conn
+            for conn in (self._read, self._pg_write, lease_conn):
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+        if self._error is not None and not self._error_seen:
+            self._error_seen = True
+            raise StateError(self._error)
+
+
+def _is_psycopg_error(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith("psycopg")
+
+
+def open_postgres(
+    url: str,
+    *,
+    lock: bool = True,
+    durable_intents: bool = True,
+    workspaces: Sequence[str] = (),
+) -> PostgresStateStore:
+    """Open (creating or upgrading its schema) the store in the database ``url`` names.
+
+    ``lock=True`` (runs) opens a write connection and starts the writer thread;
+    ``lock=False`` (status, export, validate) reads only. A writing store holds the
+    lease of each of ``workspaces`` (postgres_lease.py) until :meth:`close`.
+    """
+    location = pg.parse_location(url)
+    conns: list[Any] = []
+    try:
+        conns.append(connect(location))
+        try:
+            pg.prepare(conns[0], location)
+        except StateError:
+            raise
+        except Exception as exc:
+            raise pg.describe(location, exc, "preparing the schema") from None
+        lease = None
+        if lock:
+            conns.append(connect(location))
+            conns.append(connect(location))
+            try:
+                lease = Lease.acquire(
+                    conns[2], location.schema, workspaces, location.shown, location.lease_s
+                )
+            except StateError:
+                raise
+            except Exception as exc:
+                raise pg.describe(location, exc, "taking the run's lease") from None
+        read = conns[0]
+        write = conns[1] if lock else None
+        return PostgresStateStore(location, read, write, lease, durable_intents=durable_intents)
+    except BaseException:
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+        raise

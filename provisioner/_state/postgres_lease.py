@@ -1,0 +1,152 @@
+"""Run exclusivity on PostgreSQL: a lease row per workspace, renewed by a heartbeat.
+
+Not a session advisory lock: behind PgBouncer's transaction pooling a session lock is
+taken on whichever server connection the pooler lends, and a dead client's session can
+hold it for hours. A lease is a row (holder host/pid, epoch, expiry on the *database's*
+clock, so the hosts' clocks do not matter):
+
+* :meth:`Lease.acquire` takes every workspace of the run in one transaction, or none:
+  a row that is held and unexpired makes it raise StateLockedError (exit 75); an
+  expired one is taken over (its epoch goes up) and named in ``took_over_from``.
+* A heartbeat thread renews the rows every ``ttl / 3``; a renewal that finds a row no
+  longer ours (or fails) marks the lease lost.
+* Fencing: every commit of the writer first checks, in the same transaction and with
+  the rows locked ``FOR SHARE``, that each row still carries our epoch and has not
+  expired. A holder paused past its expiry (SIGSTOP, a VM freeze) therefore commits
+  nothing when it wakes, and since the store is fail-stop it sends nothing more.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from provisioner._state.lock import Holder
+from provisioner.errors import StateLockedError
+
+DEFAULT_TTL_S = 30.0
+_NOW = "extract(epoch FROM clock_timestamp())"
+
+#: The lease table (part of schema version 1, see postgres_schema._V1).
+DDL = """CREATE TABLE {s}.leases (
+        workspace TEXT PRIMARY KEY, holder TEXT, host TEXT, pid INTEGER,
+        started TEXT, epoch BIGINT NOT NULL DEFAULT 0,
+        expires_at DOUBLE PRECISION NOT NULL DEFAULT 0)"""
+
+
+class Lease:
+    """The leases of one run on its workspaces; create with :meth:`acquire`."""
+
+    def __init__(self, conn: Any, s: str, workspaces: list[str], holder: str, ttl: float) -> None:
+        self.conn = conn
+        self._s = s
+        self.workspaces = workspaces
+        self.holder = holder
+        self.ttl = ttl
+        self.epochs: dict[str, int] = {}
+        self.took_over_from: Holder | None = None
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_lost: Callable[[str], None] | None = None
+
+    @classmethod
+    def acquire(cls, conn: Any, s: str, workspaces: Sequence[str], shown: str, ttl: float) -> Lease:
+        """Take the lease of every workspace, or raise StateLockedError naming a holder."""
+        holder = uuid.uuid4().hex
+        lease = cls(conn, s, sorted(set(workspaces)) or ["default"], holder, ttl)
+        host, pid = socket.gethostname(), os.getpid()
+        started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with conn.transaction():
+            for ws in lease.workspaces:  # sorted: two runs never wait on each other in a cycle
+                conn.execute(
+                    f"INSERT INTO {s}.leases (workspace) VALUES (%s) ON CONFLICT DO NOTHING", (ws,)
+                )
+                row = conn.execute(
+                    f"SELECT holder, host, pid, started, epoch, expires_at > {_NOW}"
+                    f" FROM {s}.leases WHERE workspace = %s FOR UPDATE",
+                    (ws,),
+                ).fetchone()
+                old_holder, old_host, old_pid, old_started, epoch, live = row
+                if old_holder is not None and live:
+                    raise StateLockedError(
+                        f"state store {shown}: workspace {ws!r} is in use by another run"
+                        f" (host {old_host}, pid {old_pid}, started {old_started}); wait for"
+                        " it to finish, or for its lease to expire if it died"
+                    )
+                if old_holder is not None:  # expired without a release: its holder died
+                    lease.took_over_from = (int(old_pid or 0), str(old_started))
+                conn.execute(
+                    f"UPDATE {s}.leases SET holder = %s, host = %s, pid = %s,"
+                    f" started = %s, epoch = %s, expires_at = {_NOW} + %s WHERE workspace = %s",
+                    (holder, host, pid, started, epoch + 1, ttl, ws),
+                )
+                lease.epochs[ws] = epoch + 1
+        return lease
+
+    def start_heartbeat(self, on_lost: Callable[[str], None]) -> None:
+        self._on_lost = on_lost
+        self._thread = threading.Thread(
+            target=self._beat, name="provisioner-lease-heartbeat", daemon=True
+        )
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                cur = self.conn.execute(
+                    f"UPDATE {self._s}.leases SET expires_at = {_NOW} + %s"
+                    f" WHERE workspace = ANY(%s) AND holder = %s AND expires_at > {_NOW}",
+                    (self.ttl, self.workspaces, self.holder),
+                )
+                renewed = cur.rowcount
+            except Exception as exc:
+                renewed = -1
+                reason = f"could not be renewed ({type(exc).__name__})"
+            else:
+                reason = "expired or was taken over by another run"
+            if renewed != len(self.workspaces):
+                self._lost(f"the run's lease on {', '.join(self.workspaces)} {reason}")
+                return
+
+    def _lost(self, why: str) -> None:
+        self.lost = why
+        if self._on_lost is not None:
+            self._on_lost(why)
+
+    def fence(self, cur: Any) -> None:
+        """Inside a writer transaction: raise unless every lease is still ours and live."""
+        rows = cur.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM {self._s}.leases WHERE workspace = ANY(%s)"
+            f" AND holder = %s AND expires_at > {_NOW} FOR SHARE) AS mine",
+            (self.workspaces, self.holder),
+        ).fetchone()[0]
+        if rows != len(self.workspaces):
+            why = (
+                f"the run's lease on {', '.join(self.workspaces)} expired or was taken over"
+                " (was this process paused?)"
+            )
+            self._lost(why)
+            raise LeaseLostError(why)
+
+    def release(self) -> None:
+        """Stop the heartbeat and give the rows back (only if they are still ours)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with contextlib.suppress(Exception):  # unreachable: the lease simply expires
+            self.conn.execute(
+                f"UPDATE {self._s}.leases SET holder = NULL, expires_at = 0"
+                " WHERE workspace = ANY(%s) AND holder = %s",
+                (self.workspaces, self.holder),
+            )
+
+
+class LeaseLostError(RuntimeError):
+    """A commit refused because this process no longer holds its lease."""
