@@ -93,7 +93,10 @@ async def run_pipeline(
     folder.prepare()
     observers = [*observers, *metrics_observers(settings)]
     manifest = Manifest(
-        settings.manifest, settings.manifest_format, max_row_bytes=settings.max_row_bytes
+        settings.manifest,
+        settings.manifest_format,
+        max_row_bytes=settings.max_row_bytes,
+        columns=dict(settings.columns),
     )
     own_store = store is None
     with manifest:

@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="manifest format (default: from the file name)",
     )
     run.add_argument(
+        "--column",
+        action="append",
+        dest="columns",
+        metavar="NAME=HEADER",
+        help="read column NAME (campaign_id, send_id, workspace) from HEADER (repeatable)",
+    )
+    run.add_argument(
         "--state",
         metavar="PATH",
         dest="state_path",
@@ -286,6 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("csv", "jsonl"),
         dest="manifest_format",
         help="manifest format (default: from the file name)",
+    )
+    validate.add_argument(
+        "--column",
+        action="append",
+        dest="columns",
+        metavar="NAME=HEADER",
+        help="read column NAME (campaign_id, send_id, workspace) from HEADER (repeatable)",
     )
     validate.add_argument(
         "--quota",

@@ -63,6 +63,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "force",
             "retry_in_doubt",
             "metrics_file",
+            "columns",
         )
     }
     settings = build_settings(
@@ -161,7 +162,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from provisioner._pipeline.validate import forecast
 
     cli = {k: getattr(args, k, None) for k in (
-        "state_path", "manifest_format", "quota", "derive_send_ids")}  # fmt: skip
+        "state_path", "manifest_format", "quota", "derive_send_ids", "columns")}  # fmt: skip
     settings = build_settings(
         manifest=args.manifest, out_dir=".", cli=cli, env=os.environ, config_path=args.config
     )

@@ -147,6 +147,8 @@ class Settings:
     retry_in_doubt: bool = False
     workspaces: tuple[WorkspaceSettings, ...] = ()
     default_workspace: str = DEFAULT_WORKSPACE
+    #: (known column, the manifest's name for it), from --column and [manifest] columns.
+    columns: tuple[tuple[str, str], ...] = ()
 
     def public(self) -> dict[str, object]:
         """The settings as plain data without the key, for summaries and the state store."""
@@ -205,6 +207,13 @@ def load_config_file(path: Path) -> dict[tuple[str, str], object]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc}") from exc
     values: dict[tuple[str, str], object] = {}
+    table = data.get("manifest")
+    if isinstance(table, dict) and "columns" in table:
+        values[("manifest", "columns")] = parse_columns(
+            table.pop("columns"), f"config file {path}: [manifest] columns"
+        )
+        if not table:
+            del data["manifest"]
     if "workspaces" in data:
         values[("workspaces", "")] = parse_workspaces(data.pop("workspaces"), path)
     for section, table in data.items():
@@ -265,6 +274,41 @@ def _coerce(key: Key, value: object, origin: str) -> object:
 
 
 MAX_PREFIX = 24
+#: The columns ``--column`` / ``[manifest] columns`` may map (the ones whose value decides
+#: what is sent).
+MAPPABLE_COLUMNS = ("campaign_id", "send_id", "workspace")
+
+
+def parse_columns(value: object, origin: str) -> dict[str, str]:
+    """A column mapping {known column: the manifest's name for it}, checked.
+
+    ``value`` is a TOML table or a list of ``column=name`` strings (``--column``)."""
+    if isinstance(value, list):
+        pairs: dict[str, object] = {}
+        for item in value:
+            column, eq, name = str(item).partition("=")
+            if not eq:
+                raise ConfigError(
+                    f"{origin} {item!r} is not column=name: write e.g. --column send_id='Send ID'"
+                )
+            pairs[column.strip()] = name
+        value = pairs
+    if not isinstance(value, dict):
+        raise ConfigError(f'{origin} must be a table, e.g. columns = {{ send_id = "Send ID" }}')
+    out: dict[str, str] = {}
+    for column, name in value.items():
+        if column not in MAPPABLE_COLUMNS:
+            raise ConfigError(
+                f"{origin}: {column!r} is not a column that can be mapped; "
+                f"mappable: {', '.join(MAPPABLE_COLUMNS)}"
+            )
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{origin}: {column} = {name!r} must name a column of the manifest")
+        out[column] = name
+    sources = list(out.values())
+    if len(set(sources)) != len(sources):
+        raise ConfigError(f"{origin}: one manifest column is mapped to two known columns")
+    return out
 
 
 def check_send_id_prefix(prefix: str) -> str:
@@ -328,6 +372,10 @@ def build_settings(
     if merged.get("ca_file") is not None:
         check_ca_file(str(merged["ca_file"]))
     fmt = cli.get("manifest_format")
+    columns = from_file.get(("manifest", "columns"), {})
+    assert isinstance(columns, dict)
+    if cli.get("columns"):
+        columns = {**columns, **parse_columns(cli["columns"], "--column")}
     settings = Settings(
         manifest=manifest,
         out_dir=Path(out_dir),
@@ -339,6 +387,7 @@ def build_settings(
         retry_in_doubt=bool(cli.get("retry_in_doubt")),
         workspaces=workspaces,
         default_workspace=default_name(workspaces, declared),
+        columns=tuple(columns.items()),
         **merged,
     )
     return settings

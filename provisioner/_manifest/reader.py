@@ -22,7 +22,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, BinaryIO
 
@@ -85,11 +85,43 @@ def _ids(columns: Columns) -> dict[str, Any]:
     }
 
 
+def _fold(name: str) -> str:
+    """A header name as the near-miss check compares it: case folded, trimmed, without
+    spaces, dashes or underscores (``Send ID``, ``SEND_ID``, ``sendId`` all give ``sendid``)."""
+    folded = name.strip(_INVISIBLE).casefold()
+    return "".join(c for c in folded if c not in " -_\t\u00a0")
+
+
+_FOLDED = {_fold(column): column for column in RESERVED_KEYS}
+
+
+def near_miss(names: Iterable[str], mapped: Iterable[str] = ()) -> tuple[str, str] | None:
+    """The first (name, column) where header name ``name`` reads as the known ``column``
+    (campaign_id, send_id, workspace) but is not exactly it, nor mapped by ``--column``.
+
+    Such a column would otherwise be carried through as an unknown pass-through column:
+    every row would get a Braze-generated id or the default workspace, silently."""
+    skip = set(mapped)
+    for name in names:
+        column = _FOLDED.get(_fold(name))
+        if column is not None and name != column and name not in skip:
+            return name, column
+    return None
+
+
+def near_miss_fix(name: str, column: str) -> str:
+    """The one-line fix for a near miss: rename it, or map it explicitly."""
+    return (
+        f"rename it to exactly {column!r}, or map it with --column {column}={name!r} "
+        f"(or [manifest] columns = {{ {column} = {name!r} }} in the config)"
+    )
+
+
 def _hint(names: list[str]) -> str:
     """Point at a near miss of ``campaign_id`` (case, spaces, dashes), if there is one."""
-    for name in names:
-        if name.strip(_INVISIBLE).lower().replace("-", "_").replace(" ", "_") == CAMPAIGN_ID:
-            return f" (found {clip_text(name)!r}: rename it to exactly 'campaign_id')"
+    found = near_miss(names)
+    if found is not None and found[1] == CAMPAIGN_ID:
+        return f" (found {clip_text(found[0])!r}: rename it to exactly 'campaign_id')"
     return ""
 
 
@@ -103,15 +135,20 @@ class Manifest:
         *,
         stdin: BinaryIO | None = None,
         max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+        columns: Mapping[str, str] | None = None,
     ) -> None:
         """Prepare to read ``path`` ("-" reads ``stdin``, default ``sys.stdin.buffer``);
-        a record longer than ``max_row_bytes`` is a ``line_too_long`` row error."""
+        a record longer than ``max_row_bytes`` is a ``line_too_long`` row error.
+        ``columns`` maps a known column (campaign_id, send_id, workspace) to the header
+        name or JSON key that holds it in this file (``--column send_id="Send ID"``)."""
         self.path = path
         self.display_name = "<stdin>" if path == "-" else path
         self.header: tuple[str, ...] | None = None
         self.format: Format | None = None
         self.gzipped = False
         self.max_row_bytes = max_row_bytes
+        # source name -> known column
+        self._rename = {source: column for column, source in (columns or {}).items()}
         self._explicit = fmt
         self._stdin = stdin
         self._closers: list[io.IOBase | BinaryIO] = []
@@ -233,6 +270,7 @@ class Manifest:
                 f"line {line}: the header is not UTF-8 text" + (" (it looks like UTF-16)" * utf16),
                 "save the file as UTF-8",
             )
+        record = self._renamed(record, f"line {line}: the header")
         if CAMPAIGN_ID not in record:
             raise self._fail_open(
                 f"line {line}: the header has no campaign_id column{_hint(record)}",
@@ -247,7 +285,39 @@ class Manifest:
                     "give every column a distinct name",
                 )
             seen[name] = index
+        self._refuse_near_miss(record, f"line {line}: the header")
         self.header = tuple(record)
+
+    def _renamed(self, names: list[str], where: str, *, header: bool = True) -> list[str]:
+        """``names`` with the ``columns`` mapping applied; a mapped name absent from a CSV
+        header (a JSONL key may be absent from one record), or a known column present as
+        well as the name mapped to it, stops the run."""
+        for source, column in self._rename.items():
+            if source not in names and header:
+                raise self._fail_open(
+                    f"{where} has no column {clip_text(source)!r}, which the column "
+                    f"mapping names for {column}",
+                    f"check --column {column}=... or [manifest] columns against the header "
+                    f"(it has: {', '.join(names)[:200]})",
+                )
+            if column in names and column != source:
+                raise self._fail_open(
+                    f"{where} has both {column!r} and {clip_text(source)!r}, which the "
+                    f"column mapping names for {column}",
+                    "drop the mapping or one of the columns",
+                )
+        return [self._rename.get(name, name) for name in names]
+
+    def _refuse_near_miss(self, names: list[str], where: str) -> None:
+        """Stop on a name that reads as a known column but is not it (``Send ID``)."""
+        found = near_miss(names)
+        if found is not None:
+            name, column = found
+            raise self._fail_open(
+                f"{where} has a column {clip_text(name)!r} that reads as {column!r} but is "
+                "not exactly it, so it would be ignored",
+                near_miss_fix(clip_text(name), column),
+            )
 
     def _peek_jsonl(self) -> None:
         """Buffer lines up to the first JSON object and check that it has campaign_id."""
@@ -272,13 +342,14 @@ class Manifest:
             except orjson.JSONDecodeError:
                 continue
             if isinstance(value, dict):
-                if CAMPAIGN_ID not in value:
-                    keys = [str(k) for k in value]
+                where = f"line {lines.number}: the first record"
+                keys = self._renamed([str(k) for k in value], where, header=False)
+                if CAMPAIGN_ID not in keys:
                     raise self._fail_open(
-                        f"line {lines.number}: the first record has no campaign_id key"
-                        f"{_hint(keys)}",
+                        f"{where} has no campaign_id key{_hint(keys)}",
                         f"every record needs one (it has: {', '.join(keys)[:200]})",
                     )
+                self._refuse_near_miss(keys, where)
                 return
         if lines.failure is not None and not self._peeked:
             raise self._unreadable_at_open()
@@ -415,7 +486,10 @@ class Manifest:
                     **_ids(tuple(value.items())),
                 )
                 continue
-            yield RawRow(number, tuple(value.items()))
+            items = tuple(value.items())
+            if self._rename:
+                items = tuple((self._rename.get(k, k), v) for k, v in items)
+            yield RawRow(number, items)
         if lines.failure is not None:
             yield self._unreadable(number + 1)
 

@@ -134,7 +134,10 @@ def forecast(settings: Settings) -> Forecast:
     seen = SeenIndex(settings.derive_send_ids)
     try:
         with Manifest(
-            settings.manifest, settings.manifest_format, max_row_bytes=settings.max_row_bytes
+            settings.manifest,
+            settings.manifest_format,
+            max_row_bytes=settings.max_row_bytes,
+            columns=dict(settings.columns),
         ) as manifest:
             batch: list[Row] = []
             for item in manifest:
