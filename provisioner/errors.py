@@ -11,7 +11,8 @@
     │   └── StateLockedError exit 75 another live run holds the state store
     └── TransportError               one request's fate (raised by client.py only)
         ├── ConnectFailed            the request never reached the server: safe to resend
-        │   └── CertificateRejected  the server's TLS certificate failed verification
+        │   ├── CertificateRejected  the server's TLS certificate failed verification
+        │   └── HostUnreachable      DNS, refused connection or TLS/protocol failure
         └── InDoubt                  the request may have reached the server
 
 aiohttp's exceptions are translated into ``TransportError`` in exactly one place,
@@ -72,3 +73,14 @@ class InDoubt(TransportError):
 class CertificateRejected(ConnectFailed):
     """The server's TLS certificate failed verification: nothing was sent (the key never
     left), and resending cannot help until the CA is trusted or the server fixed."""
+
+
+class HostUnreachable(ConnectFailed):
+    """The base URL's host could not be reached at all: its name does not resolve, the
+    connection was refused, or the TLS/protocol handshake failed (e.g. https to a plain
+    http port). Unlike a connect timeout this is what a mistyped base URL looks like."""
+
+    def __init__(self, message: str, *, host: str, error: str) -> None:
+        super().__init__(message)
+        self.host = host
+        self.error = error

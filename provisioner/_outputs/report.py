@@ -27,6 +27,8 @@ _NEXT_STEP = {
     "it): set base_url to your instance's REST endpoint, then run the same command again",
     "certificate_failed": "the server's TLS certificate could not be verified: set [braze] "
     "ca_file to the CA that signed it (or fix the server), then run the same command again",
+    "unreachable": "the base URL never answered (DNS, refused connection or TLS/protocol "
+    "error): fix base_url or the network, then run the same command again",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from provisioner.sandbox.server import Sandbox
@@ -44,3 +45,36 @@ async def test_column_flag_maps_the_send_id_column(sandbox: Sandbox, tmp_path: P
     assert code == 0, err
     sent = sorted(r["send_id"] for r in read_jsonl(tmp_path / "out" / "results.jsonl"))
     assert sent == ["s1", "s2"]
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("rows", [1, 40])
+async def test_refused_base_url_stops_with_unreachable_exit_4(tmp_path: Path, rows: int) -> None:
+    """A base URL whose port refuses every connection, never having answered, stops with
+    reason `unreachable` and exit 4 naming the host and the error (not an outage, exit 3;
+    nor, with few rows, exit 1)."""
+    from .helpers import campaigns, write_csv
+
+    manifest = write_csv(tmp_path / "m.csv", campaigns(rows))
+    config = tmp_path / "c.toml"
+    config.write_text("[retry]\nbackoff_base = 0.01\nbackoff_cap = 0.02\n")
+    host = f"127.0.0.1:{_closed_port()}"
+    code, _, err = await provisioner(
+        *run_args(f"http://{host}", tmp_path, str(manifest)), "--config", str(config)
+    )
+    assert code == 4, err
+    summary = orjson.loads((tmp_path / "out" / "summary.json").read_bytes())
+    (workspace,) = summary["workspaces"]
+    assert workspace["stopped"] == "unreachable"
+    assert host in workspace["stop_message"]
+    assert "refused" in workspace["stop_message"].lower()
+    assert summary["counts"]["deferred"] == rows
+    assert host in err
