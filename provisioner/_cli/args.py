@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write Prometheus metrics here (node_exporter textfile collector)",
     )
     run.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary document (summary.json) on stdout at the end",
+    )
+    run.add_argument(
         "--progress",
         choices=("auto", "always", "never"),
         default="auto",

@@ -74,9 +74,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty()):
         from provisioner._outputs.progress import TerminalDisplay
 
-        observers.append(TerminalDisplay())
+        observers.append(TerminalDisplay(json_lines=logs.json_asked()))
     result = _asyncio_run(run_pipeline(settings, handle_signals=True, observers=observers))
-    print(human_summary(result.summary, settings.out_dir), file=sys.stderr)
+    text = human_summary(result.summary, settings.out_dir)
+    if logs.json_asked():
+        # Under JSON logs every stderr line is a JSON object, the closing lines too.
+        logs.get_logger(__name__).info(
+            "run_summary",
+            run_id=result.summary.get("run_id"),
+            exit_code=result.exit_code,
+            lines=text.splitlines(),
+        )
+    else:
+        print(text, file=sys.stderr)
+    if args.json:
+        print(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2).decode(), flush=True)
     return result.exit_code
 
 
@@ -189,8 +201,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except ProvisionerError as exc:
-        print(f"provisioner: error: {exc}", file=sys.stderr)
+        _fatal(args, "error", f"provisioner: error: {exc}", exc.exit_code)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("provisioner: interrupted", file=sys.stderr)
+        _fatal(args, "interrupted", "provisioner: interrupted", 130)
         return 130
+
+
+def _fatal(args: argparse.Namespace, event: str, text: str, exit_code: int) -> None:
+    """The last line of a run that stopped: a JSON object under JSON logs (the format
+    chosen, else the one asked for when the error came before logging was set up)."""
+    asked = getattr(args, "log_format", None) or os.environ.get("PROVISIONER_LOG_FORMAT")
+    if not (logs.json_asked() or asked == "json"):
+        print(text, file=sys.stderr)
+        return
+    line = {
+        "event": event,
+        "level": "error",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "message": text.removeprefix("provisioner: "),
+        "exit_code": exit_code,
+    }
+    print(orjson.dumps(line).decode(), file=sys.stderr)

@@ -48,12 +48,24 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+_json_asked = False
+
+
+def json_asked() -> bool:
+    """Whether ``configure`` was asked for JSON by name (``--log-format json``, the config
+    or the environment), not just chose it because stderr is not a terminal: then the
+    closing lines and fatal errors are JSON objects too."""
+    return _json_asked
+
+
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog for the whole process.
 
     ``fmt`` is "json" or "console"; None picks console on a terminal and JSON elsewhere.
     """
+    global _json_asked
     tty = (stream or sys.stderr).isatty()
+    _json_asked = fmt == "json"
     if fmt is None:
         fmt = "console" if tty else "json"
     processors: list[Any] = [

@@ -78,3 +78,37 @@ async def test_refused_base_url_stops_with_unreachable_exit_4(tmp_path: Path, ro
     assert "refused" in workspace["stop_message"].lower()
     assert summary["counts"]["deferred"] == rows
     assert host in err
+
+
+async def test_json_logs_make_every_stderr_line_json(sandbox: Sandbox, tmp_path: Path) -> None:
+    """Under --log-format json with --progress always and no terminal, every stderr line is
+    a JSON object (progress lines, the closing summary), and --json prints the summary
+    document on stdout."""
+    from .helpers import campaigns, write_csv
+
+    manifest = write_csv(tmp_path / "m.csv", campaigns(3))
+    code, out, err = await provisioner(
+        *run_args(sandbox.url, tmp_path, str(manifest)),
+        "--log-format", "json", "--progress", "always", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    events = [orjson.loads(line) for line in err.splitlines()]
+    names = [e["event"] for e in events]
+    assert "run_summary" in names
+    assert "progress_display" in names
+    assert orjson.loads(out)["counts"]["created"] == 3
+
+
+async def test_fatal_error_is_json_under_json_logs(sandbox: Sandbox, tmp_path: Path) -> None:
+    """An error that stops the run before it starts is one JSON object under JSON logs."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("campaign,send_id\nc1,s1\n")
+    code, _, err = await provisioner(
+        *run_args(sandbox.url, tmp_path, str(manifest)), "--log-format", "json"
+    )
+    assert code == 2
+    (line,) = err.splitlines()
+    event = orjson.loads(line)
+    assert event["event"] == "error"
+    assert event["exit_code"] == 2
+    assert "campaign_id" in event["message"]
