@@ -97,6 +97,8 @@ async def run_pipeline(
         settings.manifest_format,
         max_row_bytes=settings.max_row_bytes,
         columns=dict(settings.columns),
+        encoding=settings.manifest_encoding,
+        delimiter=settings.csv_delimiter,
     )
     own_store = store is None
     with manifest:

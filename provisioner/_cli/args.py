@@ -103,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="manifest format (default: from the file name)",
     )
     run.add_argument(
+        "--encoding",
+        dest="manifest_encoding",
+        metavar="NAME",
+        help="the manifest's encoding when it is not UTF-8 (e.g. cp1252)",
+    )
+    run.add_argument(
+        "--delimiter",
+        dest="csv_delimiter",
+        metavar="CHAR",
+        help="CSV field separator (default ','; 'tab' for a tab)",
+    )
+    run.add_argument(
         "--column",
         action="append",
         dest="columns",
@@ -298,6 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("csv", "jsonl"),
         dest="manifest_format",
         help="manifest format (default: from the file name)",
+    )
+    validate.add_argument(
+        "--encoding",
+        dest="manifest_encoding",
+        metavar="NAME",
+        help="the manifest's encoding when it is not UTF-8 (e.g. cp1252)",
+    )
+    validate.add_argument(
+        "--delimiter",
+        dest="csv_delimiter",
+        metavar="CHAR",
+        help="CSV field separator (default ','; 'tab' for a tab)",
     )
     validate.add_argument(
         "--column",

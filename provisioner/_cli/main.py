@@ -64,6 +64,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             "retry_in_doubt",
             "metrics_file",
             "columns",
+            "manifest_encoding",
+            "csv_delimiter",
         )
     }
     settings = build_settings(
@@ -174,7 +176,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from provisioner._pipeline.validate import forecast
 
     cli = {k: getattr(args, k, None) for k in (
-        "state_path", "manifest_format", "quota", "derive_send_ids", "columns")}  # fmt: skip
+        "state_path", "manifest_format", "quota", "derive_send_ids", "columns",
+        "manifest_encoding", "csv_delimiter")}  # fmt: skip
     settings = build_settings(
         manifest=args.manifest, out_dir=".", cli=cli, env=os.environ, config_path=args.config
     )

@@ -7,6 +7,7 @@ and the precedence rule come from one table.
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 import tomllib
@@ -149,6 +150,9 @@ class Settings:
     default_workspace: str = DEFAULT_WORKSPACE
     #: (known column, the manifest's name for it), from --column and [manifest] columns.
     columns: tuple[tuple[str, str], ...] = ()
+    #: --encoding (None: UTF-8, checked) and --delimiter of the manifest.
+    manifest_encoding: str | None = None
+    csv_delimiter: str = ","
 
     def public(self) -> dict[str, object]:
         """The settings as plain data without the key, for summaries and the state store."""
@@ -388,6 +392,8 @@ def build_settings(
         workspaces=workspaces,
         default_workspace=default_name(workspaces, declared),
         columns=tuple(columns.items()),
+        manifest_encoding=_encoding(cli.get("manifest_encoding")),
+        csv_delimiter=_delimiter(cli.get("csv_delimiter")),
         **merged,
     )
     return settings
@@ -432,6 +438,32 @@ def workspaces_default_key(
     """The default workspace's key (``Settings.api_key`` for single-workspace callers)."""
     name = default_name(workspaces, declared)
     return next(w.api_key for w in workspaces if w.name == name)
+
+
+def _encoding(value: object) -> str | None:
+    """--encoding: a codec Python knows (cp1252, latin-1, utf-16 ...), checked now."""
+    if value is None:
+        return None
+    try:
+        return codecs.lookup(str(value)).name
+    except LookupError:
+        raise ConfigError(
+            f"--encoding {str(value)[:40]!r} is not a known encoding: use e.g. cp1252, "
+            "latin-1, utf-16 (iconv -l lists the names)"
+        ) from None
+
+
+def _delimiter(value: object) -> str:
+    """--delimiter: one character (``tab`` or ``\\t`` for a tab)."""
+    if value is None:
+        return ","
+    text = {"tab": "\t", "\\t": "\t"}.get(str(value), str(value))
+    if len(text) != 1 or text in '\r\n"':
+        raise ConfigError(
+            f"--delimiter {str(value)[:20]!r} must be one character (e.g. ';', '|' or tab), "
+            "not a quote or a line break"
+        )
+    return text
 
 
 def _str_or_none(value: object) -> str | None:

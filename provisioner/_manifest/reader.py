@@ -17,24 +17,29 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import io
 import json
 import os
 import re
+import stat
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 
 from provisioner._core.models import CAMPAIGN_ID, SEND_ID, WORKSPACE, Columns, RawRow, RowError
 from provisioner._manifest.lines import (
     DEFAULT_MAX_ROW_BYTES,
+    READ_ERRORS,
     Decoded,
     Format,
     Lines,
     LineTooLong,
+    NotUtf8,
+    Transcoded,
     chain_lines,
     detect_format,
     first_bad_byte,
@@ -42,6 +47,7 @@ from provisioner._manifest.lines import (
     one_line,
     open_source,
     sanitize,
+    scan_utf8,
     show_head,
     too_long_error,
 )
@@ -136,11 +142,18 @@ class Manifest:
         stdin: BinaryIO | None = None,
         max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
         columns: Mapping[str, str] | None = None,
+        encoding: str | None = None,
+        delimiter: str = ",",
     ) -> None:
         """Prepare to read ``path`` ("-" reads ``stdin``, default ``sys.stdin.buffer``);
         a record longer than ``max_row_bytes`` is a ``line_too_long`` row error.
         ``columns`` maps a known column (campaign_id, send_id, workspace) to the header
-        name or JSON key that holds it in this file (``--column send_id="Send ID"``)."""
+        name or JSON key that holds it in this file (``--column send_id="Send ID"``).
+        ``encoding`` (``--encoding``) decodes a file that is not UTF-8; without it a regular
+        file is scanned whole at open and refused if it is not UTF-8. ``delimiter``
+        separates CSV fields."""
+        self.encoding = encoding
+        self.delimiter = delimiter
         self.path = path
         self.display_name = "<stdin>" if path == "-" else path
         self.header: tuple[str, ...] | None = None
@@ -165,11 +178,18 @@ class Manifest:
             stream, self.gzipped = open_source(
                 self.path, self.display_name, self._stdin, self._closers
             )
+            if self.encoding is not None:
+                stream = cast(BinaryIO, io.BufferedReader(Transcoded(stream, self.encoding)))
+            else:
+                self._refuse_invalid_utf8()
             self._lines = Lines(stream, confirm_eof=self.gzipped, max_row_bytes=self.max_row_bytes)
             if self.format == "csv":
                 self._check_csv_header()
             else:
                 self._peek_jsonl()
+        except NotUtf8 as exc:
+            self._close()
+            raise ManifestError(one_line(f"{self.display_name}: {exc}")) from None
         except BaseException:
             self._close()
             raise
@@ -183,6 +203,27 @@ class Manifest:
     ) -> None:
         """Close what was opened (never the caller's stdin)."""
         self._close()
+
+    def _refuse_invalid_utf8(self) -> None:
+        """Scan a regular file whole for a byte that is not UTF-8 (standard input and pipes
+        cannot be read twice: there such a row is an ``invalid_utf8`` row error)."""
+        try:
+            if self.path == "-" or not stat.S_ISREG(os.stat(self.path).st_mode):
+                return
+            with open(self.path, "rb") as raw:
+                source: BinaryIO = raw
+                if self.gzipped:
+                    source = cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+                bad = scan_utf8(source)
+        except READ_ERRORS:
+            return  # the reading proper reports it, with the rows before the damage
+        if bad is not None:
+            line, at, byte = bad
+            raise NotUtf8(
+                f"line {line} is not valid UTF-8 (byte 0x{byte:02X} at byte {at} of the "
+                "line), so nothing was sent; re-save the file as UTF-8, or pass its encoding "
+                "with --encoding (e.g. --encoding cp1252 for a Windows export)"
+            )
 
     def fraction_read(self) -> float | None:
         """How far through the file the reader is, by bytes (compressed bytes for .gz);
@@ -237,7 +278,7 @@ class Manifest:
         """Read the header record now, so a manifest without campaign_id sends nothing."""
         assert self._lines is not None
         self._text = Decoded(self._lines)
-        self._reader = csv.reader(self._text, strict=True)
+        self._reader = csv.reader(self._text, strict=True, delimiter=self.delimiter)
         record: list[str] = []
         while not record:
             line = self._lines.number + 1
@@ -273,7 +314,8 @@ class Manifest:
         record = self._renamed(record, f"line {line}: the header")
         if CAMPAIGN_ID not in record:
             raise self._fail_open(
-                f"line {line}: the header has no campaign_id column{_hint(record)}",
+                f"line {line}: the header has no campaign_id column{_hint(record)}"
+                f"{self._delimiter_hint(record)}",
                 f"the header must name a campaign_id column (it has: {', '.join(record)[:200]})",
             )
         seen: dict[str, int] = {}
@@ -287,6 +329,17 @@ class Manifest:
             seen[name] = index
         self._refuse_near_miss(record, f"line {line}: the header")
         self.header = tuple(record)
+
+    def _delimiter_hint(self, record: list[str]) -> str:
+        """Suggest --delimiter when the header looks separated by another character."""
+        if len(record) != 1:
+            return ""
+        for char, flag in ((";", "';'"), ("\t", "$'\\t'"), ("|", "'|'")):
+            if char in record[0] and char != self.delimiter:
+                return (
+                    f" (it holds {char!r}: if that separates the columns, pass --delimiter {flag})"
+                )
+        return ""
 
     def _renamed(self, names: list[str], where: str, *, header: bool = True) -> list[str]:
         """``names`` with the ``columns`` mapping applied; a mapped name absent from a CSV

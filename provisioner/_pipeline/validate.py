@@ -138,6 +138,8 @@ def forecast(settings: Settings) -> Forecast:
             settings.manifest_format,
             max_row_bytes=settings.max_row_bytes,
             columns=dict(settings.columns),
+            encoding=settings.manifest_encoding,
+            delimiter=settings.csv_delimiter,
         ) as manifest:
             batch: list[Row] = []
             for item in manifest:

@@ -112,3 +112,22 @@ async def test_fatal_error_is_json_under_json_logs(sandbox: Sandbox, tmp_path: P
     assert event["event"] == "error"
     assert event["exit_code"] == 2
     assert "campaign_id" in event["message"]
+
+
+async def test_windows_1252_manifest_is_refused_whole_or_decoded(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A Windows-1252 export sends nothing (exit 2, the bad line named) rather than its
+    ASCII rows only; with --encoding cp1252 every row is sent, values as UTF-8."""
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("campaign_id,send_id,note\nc1,s1,plain\nc2,s2,Café\n".encode("cp1252"))
+    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest)))
+    assert code == 2, err
+    assert "line 3 is not valid UTF-8" in err
+    assert sandbox.ledger.total == 0
+    code, _, err = await provisioner(
+        *run_args(sandbox.url, tmp_path, str(manifest), "--encoding", "cp1252")
+    )
+    assert code == 0, err
+    notes = {r["note"] for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
+    assert notes == {"plain", "Café"}
