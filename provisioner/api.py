@@ -7,8 +7,11 @@ use the same two entry points.
 
     settings = build_settings(manifest="campaigns.csv", out_dir="out/", cli={"quota": 80})
     result = run(settings)            # blocking; `await run_async(settings)` in a loop
-    if result.exit_code not in (0, 3):
-        raise RuntimeError(result.summary)
+    result.raise_for_status()         # RunFailed unless exit 0 or 3 (deferred)
+
+Called from code, the package logs through the standard ``logging`` module (loggers
+under "provisioner"; the host's handlers, levels and format) and never configures
+logging nor writes to stdout or stderr itself; only the CLI sets up its own output.
 
 Errors are the project's own (``provisioner.errors``): ``ManifestError``, ``OutputError``,
 ``ConfigError``, ``StateError``, ``StateLockedError``, all ``ProvisionerError``.
@@ -25,6 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, cast
 
 from provisioner._braze.client import BrazeClient
 from provisioner._config.settings import Settings, build_settings
@@ -37,13 +41,49 @@ from provisioner._outputs.summary import iso
 from provisioner._pipeline.runner import Run, new_run_id
 from provisioner._pipeline.workspace_lane import Lane
 from provisioner._state.store import SqliteStateStore, StateStore, default_state_path, open_store
-from provisioner.errors import OutputError
+from provisioner.errors import OutputError, RunFailed
 
-__all__ = ["RunResult", "Settings", "build_settings", "run", "run_async", "run_pipeline"]
+__all__ = [
+    "RunFailed",
+    "RunResult",
+    "RunSummary",
+    "Settings",
+    "build_settings",
+    "run",
+    "run_async",
+    "run_pipeline",
+]
 
 log = get_logger(__name__)
 
 _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class RunSummary(TypedDict, total=False):
+    """The summary document (``summary.json``) as a type; README's "Output files" says
+    what each key means. ``total=False``: summaries of older runs may lack newer keys."""
+
+    run_id: str
+    manifest: str
+    started_at: str
+    finished_at: str
+    duration_s: float
+    rows_total: int
+    counts: dict[str, int]
+    requests: int
+    retries: int
+    http_429: int
+    http_by_class: dict[str, int]
+    latency_ms: dict[str, float | None]
+    rows_per_s: float | None
+    errors: dict[str, int]
+    deferred_reasons: dict[str, int]
+    exit_code: int
+    out_dir: str
+    rows_read: int
+    manifest_read_to_end: bool
+    quota: dict[str, object]
+    workspaces: list[dict[str, object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +92,20 @@ class RunResult:
 
     run_id: str
     exit_code: int
-    summary: dict[str, object]
+    summary: RunSummary
+
+    def raise_for_status(self, *, allow_deferred: bool = True) -> RunResult:
+        """Raise ``RunFailed`` (carrying this result) unless every row was provisioned
+        (exit 0) or, with ``allow_deferred``, rows only wait for the next window (exit 3);
+        return the result otherwise, for chaining."""
+        if self.exit_code == 0 or (allow_deferred and self.exit_code == 3):
+            return self
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts.items() if n) or "no rows"
+        raise RunFailed(
+            f"run {self.run_id} ended with exit code {self.exit_code} ({counts}): see "
+            f"{self.summary.get('out_dir', 'the output folder')}/summary.json",
+            self,
+        )
 
     @property
     def counts(self) -> dict[str, int]:
@@ -318,7 +371,7 @@ async def _run(
         )
         if run.output_error is not None:
             raise OutputError(_nothing_lost(run.output_error, run_id, settings, summary))
-        return RunResult(run_id, exit_code, summary)
+        return RunResult(run_id, exit_code, cast(RunSummary, summary))
 
 
 async def _read_unless_a_worker_fails(

@@ -9,6 +9,7 @@
     ├── OutputError         exit 2   the output folder cannot be written
     ├── StateError          exit 2   the state store is corrupt, foreign or unwritable
     │   └── StateLockedError exit 75 another live run holds the state store
+    ├── RunFailed           (its run's) a finished run did not succeed: RunResult.raise_for_status
     └── TransportError               one request's fate (raised by client.py only)
         ├── ConnectFailed            the request never reached the server: safe to resend
         │   ├── CertificateRejected  the server's TLS certificate failed verification
@@ -21,6 +22,8 @@ key: messages are built from settings fields, never from request headers.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class ProvisionerError(Exception):
@@ -84,3 +87,14 @@ class HostUnreachable(ConnectFailed):
         super().__init__(message)
         self.host = host
         self.error = error
+
+
+class RunFailed(ProvisionerError):
+    """Raised by ``RunResult.raise_for_status()`` for orchestrators that fail a task on an
+    exception: ``result`` is the ``provisioner.api.RunResult`` (its summary, counts, exit
+    code), ``exit_code`` the run's."""
+
+    def __init__(self, message: str, result: Any) -> None:
+        super().__init__(message)
+        self.result = result
+        self.exit_code = int(result.exit_code)
