@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run id (see `provisioner status`)",
     )
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write to")
+    export.add_argument("--config", metavar="FILE", help="TOML config file (its [state] path)")
     export.add_argument(
         "--state",
         metavar="PATH",
@@ -358,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="state_path",
         help="state store (default $XDG_STATE_HOME/provisioner/state.sqlite3)",
     )
+    status.add_argument("--config", metavar="FILE", help="TOML config file (its [state] path)")
     status.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser
 

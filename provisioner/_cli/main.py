@@ -131,6 +131,22 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_path(args: argparse.Namespace) -> str | None:
+    """The store ``status`` and ``export`` read: --state, else PROVISIONER_STATE, else the
+    config's [state] path (--config), else None (the default), as ``run`` resolves it."""
+    if args.state_path:
+        return str(args.state_path)
+    if os.environ.get("PROVISIONER_STATE"):
+        return os.environ["PROVISIONER_STATE"]
+    if args.config:
+        from provisioner._config.settings import load_config_file
+
+        value = load_config_file(Path(args.config)).get(("state", "path"))
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def _open_for_reading(state_path: str | None) -> SqliteStateStore:
     from provisioner._state.store import default_state_path, open_store
 
@@ -145,7 +161,7 @@ def _open_for_reading(state_path: str | None) -> SqliteStateStore:
 def _cmd_export(args: argparse.Namespace) -> int:
     from provisioner._outputs.report import export_run
 
-    store = _open_for_reading(args.state_path)
+    store = _open_for_reading(_state_path(args))
     try:
         summary = export_run(store, args.run_id, Path(args.out))
     finally:
@@ -160,7 +176,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from provisioner._outputs.report import format_status, status_report
 
-    store = _open_for_reading(args.state_path)
+    store = _open_for_reading(_state_path(args))
     try:
         report = status_report(store, time.time())
     finally:
@@ -202,7 +218,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``provisioner`` and ``python -m provisioner``; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+        return code
+    except BrokenPipeError:
+        # `provisioner status | head -1`: the reader left. No traceback, and no second
+        # error when the interpreter flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a program killed by the signal reports
     except ProvisionerError as exc:
         _fatal(args, "error", f"provisioner: error: {exc}", exc.exit_code)
         return exc.exit_code

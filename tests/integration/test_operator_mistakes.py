@@ -10,7 +10,7 @@ import pytest
 
 from provisioner.sandbox.server import Sandbox
 
-from .helpers import read_jsonl
+from .helpers import cli_env, read_jsonl
 from .test_cli import provisioner, run_args
 
 
@@ -131,3 +131,60 @@ async def test_windows_1252_manifest_is_refused_whole_or_decoded(
     assert code == 0, err
     notes = {r["note"] for r in read_jsonl(tmp_path / "out" / "results.jsonl")}
     assert notes == {"plain", "Café"}
+
+
+async def test_status_and_export_find_the_store_through_config(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """`status --config` and `export --config` read the [state] path of the config."""
+    from .helpers import campaigns, write_csv
+
+    manifest = write_csv(tmp_path / "m.csv", campaigns(2))
+    code, _, err = await provisioner(*run_args(sandbox.url, tmp_path, str(manifest), "--json"))
+    assert code == 0, err
+    config = tmp_path / "c.toml"
+    config.write_text(f'[state]\npath = "{tmp_path / "state.sqlite3"}"\n')
+    env = cli_env()
+    env.pop("PROVISIONER_STATE", None)
+    env["XDG_STATE_HOME"] = str(tmp_path / "elsewhere")
+    code, out, err = await provisioner("status", "--config", str(config), "--json", env=env)
+    assert code == 0, err
+    (run,) = orjson.loads(out)["runs"]
+    code, _, err = await provisioner(
+        "export", "--run", run["run_id"], "--out", str(tmp_path / "again"),
+        "--config", str(config), env=env,
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "again" / "summary.json").exists()
+
+
+async def test_status_into_a_closed_pipe_has_no_traceback(sandbox: Sandbox, tmp_path: Path) -> None:
+    """`provisioner status | head -1`: no BrokenPipeError traceback on stderr."""
+    import asyncio
+    import os
+    import sys
+
+    from .helpers import campaigns, write_csv
+
+    manifest = write_csv(tmp_path / "m.csv", campaigns(2))
+    assert (await provisioner(*run_args(sandbox.url, tmp_path, str(manifest))))[0] == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already gone
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "provisioner", "status", "--state", str(tmp_path / "state.sqlite3"),
+        stdout=write_end, stderr=asyncio.subprocess.PIPE, env=cli_env(),
+    )  # fmt: skip
+    os.close(write_end)
+    _, err = await proc.communicate()
+    assert b"Traceback" not in err, err
+    assert b"BrokenPipe" not in err, err
+    assert proc.returncode == 141
+
+
+def test_environment_key_with_trailing_newline_is_stripped() -> None:
+    """A key from `kubectl create secret --from-file` ends with a newline: it is stripped,
+    as from a key file, not refused."""
+    from provisioner._config.access import load_api_key
+
+    key = load_api_key({"BRAZE_API_KEY": "abc-123\n"}, "BRAZE_API_KEY", None)
+    assert key.reveal() == "abc-123"
