@@ -68,3 +68,17 @@ def test_summary_says_when_the_manifest_was_not_read_to_its_end() -> None:
         if finished is not None:
             summary["manifest_read_to_end"] = finished
         assert "not read to its end" not in human_summary(summary, Path("out"))
+
+
+def test_rows_per_s_counts_rows_sent_not_deferred_or_skipped() -> None:
+    """summary.json's rows_per_s counts created and failed rows only (issue 13): a run
+    that deferred or skipped everything sent nothing, at 0 rows a second."""
+    from provisioner._outputs.summary import RunStats
+
+    stats = RunStats()
+    stats.counts["deferred"] = 1000
+    stats.counts["skipped"] = 500
+    stats.started_mono -= 10.0
+    assert stats.summary(run_id="r", manifest="m", exit_code=3)["rows_per_s"] == 0.0
+    stats.counts["created"] = 100
+    assert stats.summary(run_id="r", manifest="m", exit_code=3)["rows_per_s"] == 10.0
