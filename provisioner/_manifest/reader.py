@@ -388,7 +388,7 @@ class Manifest:
                 continue
             self._peeked.append(raw)
             size += len(raw)
-            if raw.isspace():
+            if _blank(raw):
                 continue
             try:
                 value = orjson.loads(raw)
@@ -510,7 +510,7 @@ class Manifest:
                 yield too_long_error(item, number, self.max_row_bytes)
                 continue
             raw = item
-            if raw.isspace():
+            if _blank(raw):
                 continue  # a blank line
             try:
                 value = orjson.loads(raw)
@@ -565,6 +565,13 @@ class Manifest:
             error="malformed_json",
             message=f"line {line} is not valid JSON ({where}): each line must be one JSON object",
         )
+
+
+def _blank(raw: bytes) -> bool:
+    """A JSONL line holding only spaces, tabs and its line end is blank (skipped); bytes'
+    isspace would count form feed and vertical tab too, and such a line would then land
+    in no output file at all: it is a malformed_json row instead."""
+    return not raw.strip(b" \t\r\n")
 
 
 def _repeated_key(raw: bytes) -> str | None:

@@ -105,3 +105,16 @@ def test_delimiter_and_hint(tmp_path: Path) -> None:
     tabbed = b"campaign_id\tsend_id\nc1\ts1\n"
     with pytest.raises(ManifestError, match="--delimiter"):
         Manifest("-", "csv", stdin=io.BytesIO(tabbed)).__enter__()
+
+
+@pytest.mark.parametrize("control", [b"\x0c", b"\x0b"])
+def test_jsonl_line_of_form_feed_or_vertical_tab_is_a_row_error(control: bytes) -> None:
+    """A JSONL line holding only a form feed or a vertical tab is a malformed_json row (it
+    must end in an output file), not a blank line."""
+    data = b'{"campaign_id": "c1"}\n' + control + b"\n\n \t\n"
+    with Manifest("-", "jsonl", stdin=io.BytesIO(data)) as manifest:
+        got = list(manifest)
+    assert [type(r).__name__ for r in got] == ["RawRow", "RowError"]
+    error = got[1]
+    assert isinstance(error, RowError)
+    assert (error.line, error.error) == (2, "malformed_json")
