@@ -571,7 +571,7 @@ def _blank(raw: bytes) -> bool:
     """A JSONL line holding only spaces, tabs and its line end is blank (skipped); bytes'
     isspace would count form feed and vertical tab too, and such a line would then land
     in no output file at all: it is a malformed_json row instead."""
-    return not raw.strip(b" \t\r\n")
+    return bool(raw) and not raw.strip(b" \t\r\n")
 
 
 def _repeated_key(raw: bytes) -> str | None:
