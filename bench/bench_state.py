@@ -20,7 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
 from provisioner._core.models import Outcome, Status
-from provisioner._state.store import SqliteStateStore, open_store
+from provisioner._state.opening import open_store
+from provisioner._state.store import SqliteStateStore
 
 WS = "bench"
 COLUMNS = (("campaign_id", "3f1c2d4e-0000-4a5b-8c9d-0123456789ab"), ("send_id", "x"), ("n", "1"))

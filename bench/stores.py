@@ -14,7 +14,8 @@ from support import KEY
 from provisioner._config.access import ApiKey
 from provisioner._core.identity import RowKey
 from provisioner._core.models import Outcome, Skip, Status
-from provisioner._state.store import Prior, QuotaWindow, RunRecord, open_store
+from provisioner._state.opening import open_store
+from provisioner._state.store import Prior, QuotaWindow, RunRecord
 
 
 class NullStore:

@@ -33,9 +33,8 @@ def provision_campaigns(manifest: str, out_dir: str, quota: int | None = None) -
     from the state store, so the task succeeds and reports them.
     """
     try:
-        settings = build_settings(
-            manifest=manifest, out_dir=out_dir, cli={"quota": quota, "log_format": "json"}
-        )
+        # No log set-up here: the run logs through stdlib logging, i.e. the task's log.
+        settings = build_settings(manifest=manifest, out_dir=out_dir, cli={"quota": quota})
         result = run(settings)
     except ProvisionerError as exc:  # bad manifest, config, output folder or state store
         raise ProvisioningIncomplete(f"nothing was sent: {exc}") from exc

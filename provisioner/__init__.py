@@ -27,10 +27,13 @@ from provisioner.errors import (
     CertificateRejected,
     ConfigError,
     ConnectFailed,
+    HostUnreachable,
     InDoubt,
     ManifestError,
     OutputError,
+    OutputLockedError,
     ProvisionerError,
+    RunFailed,
     StateError,
     StateLockedError,
     TransportError,
@@ -41,19 +44,23 @@ if TYPE_CHECKING:
     __version__: str
     from provisioner._config.settings import Settings, build_settings
     from provisioner._outputs.observe import RunObserver, Snapshot
-    from provisioner.api import RunResult, run, run_async, run_pipeline
+    from provisioner.api import RunResult, RunSummary, run, run_async, run_pipeline
 
 __all__ = [
     "CertificateRejected",
     "ConfigError",
     "ConnectFailed",
     "ExitCode",
+    "HostUnreachable",
     "InDoubt",
     "ManifestError",
     "OutputError",
+    "OutputLockedError",
     "ProvisionerError",
+    "RunFailed",
     "RunObserver",
     "RunResult",
+    "RunSummary",
     "Settings",
     "Snapshot",
     "StateError",
@@ -72,6 +79,7 @@ __all__ = [
 _LAZY = {
     "RunObserver": "provisioner._outputs.observe",
     "RunResult": "provisioner.api",
+    "RunSummary": "provisioner.api",
     "Settings": "provisioner._config.settings",
     "Snapshot": "provisioner._outputs.observe",
     "build_settings": "provisioner._config.settings",

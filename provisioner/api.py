@@ -7,8 +7,11 @@ use the same two entry points.
 
     settings = build_settings(manifest="campaigns.csv", out_dir="out/", cli={"quota": 80})
     result = run(settings)            # blocking; `await run_async(settings)` in a loop
-    if result.exit_code not in (0, 3):
-        raise RuntimeError(result.summary)
+    result.raise_for_status()         # RunFailed unless exit 0 or 3 (deferred)
+
+Called from code, the package logs through the standard ``logging`` module (loggers
+under "provisioner"; the host's handlers, levels and format) and never configures
+logging nor writes to stdout or stderr itself; only the CLI sets up its own output.
 
 The run itself (the worker pool, the output files, the summary) is
 ``provisioner._pipeline.pool``; this module is its public face.
@@ -24,9 +27,19 @@ from collections.abc import Sequence
 
 from provisioner._config.settings import Settings, build_settings
 from provisioner._outputs.observe import RunObserver
-from provisioner._pipeline.pool import RunResult, run_pipeline
+from provisioner._pipeline.pool import RunResult, RunSummary, run_pipeline
+from provisioner.errors import RunFailed
 
-__all__ = ["RunResult", "Settings", "build_settings", "run", "run_async", "run_pipeline"]
+__all__ = [
+    "RunFailed",
+    "RunResult",
+    "RunSummary",
+    "Settings",
+    "build_settings",
+    "run",
+    "run_async",
+    "run_pipeline",
+]
 
 #: The documented async name of ``run_pipeline``.
 run_async = run_pipeline

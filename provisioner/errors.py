@@ -10,9 +10,11 @@
     │   └── OutputLockedError exit 75 another live run is writing the output folder
     ├── StateError          exit 2   the state store is corrupt, foreign or unwritable
     │   └── StateLockedError exit 75 another live run holds the state store
+    ├── RunFailed                    a finished run did not succeed: RunResult.raise_for_status
     ├── TransportError               one request's fate (raised by client.py only)
     │   ├── ConnectFailed            the request never reached the server: safe to resend
-    │   │   └── CertificateRejected  the server's TLS certificate failed verification
+    │   │   ├── CertificateRejected  the server's TLS certificate failed verification
+    │   │   └── HostUnreachable      DNS, refused connection or TLS/protocol failure
     │   └── InDoubt                  the request may have reached the server
     └── InternalSignal               control flow inside a run; never reaches a caller
         ├── Deferred                 the rest of a lane waits for a later run (quota, outage...)
@@ -32,7 +34,7 @@ layer; a unit test pins that they agree).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from provisioner._braze.client import Reply
@@ -94,6 +96,28 @@ class InDoubt(TransportError):
 class CertificateRejected(ConnectFailed):
     """The server's TLS certificate failed verification: nothing was sent (the key never
     left), and resending cannot help until the CA is trusted or the server fixed."""
+
+
+class HostUnreachable(ConnectFailed):
+    """The base URL's host could not be reached at all: its name does not resolve, the
+    connection was refused, or the TLS/protocol handshake failed (e.g. https to a plain
+    http port). Unlike a connect timeout this is what a mistyped base URL looks like."""
+
+    def __init__(self, message: str, *, host: str, error: str) -> None:
+        super().__init__(message)
+        self.host = host
+        self.error = error
+
+
+class RunFailed(ProvisionerError):
+    """Raised by ``RunResult.raise_for_status()`` for orchestrators that fail a task on an
+    exception: ``result`` is the ``provisioner.api.RunResult`` (its summary, counts, exit
+    code), ``exit_code`` the run's."""
+
+    def __init__(self, message: str, result: Any) -> None:
+        super().__init__(message)
+        self.result = result
+        self.exit_code = int(result.exit_code)
 
 
 class InternalSignal(ProvisionerError):

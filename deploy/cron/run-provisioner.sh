@@ -150,7 +150,7 @@ case $rc in
 0 | 3 | 75 | 130 | 143) ;; # done, deferred to the next window, another run, interrupted
 1) what="some rows failed: read $out/failures.jsonl (its message field says what to do per row)" ;;
 2) what="usage, config, manifest, output or state store error, nothing was sent: fix what the log's last error names" ;;
-4) what="a workspace cannot be used as configured (key refused, base URL redirected, or TLS certificate not verified), the rest is deferred: fix what the summary's 'stopped' line names (the key or its permission in $env_file, base_url, or ca_file)" ;;
+4) what="a workspace cannot be used as configured (key refused, base URL redirected or unreachable, or TLS certificate not verified), the rest is deferred: fix what the summary's 'stopped' line names (the key or its permission in $env_file, base_url, the network, or ca_file)" ;;
 *) what="unexpected exit code (killed? out of memory? command not found?); the next run resumes safely" ;;
 esac
 if [[ -n $what ]]; then

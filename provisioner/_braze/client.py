@@ -9,6 +9,7 @@ formats a request header, so the API key cannot leak through an exception text.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from multidict import CIMultiDictProxy
 from provisioner._braze.quota import RateLimit
 from provisioner._config.access import ApiKey, check_base_url
 from provisioner._core.version import package_version
-from provisioner.errors import CertificateRejected, ConnectFailed, InDoubt
+from provisioner.errors import CertificateRejected, ConnectFailed, HostUnreachable, InDoubt
 
 ENDPOINT = "/sends/id/create"
 # A success body is ~80 bytes; anything beyond this is not Braze talking.
@@ -243,6 +244,20 @@ def redirect_message(status: int, location: str | None, url: str) -> str:
     )
 
 
+def _unreachable(exc: aiohttp.ClientConnectorError) -> str | None:
+    """What a connect failure says of the host when a wrong base URL is what gives it (DNS,
+    refused, TLS or protocol handshake); None for a network slow or down for a while."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(
+        exc.os_error, socket.gaierror
+    ):
+        return "its name does not resolve (DNS)"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError) or isinstance(exc.os_error, ssl.SSLError):
+        return "the TLS/protocol handshake failed (is it https on an http port?)"
+    if isinstance(exc.os_error, ConnectionRefusedError):
+        return "the connection was refused (nothing listens on that port)"
+    return None
+
+
 class BrazeClient:
     """An async context manager around one ``aiohttp.ClientSession`` for the whole run."""
 
@@ -361,7 +376,12 @@ class BrazeClient:
             ) from exc
         except aiohttp.ClientConnectorError as exc:
             # DNS, refused, unreachable, TLS handshake: nothing was sent.
-            raise ConnectFailed(f"cannot connect to {self.url}: {exc.os_error or exc}") from exc
+            error = str(exc.os_error or exc)
+            message = f"cannot connect to {self.url}: {error}"
+            why = _unreachable(exc)
+            if why is not None:
+                raise HostUnreachable(message, host=self.host, error=f"{why}: {error}") from exc
+            raise ConnectFailed(message) from exc
         except aiohttp.ConnectionTimeoutError as exc:
             raise ConnectFailed(f"timed out connecting to {self.url}") from exc
         except aiohttp.SocketTimeoutError as exc:

@@ -61,13 +61,17 @@ def _number(text: str) -> float:
 #: The settings ``provisioner run`` takes as flags, in --help order (rows of the table in
 #: ``provisioner._config.table``: flag, metavar, type, choices and help come from there).
 RUN_SETTINGS = (
-    "base_url", "concurrency", "rate", "quota", "max_wait", "manifest_format", "state_path",
+    "base_url", "concurrency", "rate", "quota", "max_wait", "manifest_format",
+    "manifest_encoding", "csv_delimiter", "columns", "state_path",
     "force", "campaign_check", "retry_in_doubt", "derive_send_ids", "metrics_file",
     "log_format", "log_level",
 )  # fmt: skip
 VALIDATE_SETTINGS = (
     "state_path",
     "manifest_format",
+    "manifest_encoding",
+    "csv_delimiter",
+    "columns",
     "quota",
     "derive_send_ids",
     "force",
@@ -87,7 +91,10 @@ def add_setting_flags(
         key = BY_ATTR[name]
         assert key.flag is not None, name
         options: dict[str, Any] = {"dest": name, "help": (help_for or {}).get(name, key.flag_help)}
-        if key.kind is bool:
+        if key.kind is list:
+            options["action"] = "append"  # repeatable; the values arrive as a list
+            options["metavar"] = key.metavar
+        elif key.kind is bool:
             # A setting on by default has a --no-... flag; unset stays None either way, so
             # build_settings can tell "not given" from "given".
             options["action"] = "store_false" if key.default is True else "store_true"
@@ -135,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--config", metavar="FILE", help="TOML config file (see configs/)")
     add_setting_flags(run, RUN_SETTINGS[:-2])
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary document (summary.json) on stdout at the end",
+    )
     run.add_argument(
         "--progress",
         choices=("auto", "always", "never"),
@@ -290,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write to")
     add_setting_flags(export, ("state_path",))
+    export.add_argument("--config", metavar="FILE", help="TOML config file (its [state] path)")
 
     validate = sub.add_parser(
         "validate",
@@ -333,5 +346,6 @@ def build_parser() -> argparse.ArgumentParser:
         "/var/lib/provisioner/state.sqlite3 --json\n",
     )
     add_setting_flags(status, ("state_path",))
+    status.add_argument("--config", metavar="FILE", help="TOML config file (its [state] path)")
     status.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser

@@ -57,9 +57,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty()):
         from provisioner._outputs.progress import TerminalDisplay
 
-        observers.append(TerminalDisplay())
+        observers.append(TerminalDisplay(json_lines=logs.json_asked()))
     result = _asyncio_run(run_pipeline(settings, handle_signals=True, observers=observers))
-    print(human_summary(result.summary, settings.out_dir), file=sys.stderr)
+    text = human_summary(result.summary, settings.out_dir)
+    if logs.json_asked():
+        # Under JSON logs every stderr line is a JSON object, the closing lines too.
+        logs.get_logger(__name__).info(
+            "run_summary",
+            run_id=result.summary.get("run_id"),
+            exit_code=result.exit_code,
+            lines=text.splitlines(),
+        )
+    else:
+        print(text, file=sys.stderr)
+    if args.json:
+        print(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2).decode(), flush=True)
     return result.exit_code
 
 
@@ -105,8 +117,25 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _state_path(args: argparse.Namespace) -> str | None:
+    """The store ``status`` and ``export`` read: --state, else PROVISIONER_STATE, else the
+    config's [state] path (--config), else None (the default), as ``run`` resolves it."""
+    if args.state_path:
+        return str(args.state_path)
+    if os.environ.get("PROVISIONER_STATE"):
+        return os.environ["PROVISIONER_STATE"]
+    if args.config:
+        from provisioner._config.settings import load_config_file
+
+        value = load_config_file(Path(args.config)).get(("state", "path"))
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
 def _open_for_reading(state_path: str | None) -> SqliteStateStore:
-    from provisioner._state.store import open_store, state_location
+    from provisioner._state.opening import open_store
+    from provisioner._state.store import state_location
 
     path = state_location(state_path)
     if isinstance(path, Path) and not path.exists():
@@ -119,7 +148,7 @@ def _open_for_reading(state_path: str | None) -> SqliteStateStore:
 def _cmd_export(args: argparse.Namespace) -> int:
     from provisioner._outputs.report import export_run
 
-    store = _open_for_reading(args.state_path)
+    store = _open_for_reading(_state_path(args))
     try:
         summary = export_run(store, args.run_id, Path(args.out))
     finally:
@@ -134,7 +163,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from provisioner._outputs.report import format_status, status_report
 
-    store = _open_for_reading(args.state_path)
+    store = _open_for_reading(_state_path(args))
     try:
         report = status_report(store, time.time())
     finally:
@@ -174,12 +203,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``provisioner`` and ``python -m provisioner``; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        code = _COMMANDS[args.command](args)
+        sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
+        return code
+    except BrokenPipeError:
+        # `provisioner status | head -1`: the reader left. No traceback, and no second
+        # error when the interpreter flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return ExitCode.BROKEN_PIPE  # 128 + SIGPIPE, what a killed program reports
     except ProvisionerError as exc:
         from provisioner._outputs.report import printable
 
-        print(f"provisioner: error: {printable(exc)}", file=sys.stderr)
+        _fatal(args, "error", f"provisioner: error: {printable(exc)}", exc.exit_code)
         return ExitCode(exc.exit_code)
     except KeyboardInterrupt:
-        print("provisioner: interrupted", file=sys.stderr)
+        _fatal(args, "interrupted", "provisioner: interrupted", ExitCode.INTERRUPTED)
         return ExitCode.INTERRUPTED
+
+
+def _fatal(args: argparse.Namespace, event: str, text: str, exit_code: int) -> None:
+    """The last line of a run that stopped: a JSON object under JSON logs (the format
+    chosen, else the one asked for when the error came before logging was set up)."""
+    asked = getattr(args, "log_format", None) or os.environ.get("PROVISIONER_LOG_FORMAT")
+    if not (logs.json_asked() or asked == "json"):
+        print(text, file=sys.stderr)
+        return
+    line = {
+        "event": event,
+        "level": "error",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "message": text.removeprefix("provisioner: "),
+        "exit_code": exit_code,
+    }
+    print(orjson.dumps(line).decode(), file=sys.stderr)

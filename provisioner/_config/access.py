@@ -211,7 +211,9 @@ def load_api_key(env: Mapping[str, str], var: str, key_file: str | None) -> ApiK
             "e.g. BRAZE_API_KEY; the value given is not one and is not shown, in case it is "
             "the key itself: put the key in that variable, not in the config"
         )
-    value = env.get(var, "")
+    # Stripped like a key file: `kubectl create secret --from-file` and `$(cat key)` in
+    # some shells leave the file's trailing newline in the variable.
+    value = env.get(var, "").strip()
     origin = f"environment variable {var}"
     if not value and key_file:
         origin = _shown_path(key_file)

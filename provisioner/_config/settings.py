@@ -9,6 +9,7 @@ a wrong type is refused with the same kind of message.
 
 from __future__ import annotations
 
+import codecs
 import difflib
 import math
 import os
@@ -82,6 +83,11 @@ class Settings:
     campaign_check: bool = default("campaign_check")
     workspaces: tuple[WorkspaceSettings, ...] = ()
     default_workspace: str = DEFAULT_WORKSPACE
+    #: (known column, the manifest's name for it), from --column and [manifest] columns.
+    columns: tuple[tuple[str, str], ...] = default("columns")
+    #: --encoding (None: UTF-8, checked) and --delimiter of the manifest.
+    manifest_encoding: str | None = default("manifest_encoding")
+    csv_delimiter: str = default("csv_delimiter")
 
     def public(self) -> dict[str, object]:
         """The settings as plain data without the key, for summaries and the state store."""
@@ -136,6 +142,13 @@ def load_config_file(path: Path) -> dict[tuple[str, str], object]:
             "no nesting beyond [[workspaces]]; check the --config path"
         ) from None
     values: dict[tuple[str, str], object] = {}
+    table = data.get("manifest")
+    if isinstance(table, dict) and "columns" in table:
+        values[("manifest", "columns")] = parse_columns(
+            table.pop("columns"), f"config file {path}: [manifest] columns"
+        )
+        if not table:
+            del data["manifest"]
     if "workspaces" in data:
         values[("workspaces", "")] = parse_workspaces(data.pop("workspaces"), path)
     for section, table in data.items():
@@ -202,6 +215,41 @@ def _coerce(key: Key, value: object, origin: str) -> object:
 
 
 MAX_PREFIX = 24
+#: The columns ``--column`` / ``[manifest] columns`` may map (the ones whose value decides
+#: what is sent).
+MAPPABLE_COLUMNS = ("campaign_id", "send_id", "workspace")
+
+
+def parse_columns(value: object, origin: str) -> dict[str, str]:
+    """A column mapping {known column: the manifest's name for it}, checked.
+
+    ``value`` is a TOML table or a list of ``column=name`` strings (``--column``)."""
+    if isinstance(value, list):
+        pairs: dict[str, object] = {}
+        for item in value:
+            column, eq, name = str(item).partition("=")
+            if not eq:
+                raise ConfigError(
+                    f"{origin} {item!r} is not column=name: write e.g. --column send_id='Send ID'"
+                )
+            pairs[column.strip()] = name
+        value = pairs
+    if not isinstance(value, dict):
+        raise ConfigError(f'{origin} must be a table, e.g. columns = {{ send_id = "Send ID" }}')
+    out: dict[str, str] = {}
+    for column, name in value.items():
+        if column not in MAPPABLE_COLUMNS:
+            raise ConfigError(
+                f"{origin}: {column!r} is not a column that can be mapped; "
+                f"mappable: {', '.join(MAPPABLE_COLUMNS)}"
+            )
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{origin}: {column} = {name!r} must name a column of the manifest")
+        out[column] = name
+    sources = list(out.values())
+    if len(set(sources)) != len(sources):
+        raise ConfigError(f"{origin}: one manifest column is mapped to two known columns")
+    return out
 
 
 def check_send_id_prefix(prefix: str) -> str:
@@ -274,6 +322,10 @@ def build_settings(
     if merged.get("ca_file") is not None:
         check_ca_file(str(merged["ca_file"]))
     fmt = _coerce(BY_ATTR["manifest_format"], cli.get("manifest_format"), "--format")
+    columns = from_file.get(("manifest", "columns"), {})
+    assert isinstance(columns, dict)
+    if cli.get("columns"):
+        columns = {**columns, **parse_columns(cli["columns"], "--column")}
     force = _coerce(BY_ATTR["force"], cli.get("force"), "--force")
     retry_in_doubt = _coerce(
         BY_ATTR["retry_in_doubt"], cli.get("retry_in_doubt"), "--retry-in-doubt"
@@ -293,6 +345,9 @@ def build_settings(
         campaign_check=campaign_check is not False,
         workspaces=workspaces,
         default_workspace=default_name(workspaces, declared),
+        columns=tuple(columns.items()),
+        manifest_encoding=_encoding(cli.get("manifest_encoding")),
+        csv_delimiter=_delimiter(cli.get("csv_delimiter")),
         **merged,
     )
     return settings
@@ -352,6 +407,32 @@ def workspaces_default_key(
     """The default workspace's key (``Settings.api_key`` for single-workspace callers)."""
     name = default_name(workspaces, declared)
     return next(w.api_key for w in workspaces if w.name == name)
+
+
+def _encoding(value: object) -> str | None:
+    """--encoding: a codec Python knows (cp1252, latin-1, utf-16 ...), checked now."""
+    if value is None:
+        return None
+    try:
+        return codecs.lookup(str(value)).name
+    except LookupError:
+        raise ConfigError(
+            f"--encoding {str(value)[:40]!r} is not a known encoding: use e.g. cp1252, "
+            "latin-1, utf-16 (iconv -l lists the names)"
+        ) from None
+
+
+def _delimiter(value: object) -> str:
+    """--delimiter: one character (``tab`` or ``\\t`` for a tab)."""
+    if value is None:
+        return ","
+    text = {"tab": "\t", "\\t": "\t"}.get(str(value), str(value))
+    if len(text) != 1 or text in '\r\n"':
+        raise ConfigError(
+            f"--delimiter {str(value)[:20]!r} must be one character (e.g. ';', '|' or tab), "
+            "not a quote or a line break"
+        )
+    return text
 
 
 def _str_or_none(value: object) -> str | None:

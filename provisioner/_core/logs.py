@@ -48,12 +48,24 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+_json_asked = False
+
+
+def json_asked() -> bool:
+    """Whether ``configure`` was asked for JSON by name (``--log-format json``, the config
+    or the environment), not just chose it because stderr is not a terminal: then the
+    closing lines and fatal errors are JSON objects too."""
+    return _json_asked
+
+
 def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog for the whole process.
 
     ``fmt`` is "json" or "console"; None picks console on a terminal and JSON elsewhere.
     """
+    global _json_asked
     tty = (stream or sys.stderr).isatty()
+    _json_asked = fmt == "json"
     if fmt is None:
         fmt = "console" if tty else "json"
     processors: list[Any] = [
@@ -83,6 +95,43 @@ def configure(fmt: str | None = None, level: str = "info", stream: TextIO | None
     )
 
 
+def _to_stdlib(_logger: Any, _name: str, event_dict: dict[str, Any]) -> Any:
+    """The last processor when used as a library: the stdlib record's message is the event
+    and its fields (``run_started run_id='…' …``, readable under any host format), and
+    the record carries them as ``provisioner_event`` / ``provisioner_fields`` for hosts
+    that format records themselves (a JSON formatter)."""
+    event = str(event_dict.pop("event", ""))
+    exc_info = event_dict.pop("exc_info", None)
+    event_dict.pop("level", None)
+    text = event + "".join(f" {key}={value!r}" for key, value in event_dict.items())
+    kwargs: dict[str, Any] = {
+        "extra": {"provisioner_event": event, "provisioner_fields": dict(event_dict)}
+    }
+    if exc_info:
+        kwargs["exc_info"] = exc_info
+    return (text,), kwargs
+
+
+def configure_for_library() -> None:
+    """The configuration until the CLI calls ``configure``: events go to the standard
+    ``logging`` module (logger = the module's name, under "provisioner"), so that code
+    calling the API gets them through its own handlers, levels and format; nothing is
+    written to stdout or stderr by this package, and the host's logging is not touched."""
+    global _json_asked
+    _json_asked = False
+    processors: list[Any] = [structlog.contextvars.merge_contextvars, _printable, _to_stdlib]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+
+
 def get_logger(name: str) -> Any:
     """A logger bound to the module name."""
     return structlog.get_logger(name)
+
+
+if not structlog.is_configured():
+    configure_for_library()

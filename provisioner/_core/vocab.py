@@ -17,8 +17,9 @@ class ExitCode(IntEnum):
     ROWS_FAILED = 1  # some rows failed
     USAGE = 2  # usage, config, manifest, output or state error
     DEFERRED = 3  # rows deferred (quota, outage, wait budget) and none failed
-    KEY_REFUSED = 4  # aborted: Braze refused the key
+    KEY_REFUSED = 4  # aborted: a workspace cannot be used (key refused, redirect, unreachable)
     LOCKED = 75  # another live run holds the state store (EX_TEMPFAIL: try later)
+    BROKEN_PIPE = 141  # standard output was a pipe that closed early (128 + SIGPIPE)
     INTERRUPTED = 130  # SIGINT, after in-flight requests finished and outputs were written
     TERMINATED = 143  # SIGTERM, likewise
 
@@ -39,3 +40,4 @@ class DeferReason(StrEnum):
     CERTIFICATE_FAILED = "certificate_failed"  # the server's TLS certificate failed
     INTERRUPTED = "interrupted"  # SIGINT/SIGTERM
     OUTPUT_FAILED = "output_failed"  # the output files could not be written
+    UNREACHABLE = "unreachable"  # the base URL never answered (DNS, refused, TLS)

@@ -11,6 +11,7 @@ JSONL readers on top of it.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gzip
 import io
@@ -164,6 +165,92 @@ def open_source(
     return cast(BinaryIO, unzipped), True
 
 
+#: Byte order marks of the encodings Excel's "Unicode Text" and others write; longest first.
+_WIDE_BOMS = (
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+_SCAN_CHUNK = 1 << 20
+
+
+class NotUtf8(ManifestError):
+    """The manifest is not UTF-8 as a whole (a UTF-16/32 BOM, or an invalid byte found by
+    ``scan_utf8``); the Manifest adds its name."""
+
+
+def wide_bom(head: bytes) -> str | None:
+    """The encoding a UTF-16/UTF-32 byte order mark at the start of ``head`` names."""
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            return name
+    return None
+
+
+def scan_utf8(stream: BinaryIO) -> tuple[int, int, int] | None:
+    """Read ``stream`` to its end: (line, byte within the line, byte value) of the first
+    byte that is not UTF-8, or None. Done before anything is sent so that a Windows-1252
+    export is refused as a whole, not half sent (its ASCII rows are valid)."""
+    carry = b""
+    line, line_start, offset = 1, 0, 0  # offset: of ``carry``'s first byte in the stream
+    while True:
+        chunk = stream.read(_SCAN_CHUNK)
+        if offset == 0 and wide_bom(chunk) is not None:
+            return None  # UTF-16/32: refused by ``Lines`` with the right advice
+        data = carry + chunk
+        if not data:
+            return None
+        try:
+            data.decode("utf-8")
+            good = len(data)
+        except UnicodeDecodeError as exc:
+            # A character cut by the chunk's end is completed by the next read.
+            if chunk and exc.reason == "unexpected end of data" and exc.start >= len(data) - 3:
+                good = exc.start
+            else:
+                before = data[: exc.start]
+                newlines = before.count(b"\n")
+                if newlines:
+                    line_start = offset + before.rindex(b"\n") + 1
+                return line + newlines, offset + exc.start - line_start + 1, data[exc.start]
+        done = data[:good]
+        newlines = done.count(b"\n")
+        if newlines:
+            line += newlines
+            line_start = offset + done.rindex(b"\n") + 1
+        offset += good
+        carry = data[good:]
+        if not chunk:
+            return None
+
+
+class Transcoded(io.RawIOBase):
+    """A binary stream in ``encoding`` read as UTF-8 (``--encoding cp1252``), so that the
+    readers, line numbers and values work as for a UTF-8 file. Bytes invalid in
+    ``encoding`` stay as they were (then invalid UTF-8: row errors ``invalid_utf8``)."""
+
+    def __init__(self, source: BinaryIO, encoding: str) -> None:
+        self._read = getattr(source, "read1", source.read)
+        self._decoder = codecs.getincrementaldecoder(encoding)("surrogateescape")
+        self._pending = b""
+        self._ended = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._pending and not self._ended:
+            data = self._read(1 << 16)
+            self._ended = not data
+            text = self._decoder.decode(data, final=self._ended)
+            self._pending = text.encode("utf-8", "surrogateescape")
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
 class Lines:
     """Physical lines of a binary stream, split on LF, counted from 1; BOM removed.
 
@@ -223,6 +310,12 @@ class Lines:
             self._first = False
             if line.startswith(_BOM):
                 line = line[3:]
+            wide = wide_bom(line)
+            if wide is not None:
+                raise NotUtf8(
+                    f"is {wide} text (its byte order mark says so), not UTF-8; re-save it as "
+                    f"UTF-8 (iconv -f {wide} -t UTF-8 IN > OUT, or in Excel: CSV UTF-8)"
+                )
         return line
 
     def _skip_rest(self) -> int:

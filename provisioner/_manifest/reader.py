@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import io
 import json
 import os
 import re
+import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, BinaryIO, cast
 
@@ -31,9 +33,12 @@ import orjson
 from provisioner._core.models import CAMPAIGN_ID, SEND_ID, WORKSPACE, Columns, RawRow, RowError
 from provisioner._manifest.lines import (
     DEFAULT_MAX_ROW_BYTES,
+    READ_ERRORS,
     Decoded,
     Format,
     Lines,
+    NotUtf8,
+    Transcoded,
     chain_lines,
     detect_format,
     first_bad_byte,
@@ -41,6 +46,7 @@ from provisioner._manifest.lines import (
     one_line,
     open_source,
     sanitize,
+    scan_utf8,
     show_head,
     too_long_error,
 )
@@ -95,11 +101,43 @@ def _ids(columns: Columns) -> dict[str, Any]:
     }
 
 
+def _fold(name: str) -> str:
+    """A header name as the near-miss check compares it: case folded, trimmed, without
+    spaces, dashes or underscores (``Send ID``, ``SEND_ID``, ``sendId`` all give ``sendid``)."""
+    folded = name.strip(_INVISIBLE).casefold()
+    return "".join(c for c in folded if c not in " -_\t\u00a0")
+
+
+_FOLDED = {_fold(column): column for column in RESERVED_KEYS}
+
+
+def near_miss(names: Iterable[str], mapped: Iterable[str] = ()) -> tuple[str, str] | None:
+    """The first (name, column) where header name ``name`` reads as the known ``column``
+    (campaign_id, send_id, workspace) but is not exactly it, nor mapped by ``--column``.
+
+    Such a column would otherwise be carried through as an unknown pass-through column:
+    every row would get a Braze-generated id or the default workspace, silently."""
+    skip = set(mapped)
+    for name in names:
+        column = _FOLDED.get(_fold(name))
+        if column is not None and name != column and name not in skip:
+            return name, column
+    return None
+
+
+def near_miss_fix(name: str, column: str) -> str:
+    """The one-line fix for a near miss: rename it, or map it explicitly."""
+    return (
+        f"rename it to exactly {column!r}, or map it with --column {column}={name!r} "
+        f"(or [manifest] columns = {{ {column} = {name!r} }} in the config)"
+    )
+
+
 def _hint(names: list[str]) -> str:
     """Point at a near miss of ``campaign_id`` (case, spaces, dashes), if there is one."""
-    for name in names:
-        if name.strip(_INVISIBLE).lower().replace("-", "_").replace(" ", "_") == CAMPAIGN_ID:
-            return f" (found {clip_text(name)!r}: rename it to exactly 'campaign_id')"
+    found = near_miss(names)
+    if found is not None and found[1] == CAMPAIGN_ID:
+        return f" (found {clip_text(found[0])!r}: rename it to exactly 'campaign_id')"
     return ""
 
 
@@ -113,15 +151,27 @@ class Manifest:
         *,
         stdin: BinaryIO | None = None,
         max_row_bytes: int = DEFAULT_MAX_ROW_BYTES,
+        columns: Mapping[str, str] | None = None,
+        encoding: str | None = None,
+        delimiter: str = ",",
     ) -> None:
         """Prepare to read ``path`` ("-" reads ``stdin``, default ``sys.stdin.buffer``);
-        a record longer than ``max_row_bytes`` is a ``line_too_long`` row error."""
+        a record longer than ``max_row_bytes`` is a ``line_too_long`` row error.
+        ``columns`` maps a known column (campaign_id, send_id, workspace) to the header
+        name or JSON key that holds it in this file (``--column send_id="Send ID"``).
+        ``encoding`` (``--encoding``) decodes a file that is not UTF-8; without it a regular
+        file is scanned whole at open and refused if it is not UTF-8. ``delimiter``
+        separates CSV fields."""
+        self.encoding = encoding
+        self.delimiter = delimiter
         self.path = path
         self.display_name = "<stdin>" if path == "-" else path
         self.header: tuple[str, ...] | None = None
         self.format: Format | None = None
         self.gzipped = False
         self.max_row_bytes = max_row_bytes
+        # source name -> known column
+        self._rename = {source: column for column, source in (columns or {}).items()}
         self._explicit = fmt
         self._stdin = stdin
         self._closers: list[io.IOBase | BinaryIO] = []
@@ -139,11 +189,18 @@ class Manifest:
             stream, self.gzipped = open_source(
                 self.path, self.display_name, self._stdin, self._closers
             )
+            if self.encoding is not None:
+                stream = cast(BinaryIO, io.BufferedReader(Transcoded(stream, self.encoding)))
+            else:
+                self._refuse_invalid_utf8()
             self._lines = Lines(stream, confirm_eof=self.gzipped, max_row_bytes=self.max_row_bytes)
             if self.format == "csv":
                 self._check_csv_header()
             else:
                 self._peek_jsonl()
+        except NotUtf8 as exc:
+            self._close()
+            raise ManifestError(one_line(f"{self.display_name}: {exc}")) from None
         except BaseException:
             self._close()
             raise
@@ -157,6 +214,27 @@ class Manifest:
     ) -> None:
         """Close what was opened (never the caller's stdin)."""
         self._close()
+
+    def _refuse_invalid_utf8(self) -> None:
+        """Scan a regular file whole for a byte that is not UTF-8 (standard input and pipes
+        cannot be read twice: there such a row is an ``invalid_utf8`` row error)."""
+        try:
+            if self.path == "-" or not stat.S_ISREG(os.stat(self.path).st_mode):
+                return
+            with open(self.path, "rb") as raw:
+                source: BinaryIO = raw
+                if self.gzipped:
+                    source = cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+                bad = scan_utf8(source)
+        except READ_ERRORS:
+            return  # the reading proper reports it, with the rows before the damage
+        if bad is not None:
+            line, at, byte = bad
+            raise NotUtf8(
+                f"line {line} is not valid UTF-8 (byte 0x{byte:02X} at byte {at} of the "
+                "line), so nothing was sent; re-save the file as UTF-8, or pass its encoding "
+                "with --encoding (e.g. --encoding cp1252 for a Windows export)"
+            )
 
     def fraction_read(self) -> float | None:
         """How far through the file the reader is, by bytes (compressed bytes for .gz);
@@ -211,7 +289,7 @@ class Manifest:
         """Read the header record now, so a manifest without campaign_id sends nothing."""
         assert self._lines is not None
         self._text = Decoded(self._lines)
-        self._reader = csv.reader(self._text, strict=True)
+        self._reader = csv.reader(self._text, strict=True, delimiter=self.delimiter)
         record: list[str] = []
         while not record:
             line = self._lines.number + 1
@@ -244,9 +322,11 @@ class Manifest:
                 f"line {line}: the header is not UTF-8 text" + (" (it looks like UTF-16)" * utf16),
                 "save the file as UTF-8",
             )
+        record = self._renamed(record, f"line {line}: the header")
         if CAMPAIGN_ID not in record:
             raise self._fail_open(
-                f"line {line}: the header has no campaign_id column{_hint(record)}",
+                f"line {line}: the header has no campaign_id column{_hint(record)}"
+                f"{self._delimiter_hint(record)}",
                 f"the header must name a campaign_id column (it has: {', '.join(record)[:200]})",
             )
         seen: dict[str, int] = {}
@@ -258,7 +338,50 @@ class Manifest:
                     "give every column a distinct name",
                 )
             seen[name] = index
+        self._refuse_near_miss(record, f"line {line}: the header")
         self.header = tuple(record)
+
+    def _delimiter_hint(self, record: list[str]) -> str:
+        """Suggest --delimiter when the header looks separated by another character."""
+        if len(record) != 1:
+            return ""
+        for char, flag in ((";", "';'"), ("\t", "$'\\t'"), ("|", "'|'")):
+            if char in record[0] and char != self.delimiter:
+                return (
+                    f" (it holds {char!r}: if that separates the columns, pass --delimiter {flag})"
+                )
+        return ""
+
+    def _renamed(self, names: list[str], where: str, *, header: bool = True) -> list[str]:
+        """``names`` with the ``columns`` mapping applied; a mapped name absent from a CSV
+        header (a JSONL key may be absent from one record), or a known column present as
+        well as the name mapped to it, stops the run."""
+        for source, column in self._rename.items():
+            if source not in names and header:
+                raise self._fail_open(
+                    f"{where} has no column {clip_text(source)!r}, which the column "
+                    f"mapping names for {column}",
+                    f"check --column {column}=... or [manifest] columns against the header "
+                    f"(it has: {', '.join(names)[:200]})",
+                )
+            if column in names and column != source:
+                raise self._fail_open(
+                    f"{where} has both {column!r} and {clip_text(source)!r}, which the "
+                    f"column mapping names for {column}",
+                    "drop the mapping or one of the columns",
+                )
+        return [self._rename.get(name, name) for name in names]
+
+    def _refuse_near_miss(self, names: list[str], where: str) -> None:
+        """Stop on a name that reads as a known column but is not it (``Send ID``)."""
+        found = near_miss(names)
+        if found is not None:
+            name, column = found
+            raise self._fail_open(
+                f"{where} has a column {clip_text(name)!r} that reads as {column!r} but is "
+                "not exactly it, so it would be ignored",
+                near_miss_fix(clip_text(name), column),
+            )
 
     def _peek_jsonl(self) -> None:
         """Buffer lines up to the first JSON object and check that it has campaign_id."""
@@ -276,20 +399,21 @@ class Manifest:
                 continue
             self._peeked.append(raw)
             size += len(raw)
-            if raw.isspace():
+            if _blank(raw):
                 continue
             try:
                 value = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 continue
             if isinstance(value, dict):
-                if CAMPAIGN_ID not in value:
-                    keys = [str(k) for k in value]
+                where = f"line {lines.number}: the first record"
+                keys = self._renamed([str(k) for k in value], where, header=False)
+                if CAMPAIGN_ID not in keys:
                     raise self._fail_open(
-                        f"line {lines.number}: the first record has no campaign_id key"
-                        f"{_hint(keys)}",
+                        f"{where} has no campaign_id key{_hint(keys)}",
                         f"every record needs one (it has: {', '.join(keys)[:200]})",
                     )
+                self._refuse_near_miss(keys, where)
                 return
         if lines.failure is not None and not self._peeked:
             raise self._unreadable_at_open()
@@ -412,7 +536,7 @@ class Manifest:
                 yield too_long_error(item, number, self.max_row_bytes)
                 continue
             raw = item
-            if raw.isspace():  # a blank line
+            if _blank(raw):  # a blank line
                 if idle:
                     blanks += 1
                     if blanks >= IDLE_AFTER_BLANKS:
@@ -446,7 +570,10 @@ class Manifest:
                     **_ids(tuple(value.items())),
                 )
                 continue
-            yield RawRow(number, tuple(value.items()))
+            items = tuple(value.items())
+            if self._rename:
+                items = tuple((self._rename.get(k, k), v) for k, v in items)
+            yield RawRow(number, items)
         if lines.failure is not None:
             yield self._unreadable(number + 1)
 
@@ -469,6 +596,13 @@ class Manifest:
             error="malformed_json",
             message=f"line {line} is not valid JSON ({where}): each line must be one JSON object",
         )
+
+
+def _blank(raw: bytes) -> bool:
+    """A JSONL line holding only spaces, tabs and its line end is blank (skipped); bytes'
+    isspace would count form feed and vertical tab too, and such a line would then land
+    in no output file at all: it is a malformed_json row instead."""
+    return bool(raw) and not raw.strip(b" \t\r\n")
 
 
 def _repeated_key(raw: bytes) -> str | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from provisioner._core.logs import get_logger
 from provisioner._core.models import Status
 from provisioner._core.times import iso
+from provisioner._outputs.summary import rows_sent
 
 if TYPE_CHECKING:
     from provisioner._pipeline.runner import Run
@@ -84,7 +85,7 @@ def snapshot(run: Run, *, exit_code: int | None = None) -> Snapshot:
         retries=run.stats.retries,
         http_429=run.stats.http_429,
         http_by_class=dict(run.stats.http_by_class),
-        rows_per_s=round(done / elapsed, 1) if elapsed > 0 else None,
+        rows_per_s=round(rows_sent(run.stats.counts) / elapsed, 1) if elapsed > 0 else None,
         fraction_read=fraction,
         eta_s=elapsed * (1 - fraction) / fraction if fraction else None,
         quota_limit=b.limit,

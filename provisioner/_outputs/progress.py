@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import orjson
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
@@ -75,8 +76,27 @@ def render(snapshot: Snapshot, now: float) -> RenderableType:
     return Group(*lines)
 
 
+def render_line(snapshot: Snapshot) -> dict[str, object]:
+    """The display's figures for one whole line (``--progress always`` off a terminal)."""
+    s = snapshot
+    return {
+        "event": "progress_display",
+        "run_id": s.run_id,
+        "rows_done": s.rows_done,
+        "fraction_read": None if s.fraction_read is None else round(s.fraction_read, 4),
+        "rows_per_s": None if s.rows_per_s is None else round(s.rows_per_s, 1),
+        "eta_s": None if s.eta_s is None else round(s.eta_s),
+        "finished": s.finished,
+        **{status: s.counts.get(status, 0) for status in _STATUS_STYLE},
+    }
+
+
 class TerminalDisplay:
-    """A ``RunObserver`` that redraws a few lines on stderr four times a second."""
+    """A ``RunObserver`` that redraws a few lines on stderr four times a second.
+
+    Off a terminal (``--progress always`` into a file or pipe) there is nothing to redraw:
+    it writes one whole line every ``line_interval`` seconds and one at the end, a JSON
+    object when ``json_lines`` (so that no frame is ever glued to a log line)."""
 
     def __init__(
         self,
@@ -84,14 +104,37 @@ class TerminalDisplay:
         *,
         interval: float = 0.25,
         clock: Callable[[], float] = time.time,
+        json_lines: bool = False,
+        line_interval: float = 10.0,
     ) -> None:
         self.interval = interval
         self._clock = clock
         self._console = console or Console(stderr=True)
         self._live: Live | None = None
+        self._json_lines = json_lines
+        self._line_interval = line_interval
+        self._last_line: float | None = None
+
+    def _write_line(self, snapshot: Snapshot, *, force: bool = False) -> None:
+        now = self._clock()
+        last = self._last_line
+        if not force and last is not None and now - last < self._line_interval:
+            return
+        self._last_line = now
+        fields = render_line(snapshot)
+        if self._json_lines:
+            line = orjson.dumps(fields).decode()
+        else:
+            line = "provisioner: " + " ".join(f"{k}={v}" for k, v in fields.items() if k != "event")
+        stream = self._console.file
+        stream.write(line + "\n")
+        stream.flush()
 
     def update(self, snapshot: Snapshot) -> None:
         """Redraw with the latest snapshot (the first call starts the display)."""
+        if not self._console.is_terminal:
+            self._write_line(snapshot)
+            return
         view = render(snapshot, self._clock())
         if self._live is None:
             # Log lines printed meanwhile go above the display (rich redirects stderr).
@@ -108,6 +151,9 @@ class TerminalDisplay:
 
     def close(self, snapshot: Snapshot) -> None:
         """Draw the final state and leave it on the screen."""
+        if not self._console.is_terminal:
+            self._write_line(snapshot, force=True)
+            return
         self.update(snapshot)
         if self._live is not None:
             self._live.stop()

@@ -43,6 +43,10 @@ _NEXT_STEP: dict[str, str] = {
         "the server's TLS certificate could not be verified: set [braze] ca_file to the CA "
         "that signed it (or fix the server), then run the same command again"
     ),
+    DeferReason.UNREACHABLE: (
+        "the base URL never answered (DNS, refused connection or TLS/protocol error): fix "
+        "base_url or the network, then run the same command again"
+    ),
 }
 
 

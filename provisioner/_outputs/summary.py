@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from provisioner._core.models import Status
@@ -94,8 +95,15 @@ class RunStats:
                 "p95": self.latency.percentile(95),
                 "p99": self.latency.percentile(99),
             },
-            "rows_per_s": round(rows_total / duration, 1) if duration > 0 else None,
+            # Rows that cost requests: deferred, skipped and duplicate rows are none sent.
+            "rows_per_s": round(rows_sent(counts) / duration, 1) if duration > 0 else None,
             "errors": dict(self.errors.most_common()),
             "deferred_reasons": dict(self.deferred_reasons.most_common()),
             "exit_code": exit_code,
         }
+
+
+def rows_sent(counts: Mapping[str, int]) -> int:
+    """The rows a rate counts: created or failed (deferred rows were not sent, skipped
+    ones were done by an earlier run, duplicates are copies of a row sent once)."""
+    return counts.get(Status.CREATED.value, 0) + counts.get(Status.FAILED.value, 0)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, cast
 
 from provisioner._braze.client import BrazeClient
 from provisioner._config.settings import Settings
@@ -33,12 +34,41 @@ from provisioner._outputs.observe import ProgressLog, RunObserver, snapshot, wat
 from provisioner._pipeline.runner import Run, new_run_id
 from provisioner._pipeline.workspace_lane import Lane
 from provisioner._state.interface import RunStore
-from provisioner._state.store import SqliteStateStore, open_store, show_location, state_location
-from provisioner.errors import OutputError
+from provisioner._state.opening import open_store
+from provisioner._state.store import SqliteStateStore, show_location, state_location
+from provisioner.errors import OutputError, RunFailed
 
 log = get_logger(__name__)
 
 _SIGNAL_EXIT = {signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED}
+
+
+class RunSummary(TypedDict, total=False):
+    """The summary document (``summary.json``) as a type; README's "Output files" says
+    what each key means. ``total=False``: summaries of older runs may lack newer keys."""
+
+    run_id: str
+    manifest: str
+    started_at: str
+    finished_at: str
+    duration_s: float
+    rows_total: int
+    counts: dict[str, int]
+    requests: int
+    retries: int
+    http_429: int
+    http_by_class: dict[str, int]
+    latency_ms: dict[str, float | None]
+    rows_per_s: float | None
+    errors: dict[str, int]
+    deferred_reasons: dict[str, int]
+    exit_code: int
+    out_dir: str
+    rows_read: int
+    manifest_read_to_end: bool
+    quota: dict[str, object]
+    workspaces: list[dict[str, object]]
+    files: dict[str, object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +77,22 @@ class RunResult:
 
     run_id: str
     exit_code: int
-    summary: dict[str, object]
+    summary: RunSummary
+
+    def raise_for_status(self, *, allow_deferred: bool = True) -> RunResult:
+        """Raise ``RunFailed`` (carrying this result) unless every row was provisioned
+        (exit 0) or, with ``allow_deferred``, rows only wait for the next window (exit 3);
+        return the result otherwise, for chaining."""
+        if self.exit_code == ExitCode.OK or (
+            allow_deferred and self.exit_code == ExitCode.DEFERRED
+        ):
+            return self
+        counts = ", ".join(f"{n} {s}" for s, n in self.counts.items() if n) or "no rows"
+        raise RunFailed(
+            f"run {self.run_id} ended with exit code {self.exit_code} ({counts}): see "
+            f"{self.summary.get('out_dir', 'the output folder')}/summary.json",
+            self,
+        )
 
     @property
     def counts(self) -> dict[str, int]:
@@ -89,7 +134,12 @@ async def run_pipeline(
     try:
         observers = [*observers, *metrics_observers(settings)]
         manifest = Manifest(
-            settings.manifest, settings.manifest_format, max_row_bytes=settings.max_row_bytes
+            settings.manifest,
+            settings.manifest_format,
+            max_row_bytes=settings.max_row_bytes,
+            columns=dict(settings.columns),
+            encoding=settings.manifest_encoding,
+            delimiter=settings.csv_delimiter,
         )
         own_store = store is None
         with manifest:
@@ -312,7 +362,7 @@ async def _run(
         )
         if run.output_error is not None:
             raise OutputError(_nothing_lost(run.output_error, run_id, settings, summary))
-        return RunResult(run_id, exit_code, summary)
+        return RunResult(run_id, exit_code, cast(RunSummary, summary))
 
 
 async def _read_unless_a_worker_fails(

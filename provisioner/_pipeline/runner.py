@@ -353,9 +353,16 @@ class Run:
                 reply = await self.attempt(lane, job, attempts)
             except Transient as first:
                 reply = await self._retry(lane, job, attempts, first)
-        except Deferred as exc:
-            return deferred(job.row, job.send_id, exc.reason)
-        except Transient as exc:
+        except (Deferred, Transient) as exc:
+            # Out of retries, or the breaker gave up: a host that never answered is a
+            # wrong base URL (exit 4), not failed rows or an outage.
+            final = not isinstance(exc, Deferred) or exc.reason == "outage"
+            message = lane.unreachable(None, final=True) if final else None
+            if message is not None:
+                await self._stop_lane(lane, "unreachable", "base_url_unreachable", message)
+                return deferred(job.row, job.send_id, "unreachable")
+            if isinstance(exc, Deferred):
+                return deferred(job.row, job.send_id, exc.reason)
             return final_outcome(job.row, job.send_id, attempts[0], None, exc)
         except InDoubt as exc:
             return failed_in_doubt(job.row, attempts=attempts[0], detail=str(exc))
@@ -454,7 +461,12 @@ class Run:
                         raise  # resending could create a second id
                 else:  # ConnectFailed: never reached the server, spent nothing
                     await lane.budget.cancel()
+                message = lane.unreachable(exc)
+                if message is not None:
+                    await self._stop_lane(lane, "unreachable", "base_url_unreachable", message)
+                    raise Deferred("unreachable", None) from exc
                 raise Transient(error=exc) from exc
+            lane.answered = True
             self.stats.note_status(reply.status)
             self.stats.latency.add(reply.latency_ms)
             if reply.kind is ReplyKind.REDIRECTED:
@@ -500,7 +512,8 @@ class Run:
             lane.save_quota(self.store)
 
     def exit_code(self) -> int:
-        """0 all provisioned, 1 failures, 3 deferred, 4 key refused, 130/143 signals."""
+        """0 all provisioned, 1 failures, 3 deferred, 4 a workspace's configuration (key
+        refused, redirect, certificate, unreachable), 130/143 signals."""
         if self.stop_exit is not None:
             return self.stop_exit
         if any(lane.stop_exit == ExitCode.KEY_REFUSED for lane in self.lanes.values()):

@@ -33,7 +33,8 @@ from provisioner._pipeline.campaign_check import refused
 from provisioner._pipeline.decide import SEND, SKIP, decide
 from provisioner._pipeline.plan import Plan, plan
 from provisioner._state.interface import StoreReader
-from provisioner._state.store import open_store, state_location
+from provisioner._state.opening import open_store
+from provisioner._state.store import state_location
 from provisioner.errors import UsageError
 
 _BATCH = 512
@@ -228,7 +229,12 @@ def forecast(settings: Settings, *, by: float | None = None) -> Forecast:
     seen = SeenIndex(settings.derive_send_ids)
     try:
         with Manifest(
-            settings.manifest, settings.manifest_format, max_row_bytes=settings.max_row_bytes
+            settings.manifest,
+            settings.manifest_format,
+            max_row_bytes=settings.max_row_bytes,
+            columns=dict(settings.columns),
+            encoding=settings.manifest_encoding,
+            delimiter=settings.csv_delimiter,
         ) as manifest:
             batch: list[Row] = []
             for item in manifest:

@@ -25,8 +25,12 @@ from provisioner._core.models import Row
 from provisioner._core.times import iso
 from provisioner._core.vocab import DeferReason
 from provisioner._state.interface import RunStore
+from provisioner.errors import HostUnreachable
 
 log = get_logger(__name__)
+#: A host refusing or unresolvable for this long (the breaker's first probe) with nothing
+#: ever answering is a wrong base URL, not a server starting late.
+UNREACHABLE_GRACE = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +87,15 @@ class Lane:
         self.stop_message: str | None = None
         self.deferred_rows = 0
         self._spent_recorded = 0
+        # A wrong base URL (typo, closed port, https to an http port) is a configuration
+        # error, not an outage: told apart by "nothing ever answered, and every failure
+        # was one that only a wrong host gives", for as many attempts as one row may make.
+        self.answered = False
+        self._unreachable_after = min(self.breaker.threshold, settings.retry_attempts)
+        self._unreachable_count = 0
+        self._other_failure = False
+        self._first_unreachable: float | None = None
+        self._last_unreachable: HostUnreachable | None = None
 
     def stop(self, reason: str, exit_code: int | None = None, message: str | None = None) -> None:
         """Stop this workspace only; its remaining rows are deferred with ``reason``;
@@ -92,6 +105,37 @@ class Lane:
             self.stop_exit = exit_code
             self.stop_message = message
             log.warning("workspace_stopping", workspace=self.label, name=self.name, reason=reason)
+
+    def unreachable(self, exc: BaseException | None, *, final: bool = False) -> str | None:
+        """The stop message when the base URL looks wrong, else None: nothing answered in
+        this run and every failure was one only a wrong host gives. After a failed request
+        (``exc``), that takes enough attempts over at least UNREACHABLE_GRACE seconds (a
+        server starting late is not wrong); ``final`` (a row out of retries, the breaker
+        giving up) asks about the failures so far, ``exc`` being the last."""
+        if self.answered:
+            return None  # answers were seen: from now on a failure is an outage
+        now = time.monotonic()
+        if not final:
+            if not isinstance(exc, HostUnreachable):
+                self._other_failure = True
+                return None
+            self._unreachable_count += 1
+            self._last_unreachable = exc
+            if self._first_unreachable is None:
+                self._first_unreachable = now
+        last = self._last_unreachable
+        if self._other_failure or last is None or self._first_unreachable is None:
+            return None
+        if not final and (
+            self._unreachable_count < self._unreachable_after
+            or now - self._first_unreachable < UNREACHABLE_GRACE
+        ):
+            return None
+        return (
+            f"{last.host} could not be reached, {last.error}: {self._unreachable_count} "
+            "attempts failed and it never answered in this run; this is a configuration "
+            "error, not an outage: check base_url (host name, port, https) and the network"
+        )
 
     def interrupt(self, reason: str) -> None:
         """Wake every wait of this lane (quota pause, even pace, outage) so that a signal

@@ -63,7 +63,7 @@ from provisioner.errors import StateError
 
 __all__ = [
     "IN_DOUBT", "Prior", "QuotaWindow", "RowKey", "RunRecord", "RunStore", "SqliteStateStore",
-    "StateStore", "StoreReader", "default_state_path", "open_store", "scrub_settings",
+    "StateStore", "StoreReader", "default_state_path", "open_sqlite", "scrub_settings",
     "show_location", "state_location",
 ]  # fmt: skip
 
@@ -113,7 +113,7 @@ def show_location(location: Path | str) -> str:
     return str(location)
 
 
-def open_store(
+def open_sqlite(
     path: Path | str,
     *,
     lock: bool = True,
@@ -122,9 +122,8 @@ def open_store(
 ) -> SqliteStateStore:
     """Open (creating or upgrading) the store at ``path``; parent folders are created.
 
-    A ``postgresql://`` or ``postgres://`` URL (a str) opens the PostgreSQL store instead
-    (``provisioner._state.postgres``), which has the same interface; its runs hold a
-    lease per workspace (``workspaces``: the store labels) instead of the file lock.
+    The SQLite store; ``provisioner._state.opening.open_store`` is the entry point that
+    also opens a ``postgresql://`` URL. ``workspaces`` is accepted for that signature.
 
     ``lock=True`` (runs) takes the run lock and starts the writer thread; ``lock=False``
     (status, export) opens for reading only. ``durable_intents=False`` commits intents
@@ -132,11 +131,9 @@ def open_store(
     Raises StateError (StateLockedError: exit 75) with a one-line message naming the path.
     """
     if isinstance(path, str) and path.lower().startswith(("postgresql://", "postgres://")):
-        from provisioner._state.postgres import open_postgres
-
-        return open_postgres(
-            path, lock=lock, durable_intents=durable_intents, workspaces=workspaces
-        )
+        # The PostgreSQL store subclasses this one, so it cannot be imported from here
+        # (an import cycle): ``provisioner._state.opening.open_store`` chooses.
+        raise StateError("a postgresql:// state store is opened by _state.opening.open_store")
     path = Path(path).expanduser()
     if path.is_dir():
         raise StateError(f"state store {path} is a directory; pass --state PATH naming a file")

@@ -68,7 +68,7 @@ def whole_file_cases() -> list[Case]:
             b'"note\nmore",send_id\nc,s\n',
             refused="(it has: note\\nmore, send_id)",
         ),
-        Case("csv_latin1_header", ".csv", b"campaign_id,n\xe9\nc,s\n", refused="not UTF-8"),
+        Case("csv_latin1_header", ".csv", b"campaign_id,n\xe9\nc,s\n", refused="not valid UTF-8"),
         Case("csv_utf16", ".csv", "campaign_id\nc\n".encode("utf-16"), refused="UTF-16"),
         Case("csv_cr_only", ".csv", b"campaign_id,send_id\rc,s\r", refused="not valid CSV"),
         Case(

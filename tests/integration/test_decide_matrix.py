@@ -9,7 +9,7 @@ import pytest
 from provisioner._core.identity import derive_send_id
 from provisioner._core.models import Outcome, Status
 from provisioner._pipeline.validate import forecast
-from provisioner._state.store import open_store
+from provisioner._state.opening import open_store
 from provisioner.api import run_pipeline
 from provisioner.sandbox.server import Sandbox
 

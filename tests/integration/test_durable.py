@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
+from provisioner._state.opening import open_store
 from provisioner._state.schema import APPLICATION_ID
-from provisioner._state.store import open_store
 from provisioner.api import run_pipeline
 from provisioner.sandbox.server import FaultRule, Sandbox
 from tests.conftest import SandboxFactory
@@ -64,8 +64,8 @@ async def test_new_rows_only_are_sent(sandbox: Sandbox, tmp_path: Path) -> None:
     await run_pipeline(settings_for(sandbox.url, tmp_path, tmp_path / "m.csv"))
     write_csv(tmp_path / "m.csv", campaigns(8))
     result = await run_pipeline(settings_for(sandbox.url, tmp_path, tmp_path / "m.csv"))
-    assert result.summary["counts"]["created"] == 3  # type: ignore[index]
-    assert result.summary["counts"]["skipped"] == 5  # type: ignore[index]
+    assert result.summary["counts"]["created"] == 3
+    assert result.summary["counts"]["skipped"] == 5
 
 
 async def test_in_doubt_row_is_not_resent_next_run(sandbox: Sandbox, tmp_path: Path) -> None:

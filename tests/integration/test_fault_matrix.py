@@ -270,12 +270,13 @@ CASES = [
     ),
     Case(
         "server_down_throughout",
-        stop_message="last error: cannot connect to http://127.0.0.1:",
+        # Nothing ever answered: a wrong base URL, not an outage (issue 13).
+        stop_message="could not be reached, the connection was refused",
         breaker_opens=True,
         server="down",
         settings={"max_wait": 0.5, "concurrency": C},
-        exit_code=3,
-        deferred={"outage": 20},
+        exit_code=4,
+        deferred={"unreachable": 20},
     ),
     Case(
         "server_down_at_start_then_up",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import io
 import re
 import sys
@@ -17,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
+import orjson
 import pytest
 
 from provisioner import api
@@ -30,7 +32,24 @@ from .hostile_corpus import ROW_LIMIT, Case, long_line
 from .hostile_corpus_files import corpus
 from .test_cli import provisioner, run_args
 
-CASES = corpus()
+
+def _as_file(case: Case) -> Case:
+    """A manifest file that is not UTF-8 is refused as a whole before anything is sent
+    (issue 13); the same bytes on standard input (STDIN_CASES) fail row by row."""
+    if case.refused is not None or case.suffix.endswith(".gz"):
+        return case
+    try:
+        case.data.decode("utf-8")
+    except UnicodeDecodeError:
+        return dataclasses.replace(
+            case, refused="is not valid UTF-8", created=(), failed=(), duplicates=(),
+            passed_through=(),
+        )  # fmt: skip
+    return case
+
+
+ORIGINAL = corpus()
+CASES = [_as_file(c) for c in ORIGINAL]
 #: Cases that also run through the CLI subprocess (the API test covers the rest; a
 #: subprocess costs ~0.3 s).
 CLI_CASES = {
@@ -44,7 +63,14 @@ CLI_CASES = {
     "jsonl_encodings_and_formulas",
 }
 #: Cases that also run through the CLI with the manifest on standard input.
-STDIN_CASES = {"csv_empty", "csv_gzip_truncated", "jsonl_gzip_truncated", "jsonl_malformed"}
+STDIN_CASES = {
+    "csv_empty",
+    "csv_gzip_truncated",
+    "jsonl_gzip_truncated",
+    "jsonl_malformed",
+    "csv_invalid_utf8",
+    "jsonl_encodings_and_formulas",
+}
 #: A failures.jsonl record echoes at most ~200 characters of each value: far below this.
 MAX_FAILURE_RECORD = 4096
 
@@ -150,15 +176,17 @@ async def test_hostile_case_through_the_cli(
     if case.refused is not None:
         lines = err.strip().splitlines()
         assert len(lines) == 1, err
-        assert lines[0].startswith("provisioner: error: ")
-        assert str(manifest) in lines[0]
-        assert case.refused in lines[0]
+        event = orjson.loads(lines[0])  # under --log-format json, the error is JSON too
+        assert event["event"] == "error"
+        assert event["message"].startswith("error: ")
+        assert str(manifest) in event["message"]
+        assert case.refused in event["message"]
         assert sandbox.ledger.total == 0
         return
     check_outputs(case, tmp_path / "out", sandbox)
 
 
-STDIN = [c for c in CASES if c.name in STDIN_CASES]
+STDIN = [c for c in ORIGINAL if c.name in STDIN_CASES]
 
 
 @pytest.mark.parametrize("case", STDIN, ids=[c.name for c in STDIN])
@@ -186,7 +214,7 @@ def test_corpus_covers_every_kind_of_bad_line() -> None:
     """The corpus exercises every reader and validation error code (a new code needs a case)."""
     from provisioner._manifest.rules import ERROR_CODES
 
-    produced = {f.error for c in CASES for f in c.failed}
+    produced = {f.error for c in ORIGINAL for f in c.failed}
     # (unknown_workspace is not in ERROR_CODES: it needs a config; test_workspaces.py has it.)
     assert produced >= ERROR_CODES
 

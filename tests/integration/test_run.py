@@ -266,11 +266,11 @@ async def test_unexpected_429_pauses_not_fails(
 
 
 async def test_server_down_defers_as_an_outage(tmp_path: Path) -> None:
-    """Nothing listening: connections refused, the breaker opens, and after --max-wait the
-    rows are deferred (reason outage), not failed."""
+    """Nothing listening and nothing ever answered: the rows are deferred, not failed, as
+    `unreachable` (exit 4: a wrong base URL, issue 13), not as an outage."""
     manifest = write_csv(tmp_path / "m.csv", campaigns(5))
     result = await run_pipeline(settings_for("http://127.0.0.1:9", tmp_path, manifest, max_wait=1))
-    assert result.exit_code == 3
+    assert result.exit_code == 4
     _, failures, _deferred, summary = outputs(tmp_path / "out")
     assert not failures
-    assert summary["deferred_reasons"] == {"outage": 5}
+    assert summary["deferred_reasons"] == {"unreachable": 5}

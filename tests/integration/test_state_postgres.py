@@ -20,8 +20,9 @@ import pytest
 from provisioner._config.settings import build_settings
 from provisioner._core.models import Outcome, Status
 from provisioner._core.redact import redact_url
+from provisioner._state.opening import open_store
 from provisioner._state.postgres_schema import parse_location
-from provisioner._state.store import SqliteStateStore, open_store
+from provisioner._state.store import SqliteStateStore
 from provisioner.errors import StateError, StateLockedError
 from provisioner.sandbox.server import Sandbox
 from tests.pg_server import PASSWORD, ROLE, PgServer
@@ -228,7 +229,8 @@ CHILD = """
 import asyncio, sys, time
 from provisioner._config.settings import build_settings
 from provisioner._core.models import Outcome, Status
-from provisioner._state.store import SqliteStateStore, open_store
+from provisioner._state.opening import open_store
+from provisioner._state.store import SqliteStateStore
 from provisioner.errors import StateError, StateLockedError
 
 async def main():

@@ -203,12 +203,18 @@ async def test_cli_names_the_certificate_problem(
     code, err = await run_cli(cli_env())
     assert code == 4
     host = tls_sandbox_url.removeprefix("https://")
-    named = [
-        line for line in err.splitlines() if f"certificate verify failed for host {host}" in line
+    # Under --log-format json the closing lines come as the run_summary event's "lines".
+    closing = [
+        line
+        for event in map(orjson.loads, err.splitlines())
+        if event.get("event") == "run_summary"
+        for line in event["lines"]
     ]
+    named = [line for line in closing if f"certificate verify failed for host {host}" in line]
     assert any(line.startswith("  workspace default stopped:") for line in named)
-    events = [orjson.loads(line) for line in named if line.startswith("{")]
-    assert [e["event"] for e in events] == ["certificate_rejected"]
+    rejected = [line for line in err.splitlines() if f"verify failed for host {host}" in line]
+    events = [orjson.loads(line) for line in rejected]
+    assert [e["event"] for e in events] == ["certificate_rejected", "run_summary"]
     assert KEY not in err
     code, err = await run_cli(cli_env({"PROVISIONER_CA_FILE": str(tls_files.ca)}))
     assert code == 0, err

@@ -20,7 +20,8 @@ from provisioner._core.identity import RowKey
 from provisioner._core.models import Outcome, Row, Skip, Status
 from provisioner._pipeline.runner import Run
 from provisioner._pipeline.workspace_lane import Job, Lane
-from provisioner._state.store import SqliteStateStore, open_store
+from provisioner._state.opening import open_store
+from provisioner._state.store import SqliteStateStore
 from provisioner.testing import FakeClock, ScriptedSender
 
 KEY_ENV = {"BRAZE_API_KEY": "unit-test-key-0123456789"}

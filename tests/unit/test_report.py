@@ -119,3 +119,17 @@ def test_iso_never_raises_on_a_time_no_datetime_holds() -> None:
     assert [iso(v) for v in (1e30, math.inf, math.nan, 253402300800.0 + 86400)] == [far] * 4
     assert iso(-1e30) == "0001-01-01T00:00:00.000Z"
     assert iso(0.0) == "1970-01-01T00:00:00.000Z"
+
+
+def test_rows_per_s_counts_rows_sent_not_deferred_or_skipped() -> None:
+    """summary.json's rows_per_s counts created and failed rows only (issue 13): a run
+    that deferred or skipped everything sent nothing, at 0 rows a second."""
+    from provisioner._outputs.summary import RunStats
+
+    stats = RunStats()
+    stats.counts["deferred"] = 1000
+    stats.counts["skipped"] = 500
+    stats.started_mono -= 10.0
+    assert stats.summary(run_id="r", manifest="m", exit_code=3)["rows_per_s"] == 0.0
+    stats.counts["created"] = 100
+    assert stats.summary(run_id="r", manifest="m", exit_code=3)["rows_per_s"] == 10.0

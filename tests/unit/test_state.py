@@ -19,12 +19,8 @@ from provisioner._pipeline.outcomes import skipped
 from provisioner._state import batch as state_batch
 from provisioner._state import schema as state_schema
 from provisioner._state import store as state
-from provisioner._state.store import (
-    SqliteStateStore,
-    default_state_path,
-    open_store,
-    scrub_settings,
-)
+from provisioner._state.opening import open_store
+from provisioner._state.store import SqliteStateStore, default_state_path, scrub_settings
 from provisioner.errors import StateError, StateLockedError
 
 WS = "ws-main"
@@ -73,7 +69,7 @@ def spawn(code: str, path: Path) -> subprocess.Popen[str]:
     """A child Python process running ``code`` with STATE set to ``path``."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STATE": str(path)}
     script = "import asyncio, os, signal, sys\nfrom pathlib import Path\n"
-    script += "from provisioner._state.store import open_store\n" + textwrap.dedent(code)
+    script += "from provisioner._state.opening import open_store\n" + textwrap.dedent(code)
     return subprocess.Popen(
         [sys.executable, "-c", script], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         text=True,
