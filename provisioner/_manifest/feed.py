@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from typing import Protocol, cast
 
 from provisioner._core.models import RawRow, RowError
-from provisioner._manifest.reader import Idle, Manifest
+from provisioner._manifest.reader import Manifest
+from provisioner._manifest.records import Idle
 
 Item = RawRow | RowError
 

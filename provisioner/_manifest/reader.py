@@ -19,18 +19,17 @@ import contextlib
 import csv
 import gzip
 import io
-import json
 import os
-import re
 import stat
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO, cast
 
 import orjson
 
-from provisioner._core.models import CAMPAIGN_ID, SEND_ID, WORKSPACE, Columns, RawRow, RowError
+from provisioner._core.models import CAMPAIGN_ID, RawRow, RowError
+from provisioner._manifest.columns import hint, near_miss, near_miss_fix
 from provisioner._manifest.lines import (
     DEFAULT_MAX_ROW_BYTES,
     READ_ERRORS,
@@ -50,7 +49,15 @@ from provisioner._manifest.lines import (
     show_head,
     too_long_error,
 )
-from provisioner._manifest.rules import clip_columns, clip_text
+from provisioner._manifest.records import (
+    IDLE,
+    IDLE_AFTER_BLANKS,
+    Idle,
+    blank,
+    jsonl_rows,
+    row_ids,
+)
+from provisioner._manifest.rules import clip_text
 from provisioner.errors import LineTooLong, ManifestError
 
 __all__ = [
@@ -69,76 +76,7 @@ csv.field_size_limit(FIELD_SIZE_LIMIT)
 #: How far the JSONL open-time check looks for a first object before giving up on it
 #: (records after that are still checked one by one by validation).
 _PEEK_MAX_LINES = 1000
-#: ``records(idle=True)`` yields IDLE after this many blank lines in a row, so that a
-#: reader on the event loop can let it run (a .gz of a billion blank lines took 18 minutes
-#: of the loop, signals unanswered).
-IDLE_AFTER_BLANKS = 4096
-
-
-class Idle:
-    """The type of IDLE: "blank lines only, so far", for readers that must yield."""
-
-
-IDLE = Idle()
 _PEEK_MAX_BYTES = 16 * 1024 * 1024
-#: orjson reports "line 1 column 5 (char 4)"; in JSONL the line is ours, only the column helps.
-_JSON_POSITION = re.compile(r":? ?line \d+ column (\d+) \(char \d+\)")
-#: Keys whose value decides what is sent; a line naming one twice is refused.
-RESERVED_KEYS = (CAMPAIGN_ID, SEND_ID, WORKSPACE)
-_RESERVED_KEYS = tuple(f'"{key}"'.encode() for key in RESERVED_KEYS)
-#: Characters a header name may carry invisibly (a second BOM, zero-width space, NBSP).
-_INVISIBLE = "\ufeff\u200b\u00a0 \t"
-
-
-def _ids(columns: Columns) -> dict[str, Any]:
-    """The RowError fields a malformed record still offers: its columns and string ids."""
-    found = dict(columns)
-    campaign_id, send_id = found.get(CAMPAIGN_ID), found.get(SEND_ID)
-    return {
-        "columns": clip_columns(columns),
-        "campaign_id": clip_text(campaign_id) if isinstance(campaign_id, str) else None,
-        "send_id": clip_text(send_id) if isinstance(send_id, str) else None,
-    }
-
-
-def _fold(name: str) -> str:
-    """A header name as the near-miss check compares it: case folded, trimmed, without
-    spaces, dashes or underscores (``Send ID``, ``SEND_ID``, ``sendId`` all give ``sendid``)."""
-    folded = name.strip(_INVISIBLE).casefold()
-    return "".join(c for c in folded if c not in " -_\t\u00a0")
-
-
-_FOLDED = {_fold(column): column for column in RESERVED_KEYS}
-
-
-def near_miss(names: Iterable[str], mapped: Iterable[str] = ()) -> tuple[str, str] | None:
-    """The first (name, column) where header name ``name`` reads as the known ``column``
-    (campaign_id, send_id, workspace) but is not exactly it, nor mapped by ``--column``.
-
-    Such a column would otherwise be carried through as an unknown pass-through column:
-    every row would get a Braze-generated id or the default workspace, silently."""
-    skip = set(mapped)
-    for name in names:
-        column = _FOLDED.get(_fold(name))
-        if column is not None and name != column and name not in skip:
-            return name, column
-    return None
-
-
-def near_miss_fix(name: str, column: str) -> str:
-    """The one-line fix for a near miss: rename it, or map it explicitly."""
-    return (
-        f"rename it to exactly {column!r}, or map it with --column {column}={name!r} "
-        f"(or [manifest] columns = {{ {column} = {name!r} }} in the config)"
-    )
-
-
-def _hint(names: list[str]) -> str:
-    """Point at a near miss of ``campaign_id`` (case, spaces, dashes), if there is one."""
-    found = near_miss(names)
-    if found is not None and found[1] == CAMPAIGN_ID:
-        return f" (found {clip_text(found[0])!r}: rename it to exactly 'campaign_id')"
-    return ""
 
 
 class Manifest:
@@ -325,7 +263,7 @@ class Manifest:
         record = self._renamed(record, f"line {line}: the header")
         if CAMPAIGN_ID not in record:
             raise self._fail_open(
-                f"line {line}: the header has no campaign_id column{_hint(record)}"
+                f"line {line}: the header has no campaign_id column{hint(record)}"
                 f"{self._delimiter_hint(record)}",
                 f"the header must name a campaign_id column (it has: {', '.join(record)[:200]})",
             )
@@ -399,7 +337,7 @@ class Manifest:
                 continue
             self._peeked.append(raw)
             size += len(raw)
-            if _blank(raw):
+            if blank(raw):
                 continue
             try:
                 value = orjson.loads(raw)
@@ -410,7 +348,7 @@ class Manifest:
                 keys = self._renamed([str(k) for k in value], where, header=False)
                 if CAMPAIGN_ID not in keys:
                     raise self._fail_open(
-                        f"{where} has no campaign_id key{_hint(keys)}",
+                        f"{where} has no campaign_id key{hint(keys)}",
                         f"every record needs one (it has: {', '.join(keys)[:200]})",
                     )
                 self._refuse_near_miss(keys, where)
@@ -489,7 +427,7 @@ class Manifest:
                         f"line {start} is not valid UTF-8: {first_bad_byte(values, header)}; "
                         "save the manifest as UTF-8"
                     ),
-                    **_ids(tuple(zip(header, map(sanitize, values), strict=False))),
+                    **row_ids(tuple(zip(header, map(sanitize, values), strict=False))),
                 )
                 continue
             if len(values) != width:
@@ -501,7 +439,7 @@ class Manifest:
                         f"line {start} has {got}, the header has {width}: quote values that "
                         "contain commas, or add/remove the missing/extra columns"
                     ),
-                    **_ids(tuple(zip(header, values, strict=False))),
+                    **row_ids(tuple(zip(header, values, strict=False))),
                 )
                 continue
             yield RawRow(start, tuple(zip(header, values, strict=True)))
@@ -528,115 +466,11 @@ class Manifest:
     def _jsonl_rows(self) -> Iterator[RawRow | RowError | Idle]:
         lines = self._lines
         assert lines is not None
-        number = 0
-        blanks, idle = 0, self._idle
-        for item in chain_lines(self._peeked, lines):
-            number += 1
-            if isinstance(item, LineTooLong):
-                yield too_long_error(item, number, self.max_row_bytes)
-                continue
-            raw = item
-            if _blank(raw):  # a blank line
-                if idle:
-                    blanks += 1
-                    if blanks >= IDLE_AFTER_BLANKS:
-                        blanks = 0
-                        yield IDLE
-                continue
-            try:
-                value = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                yield self._bad_json(number, raw, str(exc))
-                continue
-            if not isinstance(value, dict):
-                yield RowError(
-                    line=number,
-                    error="not_an_object",
-                    message=(
-                        f"line {number} is a JSON {_json_kind(value)}, not an object: each "
-                        'line must be one object such as {"campaign_id": "..."}'
-                    ),
-                )
-                continue
-            twice = _repeated_key(raw)
-            if twice is not None:
-                yield RowError(
-                    line=number,
-                    error="malformed_json",
-                    message=(
-                        f"line {number} names the key {twice!r} twice, so which value counts "
-                        "is ambiguous: keep one"
-                    ),
-                    **_ids(tuple(value.items())),
-                )
-                continue
-            items = tuple(value.items())
-            if self._rename:
-                items = tuple((self._rename.get(k, k), v) for k, v in items)
-            yield RawRow(number, items)
+        number = yield from jsonl_rows(
+            chain_lines(self._peeked, lines),
+            max_row_bytes=self.max_row_bytes,
+            idle=self._idle,
+            rename=self._rename,
+        )
         if lines.failure is not None:
             yield self._unreadable(number + 1)
-
-    @staticmethod
-    def _bad_json(line: int, raw: bytes, reason: str) -> RowError:
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return RowError(
-                line=line,
-                error="invalid_utf8",
-                message=(
-                    f"line {line} is not valid UTF-8 (byte 0x{raw[exc.start]:02X} at byte "
-                    f"{exc.start + 1}): save the manifest as UTF-8"
-                ),
-            )
-        where = _JSON_POSITION.sub(r" at column \1", reason)
-        return RowError(
-            line=line,
-            error="malformed_json",
-            message=f"line {line} is not valid JSON ({where}): each line must be one JSON object",
-        )
-
-
-def _blank(raw: bytes) -> bool:
-    """A JSONL line holding only spaces, tabs and its line end is blank (skipped); bytes'
-    isspace would count form feed and vertical tab too, and such a line would then land
-    in no output file at all: it is a malformed_json row instead."""
-    return bool(raw) and not raw.strip(b" \t\r\n")
-
-
-def _repeated_key(raw: bytes) -> str | None:
-    """The reserved key a JSON object names twice, if any.
-
-    orjson keeps the last of repeated keys silently; another tool reading the same line
-    may keep the first, so a repeated campaign_id/send_id/workspace is refused rather than
-    guessed. The exact check (the stdlib parser) runs only on lines that may repeat one:
-    a reserved key written twice, or any \\u escape (an escaped key reads the same).
-    """
-    if b"\\u" not in raw and not any(raw.count(key) > 1 for key in _RESERVED_KEYS):
-        return None
-    repeated: list[str] = []
-
-    def pairs(items: list[tuple[str, object]]) -> dict[str, object]:
-        # Called innermost object first: only the last call (the top level) is kept.
-        names = [name for name, _ in items]
-        repeated[:] = [n for n in RESERVED_KEYS if names.count(n) > 1]
-        return dict(items)
-
-    try:
-        json.loads(raw, object_pairs_hook=pairs)
-    except (ValueError, RecursionError):
-        return None
-    return repeated[0] if repeated else None
-
-
-def _json_kind(value: object) -> str:
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, str):
-        return "string"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    return "number"

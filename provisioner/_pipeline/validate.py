@@ -13,6 +13,7 @@ as invalid (``unknown_campaign``, ``not_api_campaign``) and not as rows to send.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import math
 import time
 from collections import Counter
@@ -173,7 +174,15 @@ def list_all(settings: Settings) -> dict[str, Campaigns | Unchecked]:
                 out[w.name] = await list_campaigns(client, policy=policy, budget=budget)
         return out
 
-    return asyncio.run(fetch())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(fetch())
+    # Called from code that is inside an event loop (a notebook, an async test, an
+    # orchestrator's async task): asyncio.run refuses there, so the listing gets its own
+    # loop on a thread of its own.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, fetch()).result()
 
 
 def _plan_fields(p: Plan, by: float | None) -> dict[str, object]:

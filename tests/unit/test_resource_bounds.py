@@ -10,7 +10,8 @@ import pytest
 
 from provisioner._core.models import RawRow
 from provisioner._manifest.feed import feed_for
-from provisioner._manifest.reader import IDLE_AFTER_BLANKS, Manifest
+from provisioner._manifest.reader import Manifest
+from provisioner._manifest.records import IDLE_AFTER_BLANKS
 
 
 async def takes_until_the_row(path: Path) -> tuple[int, int]:
