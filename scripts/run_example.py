@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,11 +26,18 @@ def main() -> int:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     key = "sandbox-key"
+    # The sandbox knows the example's campaigns, as a Braze workspace would, so the run's
+    # campaign check (GET /campaigns/list) has something to list.
+    book = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)  # noqa: SIM115
+    with book, open(args.manifest, newline="", encoding="utf-8") as manifest:
+        ids = {(row.get("campaign_id") or "").strip() for row in csv.DictReader(manifest)}
+        book.writelines(f"{c}\n" for c in sorted(ids) if c)
     sandbox = subprocess.Popen(
-        [sys.executable, "-m", "provisioner", "sandbox", "--api-key", key],
+        [sys.executable, "-m", "provisioner", "sandbox", "--api-key", key,
+         "--campaigns", book.name],
         stdout=subprocess.PIPE,
         text=True,
-    )
+    )  # fmt: skip
     try:
         assert sandbox.stdout is not None
         url = sandbox.stdout.readline().strip()
@@ -55,6 +64,7 @@ def main() -> int:
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=10)
+        os.unlink(book.name)
     summary = out / "summary.json"
     if summary.exists():
         print(json.dumps(json.loads(summary.read_text()), indent=2))

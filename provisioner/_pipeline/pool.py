@@ -311,7 +311,7 @@ async def _run(
                     loop.remove_signal_handler(sig)
         run.save_quota()
         await store.flush()
-        exit_code = run.exit_code()
+        exit_code = int(run.exit_code())  # a plain int in logs, summary and result
         summary = run.stats.summary(
             run_id=run_id, manifest=manifest.display_name, exit_code=exit_code
         )
