@@ -24,7 +24,7 @@ import stat
 import sys
 from collections.abc import Iterator, Mapping
 from types import TracebackType
-from typing import BinaryIO, cast
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import orjson
 
@@ -77,6 +77,22 @@ csv.field_size_limit(FIELD_SIZE_LIMIT)
 #: (records after that are still checked one by one by validation).
 _PEEK_MAX_LINES = 1000
 _PEEK_MAX_BYTES = 16 * 1024 * 1024
+
+if TYPE_CHECKING:
+    from provisioner._config.settings import Settings
+
+
+def manifest_for(settings: Settings) -> Manifest:
+    """The manifest ``settings`` name, read as they say (format, bounds, column mapping,
+    encoding, delimiter): the one way ``run`` and ``validate`` open it, so they agree."""
+    return Manifest(
+        settings.manifest,
+        settings.manifest_format,
+        max_row_bytes=settings.max_row_bytes,
+        columns=dict(settings.columns),
+        encoding=settings.manifest_encoding,
+        delimiter=settings.csv_delimiter,
+    )
 
 
 class Manifest:

@@ -27,7 +27,7 @@ from provisioner._config.settings import Settings
 from provisioner._core.logs import get_logger
 from provisioner._core.times import iso
 from provisioner._core.vocab import DeferReason, ExitCode
-from provisioner._manifest.reader import Manifest
+from provisioner._manifest.reader import Manifest, manifest_for
 from provisioner._outputs.files import FileSink, OutputFolder
 from provisioner._outputs.metrics import MetricsFile, check_metrics_path
 from provisioner._outputs.observe import ProgressLog, RunObserver, snapshot, watch
@@ -133,14 +133,7 @@ async def run_pipeline(
     folder.prepare()
     try:
         observers = [*observers, *metrics_observers(settings)]
-        manifest = Manifest(
-            settings.manifest,
-            settings.manifest_format,
-            max_row_bytes=settings.max_row_bytes,
-            columns=dict(settings.columns),
-            encoding=settings.manifest_encoding,
-            delimiter=settings.csv_delimiter,
-        )
+        manifest = manifest_for(settings)
         own_store = store is None
         with manifest:
             if store is None:

@@ -27,7 +27,7 @@ from provisioner._config.settings import Settings
 from provisioner._core.models import Row, RowError
 from provisioner._core.times import iso
 from provisioner._core.vocab import ExitCode
-from provisioner._manifest.reader import Manifest
+from provisioner._manifest.reader import manifest_for
 from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import Assigned, SeenIndex
 from provisioner._pipeline.campaign_check import refused
@@ -237,14 +237,7 @@ def forecast(settings: Settings, *, by: float | None = None) -> Forecast:
         report.workspaces[w.name] = wf
     seen = SeenIndex(settings.derive_send_ids)
     try:
-        with Manifest(
-            settings.manifest,
-            settings.manifest_format,
-            max_row_bytes=settings.max_row_bytes,
-            columns=dict(settings.columns),
-            encoding=settings.manifest_encoding,
-            delimiter=settings.csv_delimiter,
-        ) as manifest:
+        with manifest_for(settings) as manifest:
             batch: list[Row] = []
             for item in manifest:
                 report.rows += 1
