@@ -18,7 +18,8 @@ from provisioner._braze.client import BrazeClient
 from provisioner._braze.retry import RetryBudget, RetryPolicy
 from provisioner._braze.sender import Sender
 from provisioner._core.logs import get_logger
-from provisioner._core.models import Outcome, Row, Status
+from provisioner._core.models import Outcome, Row, RowError
+from provisioner._pipeline.outcomes import failed_from_error
 
 log = get_logger(__name__)
 
@@ -36,17 +37,18 @@ _ADVICE = {
 
 
 def refused(row: Row, send_id: str | None, code: str) -> Outcome:
-    """The failed outcome of a row the check refuses (never sent, not retryable)."""
-    return Outcome(
-        line=row.line,
-        status=Status.FAILED,
-        campaign_id=row.campaign_id,
-        send_id=send_id,
-        columns=row.columns,
-        error=code,
-        message=_ADVICE[code].format(cid=row.campaign_id),
-        field="campaign_id",
-        retryable=False,
+    """The failed outcome of a row the check refuses (never sent, not retryable): the same
+    outcome as any row error, so it is written as one."""
+    return failed_from_error(
+        RowError(
+            line=row.line,
+            error=code,
+            message=_ADVICE[code].format(cid=row.campaign_id),
+            field="campaign_id",
+            campaign_id=row.campaign_id,
+            send_id=send_id,
+            columns=row.columns,
+        )
     )
 
 
