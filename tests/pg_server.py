@@ -100,7 +100,7 @@ class PgServer:
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
-            self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def admin(self, sql: str) -> None:
         """Run ``sql`` as the superuser over the Unix socket (trusted)."""

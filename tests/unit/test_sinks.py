@@ -382,7 +382,7 @@ _SKIP_NAMES = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(
     rows=st.lists(
         st.tuples(
