@@ -18,8 +18,25 @@ from provisioner._outputs.summary import rows_sent
 
 if TYPE_CHECKING:
     from provisioner._pipeline.runner import Run
+    from provisioner._pipeline.workspace_lane import Lane
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceFigures:
+    """One workspace's share of a snapshot: its own rows, requests and quota window."""
+
+    name: str  # the configured name ("default" without [[workspaces]])
+    counts: dict[str, int]
+    requests: int
+    retries: int
+    http_429: int
+    http_by_class: dict[str, int]
+    rows_per_s: float | None
+    quota_limit: int | None
+    quota_remaining: int | None
+    quota_reset_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +66,8 @@ class Snapshot:
     errors: dict[str, int] = field(default_factory=dict)
     #: Every workspace's window: label -> (remaining, limit, reset epoch), when known.
     quotas: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    #: Every workspace's own figures: label -> figures (the totals above add them up).
+    by_workspace: dict[str, WorkspaceFigures] = field(default_factory=dict)
 
 
 class RunObserver(Protocol):
@@ -102,6 +121,24 @@ def snapshot(run: Run, *, exit_code: int | None = None) -> Snapshot:
             and lane.budget.limit is not None
             and lane.budget.reset_at is not None
         },
+        by_workspace={lane.label: _figures(lane, elapsed) for lane in run.lanes.values()},
+    )
+
+
+def _figures(lane: Lane, elapsed: float) -> WorkspaceFigures:
+    """One lane's counters and quota window now."""
+    st, b = lane.stats, lane.budget
+    return WorkspaceFigures(
+        name=lane.name,
+        counts={s.value: st.counts.get(s.value, 0) for s in Status},
+        requests=st.requests,
+        retries=st.retries,
+        http_429=st.http_429,
+        http_by_class=dict(st.http_by_class),
+        rows_per_s=round(rows_sent(st.counts) / elapsed, 1) if elapsed > 0 else None,
+        quota_limit=b.limit,
+        quota_remaining=b.remaining,
+        quota_reset_at=b.reset_at,
     )
 
 
