@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from provisioner._config.table import BY_ATTR
+from provisioner._config.table import FLAGS
 from provisioner._core.version import package_version
 
 _RUN_EXAMPLES = """\
@@ -66,6 +66,8 @@ RUN_SETTINGS = (
     "force", "campaign_check", "retry_in_doubt", "derive_send_ids", "metrics_file",
     "log_format", "log_level",
 )  # fmt: skip
+#: The settings ``provisioner export`` takes as flags.
+EXPORT_SETTINGS = ("state_path", "export_format")
 VALIDATE_SETTINGS = (
     "state_path",
     "manifest_format",
@@ -88,7 +90,7 @@ def add_setting_flags(
     """One option per setting, as the table describes it (``help_for`` rewords a help line
     for a command where the setting means something narrower)."""
     for name in names:
-        key = BY_ATTR[name]
+        key = FLAGS[name]
         assert key.flag is not None, name
         options: dict[str, Any] = {"dest": name, "help": (help_for or {}).get(name, key.flag_help)}
         if key.kind is list:
@@ -290,8 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a run's output files again from the state store",
         formatter_class=fmt,
         description="Write results.jsonl, failures.jsonl, deferred.csv and summary.json of "
-        "RUN_ID again, from the state store.",
-        epilog="example:\n  provisioner export --run 20261126T061500Z-3f9a1c --out again/\n",
+        "RUN_ID again, from the state store; with --format csv, results.csv instead: every "
+        "row with its status, for a spreadsheet (a report, not a manifest).",
+        epilog="examples:\n  provisioner export --run 20261126T061500Z-3f9a1c --out again/\n"
+        "  provisioner export --run 20261126T061500Z-3f9a1c --out report/ --format csv\n",
     )
     export.add_argument(
         "--run",
@@ -301,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the run id (see `provisioner status`)",
     )
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write to")
-    add_setting_flags(export, ("state_path",))
+    add_setting_flags(export, EXPORT_SETTINGS)
     export.add_argument("--config", metavar="FILE", help="TOML config file (its [state] path)")
 
     validate = sub.add_parser(

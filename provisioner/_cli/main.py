@@ -146,15 +146,22 @@ def _open_for_reading(state_path: str | None) -> SqliteStateStore:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from provisioner._outputs.report import export_run
+    from provisioner._outputs.report import RESULTS_CSV, export_csv, export_run
 
+    spreadsheet = args.export_format == "csv"
     store = _open_for_reading(_state_path(args))
     try:
-        summary = export_run(store, args.run_id, Path(args.out))
+        write = export_csv if spreadsheet else export_run
+        summary = write(store, args.run_id, Path(args.out))
     finally:
         store.close()
+    where = (
+        f"{args.out}/{RESULTS_CSV} (a report for spreadsheets, not a manifest)"
+        if spreadsheet
+        else args.out
+    )
     print(
-        f"provisioner: run {args.run_id} exported to {args.out} ({summary.get('rows_total')} rows)",
+        f"provisioner: run {args.run_id} exported to {where} ({summary.get('rows_total')} rows)",
         file=sys.stderr,
     )
     return ExitCode.OK
@@ -179,9 +186,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from provisioner._pipeline.validate import forecast, parse_deadline
 
     cli = {k: getattr(args, k, None) for k in VALIDATE_SETTINGS}
+    # No key is no error here: the manifest is still checked (linting in CI); the report
+    # says what could not be compared.
     settings = build_settings(
-        manifest=args.manifest, out_dir=".", cli=cli, env=os.environ, config_path=args.config
-    )
+        manifest=args.manifest, out_dir=".", cli=cli, env=os.environ, config_path=args.config,
+        require_key=False,
+    )  # fmt: skip
     report = forecast(settings, by=parse_deadline(args.by) if args.by else None)
     if args.json:
         print(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())

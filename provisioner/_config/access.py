@@ -77,6 +77,11 @@ class ApiKey:
         """A name for the workspace that does not reveal the key (same as the sandbox's)."""
         return workspace_label(self._value)
 
+    @property
+    def present(self) -> bool:
+        """False for ``MissingApiKey``, the stand-in ``validate`` runs with."""
+        return True
+
     def __repr__(self) -> str:
         return "ApiKey(<redacted>)"
 
@@ -87,6 +92,43 @@ class ApiKey:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+class NoApiKey(ConfigError):
+    """No key in the variable nor in a key file (``validate`` goes on without one)."""
+
+
+class MissingApiKey(ApiKey):
+    """The stand-in for a key that is not set, for ``validate``, which lints a manifest
+    without one (in CI, say). It has no label (the store's rows and quota windows are
+    filed under the key's hash, so none of them can be found) and cannot be revealed:
+    anything that would send it raises the missing key's ConfigError instead."""
+
+    __slots__ = ("advice", "variable")
+
+    def __init__(self, advice: str, variable: str) -> None:
+        super().__init__("")
+        self.advice = advice  # the "no API key: set ..." message, naming the variable
+        self.variable = variable  # the environment variable that would hold it
+
+    def reveal(self) -> str:
+        """Never a key: raises the ConfigError that loading it raised."""
+        raise NoApiKey(self.advice)
+
+    @property
+    def label(self) -> str:
+        """No hash to show: the workspace is not known to the store under this."""
+        return "no-api-key"
+
+    @property
+    def present(self) -> bool:
+        """Always False."""
+        return False
+
+    def __repr__(self) -> str:
+        return "MissingApiKey()"
+
+    __str__ = __repr__
 
 
 def _shown_url(url: str) -> str:
@@ -112,6 +154,8 @@ def _shown_url(url: str) -> str:
 def check_key_not_in_url(url: str, key: ApiKey, name: str = "base_url") -> None:
     """Refuse a base URL that holds the API key (pasted into its path, say): it would be
     in every error message and log naming the URL. The URL is not echoed."""
+    if not key.present:
+        return
     value = key.reveal()
     if len(value) < 8:  # too short to tell a pasted key from a word of the URL
         return
@@ -227,7 +271,7 @@ def load_api_key(env: Mapping[str, str], var: str, key_file: str | None) -> ApiK
         except UnicodeDecodeError:
             raise ConfigError(f"{origin} is not UTF-8 text") from None
     if not value:
-        raise ConfigError(
+        raise NoApiKey(
             f"no API key: set {var} (or name a key file with api_key_file in the config); "
             f"the key needs the sends.id.create permission"
         )

@@ -14,7 +14,7 @@ import difflib
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,8 @@ from typing import Any
 from provisioner._config.access import (
     DEFAULT_KEY_ENV,
     ApiKey,
+    MissingApiKey,
+    NoApiKey,
     check_base_url,
     check_ca_file,
     check_key_not_in_url,
@@ -270,12 +272,16 @@ def build_settings(
     cli: Mapping[str, object],
     env: Mapping[str, str] | None = None,
     config_path: str | Path | None = None,
+    require_key: bool = True,
 ) -> Settings:
     """Merge defaults < config file < environment < command line and check every value.
 
     ``cli`` maps setting names (``Settings`` field names) to values given on the
-    command line; None means "not given".
+    command line; None means "not given". ``require_key=False`` (``validate``): a key
+    that is not set becomes a ``MissingApiKey`` instead of an error (a key that is set
+    but malformed, or a key file that cannot be read, is still refused).
     """
+    load_key = load_api_key if require_key else _key_or_missing
     env = os.environ if env is None else env
     check_cli_keys(cli)
     path = Path(config_path) if config_path else None
@@ -309,11 +315,11 @@ def build_settings(
     api_key = (
         None
         if declared_any and not (env.get(key_var) or key_file)
-        else load_api_key(env, key_var, key_file)
+        else load_key(env, key_var, key_file)
     )
     declared = from_file.get(("workspaces", ""), ())
     assert isinstance(declared, tuple)
-    workspaces = _workspaces(declared, base_url, api_key, merged, cli, env)
+    workspaces = _workspaces(declared, base_url, api_key, merged, cli, env, load_key)
     for ws in workspaces:
         check_key_not_in_url(ws.base_url, ws.api_key)
     prefix = merged.get("derive_send_ids")
@@ -375,6 +381,7 @@ def _workspaces(
     merged: Mapping[str, Any],
     cli: Mapping[str, object],
     env: Mapping[str, str],
+    load_key: Callable[[Mapping[str, str], str, str | None], ApiKey] = load_api_key,
 ) -> tuple[WorkspaceSettings, ...]:
     """The run's workspaces: the declared ones (flags override their values), or one."""
     if not declared:
@@ -382,7 +389,7 @@ def _workspaces(
         return (WorkspaceSettings(DEFAULT_WORKSPACE, base_url, api_key),)
     out = []
     for w in declared:
-        key = load_api_key(env, w.api_key_env or "", w.api_key_file)
+        key = load_key(env, w.api_key_env or "", w.api_key_file)
         out.append(
             WorkspaceSettings(
                 name=w.name,
@@ -394,6 +401,14 @@ def _workspaces(
             )
         )
     return tuple(out)
+
+
+def _key_or_missing(env: Mapping[str, str], var: str, key_file: str | None) -> ApiKey:
+    """``load_api_key``, or a ``MissingApiKey`` when no key is set at all."""
+    try:
+        return load_api_key(env, var, key_file)
+    except NoApiKey as exc:
+        return MissingApiKey(str(exc), var)
 
 
 def _flag_or(flag: object, own: Any) -> Any:

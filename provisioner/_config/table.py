@@ -152,11 +152,24 @@ FLAG_ONLY: tuple[Key, ...] = (
         flag_help="do not list the workspace's campaigns first (GET /campaigns/list) to refuse "
         "rows for unknown or non-API campaigns before they spend quota"),
 )
+
+#: Flags of the commands that read the store (``export``), not of a run: no config key, no
+#: variable, no ``Settings`` field and no ``cli={...}`` key; the argparse dest is the name.
+COMMAND_ONLY: tuple[Key, ...] = (
+    Key("", "export_format", str, "files", choices=("files", "csv"),
+        doc="what export writes: the run's four output files, or results.csv, one row per "
+        "manifest row for a spreadsheet (a report, not a manifest: never feed it back)",
+        flag="--format",
+        flag_help="files: the run's four output files (default); csv: results.csv for "
+        "spreadsheets, every row with its status, cells neutralised against formulas"),
+)
 # fmt: on
 
 KEYS_BY_NAME = {(k.section, k.name): k for k in KEYS}
 #: ``cli={...}`` key -> its row: every key ``build_settings`` accepts from a caller.
 BY_ATTR: dict[str, Key] = {k.attr: k for k in (*KEYS, *FLAG_ONLY) if k.attr is not None}
+#: Every flag the table defines, by its argparse dest: ``BY_ATTR`` and ``COMMAND_ONLY``.
+FLAGS: dict[str, Key] = {**BY_ATTR, **{k.name: k for k in COMMAND_ONLY}}
 
 
 def default(attr: str) -> Any:

@@ -99,7 +99,7 @@ _SPOOL = DEFERRED + ".spool"
 #: The lock file of the folder: one writer at a time.
 LOCK = ".provisioner.lock"
 #: The names whose temporaries a dead run may have left (removed by ``prepare``).
-_TEMPORARIES = (RESULTS, FAILURES, DEFERRED, SUMMARY, _SPOOL, "provisioner-probe")
+_TEMPORARIES = (RESULTS, FAILURES, DEFERRED, SUMMARY, _SPOOL, "provisioner-probe", "results.csv")
 
 
 class OutputFolder:
@@ -199,7 +199,7 @@ class ResultSink(Protocol):
         """Discard everything written; leave no partial output."""
 
 
-def _cell(value: object) -> str:
+def cell(value: object) -> str:
     """A JSON value as a CSV cell: strings as is, null as empty, the rest as JSON text."""
     if isinstance(value, str):
         return value
@@ -314,7 +314,7 @@ class FileSink:
                     "created_run": created_run,
                     "created_at": iso_or_none(created_at),
                 }
-                _pass_through(record, row.columns, _RESULT_FIELDS, keep_odd_ids=False)
+                pass_through(record, row.columns, _RESULT_FIELDS, keep_odd_ids=False)
                 write(_dumps(record))
         except OSError as exc:
             raise self._fail(exc) from None
@@ -335,7 +335,7 @@ class FileSink:
         elif o.status is Status.SKIPPED:
             record["created_run"] = o.created_run
             record["created_at"] = iso_or_none(o.created_at)
-        _pass_through(record, o.columns, _RESULT_FIELDS, keep_odd_ids=False)
+        pass_through(record, o.columns, _RESULT_FIELDS, keep_odd_ids=False)
         return record
 
     @staticmethod
@@ -352,7 +352,7 @@ class FileSink:
             "retryable": o.retryable,
             "field": o.field,
         }
-        _pass_through(record, o.columns, _FAILURE_FIELDS, keep_odd_ids=True)
+        pass_through(record, o.columns, _FAILURE_FIELDS, keep_odd_ids=True)
         return record
 
     def _write_deferred(self, columns: Columns) -> None:
@@ -372,7 +372,7 @@ class FileSink:
             writer.writerow(values)
         else:
             found = dict(columns)
-            writer.writerow([_cell(found.get(name)) for name in header])
+            writer.writerow([cell(found.get(name)) for name in header])
 
     # -- the end ---------------------------------------------------------------------------
     def commit(self, summary: Mapping[str, object]) -> None:
@@ -421,7 +421,7 @@ class FileSink:
         writer.writerow(header)
         for line in spool:
             found = dict(orjson.loads(line))
-            writer.writerow([_cell(found.get(name)) for name in header])
+            writer.writerow([cell(found.get(name)) for name in header])
         self._open.remove(spool)
         spool.close()
         self._temporaries.pop(_SPOOL).unlink()
@@ -440,7 +440,7 @@ class FileSink:
         self._folder.release()
 
 
-def _pass_through(
+def pass_through(
     record: dict[str, Any], columns: Columns, fields: frozenset[str], *, keep_odd_ids: bool
 ) -> None:
     """Append the pass-through columns to ``record``, renaming collisions ``input.<name>``."""

@@ -8,46 +8,57 @@ O_NOFOLLOW`` so that a link planted in the folder is never written through; not
 prometheus-client's ``write_to_textfile``, whose ``PATH.<pid>.<thread>`` is guessable) and
 renamed over PATH, so a scrape never sees half a file.
 
-Every metric carries a ``workspace`` label (``ws-`` + a hash of the API key, never the key),
-so that the files of cron jobs for different workspaces can sit in one collector folder
-without clashing. Two jobs for the same workspace need distinct files *and* would still
+Figures of a workspace (rows, requests, quota) carry a ``workspace`` label (``ws-`` + a
+hash of its API key, never the key), one series per workspace of the run, each with that
+workspace's own values; they add up to the run's totals in summary.json. Rows that name
+no declared workspace (invalid rows, an unknown ``workspace`` value) count under the
+default workspace, as the state store records them. The run's own figures (duration,
+start, finished, exit code, last success, run info) are one series each, labelled
+``workspaces``: the run's workspace labels, sorted and comma-separated (just the one
+label without ``[[workspaces]]``). So the files of cron jobs for different workspaces can
+sit in one collector folder without clashing (node_exporter refuses a series that two
+files both hold). Two jobs for the same workspace need distinct files *and* would still
 clash in the collector; run them from one manifest instead. The names are stable:
 
-``provisioner_rows{status}``
+``provisioner_rows{workspace, status}``
     This run's rows by final status so far: ``created``, ``duplicate``, ``skipped``,
     ``failed``, ``deferred`` (all five always present).
-``provisioner_requests{class}``
+``provisioner_requests{workspace, class}``
     HTTP requests sent by this run (retries included) by the class of the answer: ``2xx``,
     ``4xx`` (429 included), ``5xx`` always present, ``1xx``/``3xx`` when seen, and ``none``
     for requests that got no HTTP answer (connection failed or lost, read timeout), so the
     classes add up to ``requests`` in summary.json.
-``provisioner_retries``
+``provisioner_retries{workspace}``
     Requests that were retries of an earlier attempt (5xx, connection errors).
-``provisioner_http_429``
+``provisioner_http_429{workspace}``
     429 answers received (pauses, never row failures).
-``provisioner_run_duration_seconds``
+``provisioner_workspace_info{workspace, name}``
+    Always 1; ``name`` is the workspace's configured name (``default`` without
+    ``[[workspaces]]``), to show names instead of labels on a dashboard.
+``provisioner_run_duration_seconds{workspaces}``
     Seconds since the run started (the whole run once finished).
-``provisioner_run_started_timestamp_seconds``
+``provisioner_run_started_timestamp_seconds{workspaces}``
     When the run started, epoch seconds.
-``provisioner_run_finished``
+``provisioner_run_finished{workspaces}``
     0 while the run is going, 1 once its outputs are written.
-``provisioner_run_exit_code``
+``provisioner_run_exit_code{workspaces}``
     The run's exit code (README, "Exit codes"); absent until the run has finished.
-``provisioner_last_success_timestamp_seconds``
+``provisioner_last_success_timestamp_seconds{workspaces}``
     When the last run that ended with exit code 0 finished, epoch seconds. It outlives
     runs: until this run succeeds, the value is carried over from the file found at PATH
-    when the first write happened (whatever its ``workspace`` label, so a rotated key keeps
+    when the first write happened (whatever its labels, so a rotated key keeps
     the history). Absent when no run has succeeded yet, or the old file was missing or
     unreadable. Alert on ``time() - provisioner_last_success_timestamp_seconds``; note that
     a run limited by quota ends with exit code 3, which is not a success.
 ``provisioner_quota_remaining{workspace}``, ``provisioner_quota_limit{workspace}``
-    Creations left in, and allowed per, the current quota window as the server last
-    reported them (or the configured default before the first answer); absent if unknown.
+    Creations left in, and allowed per, the workspace's current quota window as the server
+    last reported them (or the configured default before the first answer); absent if unknown.
 ``provisioner_quota_reset_timestamp_seconds{workspace}``
     When the current quota window ends, epoch seconds; absent until known.
-``provisioner_rows_per_second``
-    Rows finished per second of run time so far; absent before the first instant passes.
-``provisioner_run_info{run_id, manifest}``
+``provisioner_rows_per_second{workspace}``
+    The workspace's rows sent (created or failed; not deferred, skipped or duplicate) per
+    second of run time so far; absent before the first instant passes.
+``provisioner_run_info{workspaces, run_id, manifest}``
     Always 1; the labels name the run (as in ``provisioner status``) and its manifest.
 
 All figures are gauges, not counters, even those that only grow during a run: each file
@@ -64,7 +75,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, exposition
@@ -74,7 +85,7 @@ from prometheus_client.registry import Collector
 
 from provisioner._core.models import Status
 from provisioner._core.safefile import create_temporary
-from provisioner._outputs.observe import Snapshot
+from provisioner._outputs.observe import Snapshot, WorkspaceFigures
 from provisioner.errors import OutputError
 
 __all__ = ["LAST_SUCCESS", "MetricsFile", "check_metrics_path"]
@@ -213,93 +224,126 @@ class _SnapshotCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         s = self._s
-        ws = s.workspace
+        per_ws = _per_workspace(s)
+        run = ",".join(sorted(per_ws))
 
-        def gauge(
+        def families(
+            name: str, doc: str, label: str | None, values: Callable[[WorkspaceFigures], object]
+        ) -> GaugeMetricFamily | None:
+            """One family with a sample per workspace (and per ``label`` value, when the
+            figure is a list of pairs); None when no workspace knows the figure."""
+            family = GaugeMetricFamily(
+                name, doc, labels=["workspace", label] if label else ["workspace"]
+            )
+            for workspace, figures in per_ws.items():
+                value = values(figures)
+                if isinstance(value, list):
+                    for key, v in value:
+                        family.add_metric([workspace, key], v)
+                elif isinstance(value, int | float):
+                    family.add_metric([workspace], value)
+            return family if family.samples else None
+
+        def run_gauge(
             name: str, doc: str, value: float | None, **labels: str
         ) -> GaugeMetricFamily | None:
             if value is None:
                 return None
-            family = GaugeMetricFamily(name, doc, labels=["workspace", *labels])
-            family.add_metric([ws, *labels.values()], value)
+            family = GaugeMetricFamily(name, doc, labels=["workspaces", *labels])
+            family.add_metric([run, *labels.values()], value)
             return family
 
-        def by_label(
-            name: str, doc: str, label: str, values: Sequence[tuple[str, float]]
-        ) -> GaugeMetricFamily:
-            family = GaugeMetricFamily(name, doc, labels=["workspace", label])
-            for key, value in values:
-                family.add_metric([ws, key], value)
-            return family
+        def statuses(f: WorkspaceFigures) -> list[tuple[str, float]]:
+            names = [st.value for st in Status]
+            names += sorted(k for k in f.counts if k not in names)
+            return [(st, f.counts.get(st, 0)) for st in names]
 
-        statuses = [st.value for st in Status]
-        statuses += sorted(k for k in s.counts if k not in statuses)
-        yield by_label(
-            "provisioner_rows",
-            "This run's rows by final status so far.",
-            "status",
-            [(st, s.counts.get(st, 0)) for st in statuses],
-        )
-        classes = list(_HTTP_CLASSES)
-        classes += sorted(k for k in s.http_by_class if k not in classes)
-        answered = sum(s.http_by_class.values())
-        yield by_label(
-            "provisioner_requests",
-            "HTTP requests sent by this run (retries included) by answer class; "
-            "none: no HTTP answer.",
-            "class",
-            [(c, s.http_by_class.get(c, 0)) for c in classes]
-            + [("none", max(s.requests - answered, 0))],
-        )
-        optional = [
-            gauge("provisioner_retries", "Retried requests in this run.", s.retries),
-            gauge("provisioner_http_429", "429 answers received in this run.", s.http_429),
-            gauge(
+        def classes(f: WorkspaceFigures) -> list[tuple[str, float]]:
+            names = list(_HTTP_CLASSES)
+            names += sorted(k for k in f.http_by_class if k not in names)
+            answered = sum(f.http_by_class.values())
+            out: list[tuple[str, float]] = [(c, f.http_by_class.get(c, 0)) for c in names]
+            return [*out, ("none", max(f.requests - answered, 0))]
+
+        found = [
+            families(
+                "provisioner_rows",
+                "This run's rows by final status so far, per workspace.",
+                "status",
+                statuses,
+            ),
+            families(
+                "provisioner_requests",
+                "HTTP requests sent by this run (retries included) by answer class, per "
+                "workspace; none: no HTTP answer.",
+                "class",
+                classes,
+            ),
+            families(
+                "provisioner_retries", "Retried requests in this run.", None, lambda f: f.retries
+            ),
+            families(
+                "provisioner_http_429",
+                "429 answers received in this run.",
+                None,
+                lambda f: f.http_429,
+            ),
+            families(
+                "provisioner_workspace_info",
+                "Always 1; the name label is the workspace's configured name.",
+                "name",
+                lambda f: [(f.name, 1)],
+            ),
+            run_gauge(
                 "provisioner_run_duration_seconds",
                 "Seconds since this run started (its whole length once finished).",
                 s.elapsed_s,
             ),
-            gauge(
+            run_gauge(
                 "provisioner_run_started_timestamp_seconds",
                 "When this run started, epoch seconds.",
                 s.started_at,
             ),
-            gauge(
+            run_gauge(
                 "provisioner_run_finished",
                 "1 once this run has finished and written its outputs, else 0.",
                 1 if s.finished else 0,
             ),
-            gauge(
+            run_gauge(
                 "provisioner_run_exit_code",
                 "This run's exit code (absent until it has finished).",
                 s.exit_code if s.finished else None,
             ),
-            gauge(
+            run_gauge(
                 LAST_SUCCESS,
                 "When the last run with exit code 0 finished, epoch seconds.",
                 self._last_success,
             ),
-            gauge(
+            families(
                 "provisioner_quota_remaining",
-                "Creations left in the current quota window.",
-                s.quota_remaining,
+                "Creations left in the workspace's current quota window.",
+                None,
+                lambda f: f.quota_remaining,
             ),
-            gauge(
+            families(
                 "provisioner_quota_limit",
-                "Creations allowed per quota window.",
-                s.quota_limit,
+                "Creations allowed per quota window in the workspace.",
+                None,
+                lambda f: f.quota_limit,
             ),
-            gauge(
+            families(
                 "provisioner_quota_reset_timestamp_seconds",
-                "When the current quota window ends, epoch seconds.",
-                s.quota_reset_at,
+                "When the workspace's current quota window ends, epoch seconds.",
+                None,
+                lambda f: f.quota_reset_at,
             ),
-            gauge(
+            families(
                 "provisioner_rows_per_second",
-                "Rows finished per second of this run so far.",
-                s.rows_per_s,
+                "Rows sent (created or failed) per second of this run so far, per workspace.",
+                None,
+                lambda f: f.rows_per_s,
             ),
-            gauge(
+            run_gauge(
                 "provisioner_run_info",
                 "Always 1; the labels name this run and its manifest.",
                 1,
@@ -307,4 +351,25 @@ class _SnapshotCollector(Collector):
                 manifest=s.manifest,
             ),
         ]
-        yield from (family for family in optional if family is not None)
+        yield from (family for family in found if family is not None)
+
+
+def _per_workspace(s: Snapshot) -> dict[str, WorkspaceFigures]:
+    """The snapshot's workspaces; one made of its totals when it has none (a snapshot
+    built by hand, as the tests and older callers do)."""
+    if s.by_workspace:
+        return s.by_workspace
+    return {
+        s.workspace: WorkspaceFigures(
+            name=s.workspace,
+            counts=s.counts,
+            requests=s.requests,
+            retries=s.retries,
+            http_429=s.http_429,
+            http_by_class=s.http_by_class,
+            rows_per_s=s.rows_per_s,
+            quota_limit=s.quota_limit,
+            quota_remaining=s.quota_remaining,
+            quota_reset_at=s.quota_reset_at,
+        )
+    }

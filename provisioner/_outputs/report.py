@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import csv
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from provisioner._core.times import iso, utc_minute
+from provisioner._core.models import Outcome
+from provisioner._core.safefile import create_temporary
+from provisioner._core.times import iso, iso_or_none, utc_minute
 from provisioner._core.vocab import DeferReason
-from provisioner._outputs.files import FileSink, OutputFolder
+from provisioner._outputs.files import FileSink, OutputFolder, cell, pass_through
 from provisioner._state.interface import StoreReader
+from provisioner.errors import OutputError
 
 _NEXT_STEP: dict[str, str] = {
     DeferReason.QUOTA: (
@@ -145,6 +150,89 @@ def export_run(store: StoreReader, run_id: str, out_dir: Path) -> dict[str, obje
         sink.abort()
         raise
     sink.commit(summary)
+    return summary
+
+
+#: results.csv's own columns, in order; the row's pass-through columns follow.
+RESULTS_CSV = "results.csv"
+_CSV_FIELDS = (
+    "line", "status", "campaign_id", "send_id", "error", "message", "reason",
+    "http_status", "attempts", "duplicate_of", "created_run", "created_at",
+)  # fmt: skip
+#: What a spreadsheet takes for the start of a formula (OWASP, "CSV Injection"): a cell
+#: starting with one of them gets a leading ``'``, which shows it as text.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(value: object) -> str:
+    """One cell for a spreadsheet: None as empty, numbers as digits, and text that a
+    spreadsheet would evaluate (``=HYPERLINK(...)``, ``+1``, ``-1``, ``@SUM(...)``, a
+    leading tab or CR) prefixed with ``'``, so it is shown, never run."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else cell(value)
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _report_record(o: Outcome) -> dict[str, Any]:
+    """One row of results.csv: the outcome's fields, then its pass-through columns."""
+    record: dict[str, Any] = {
+        "line": o.line,
+        "status": o.status.value,
+        "campaign_id": o.campaign_id,
+        "send_id": o.send_id,
+        "error": o.error,
+        "message": o.message,
+        "reason": o.reason,
+        "http_status": o.http_status,
+        "attempts": o.attempts,
+        "duplicate_of": o.duplicate_of,
+        "created_run": o.created_run,
+        "created_at": iso_or_none(o.created_at),
+    }
+    pass_through(record, o.columns, frozenset(_CSV_FIELDS), keep_odd_ids=True)
+    return record
+
+
+def export_csv(store: StoreReader, run_id: str, out_dir: Path) -> dict[str, object]:
+    """Write ``results.csv`` of a run from the state store; return its summary.
+
+    A report for a spreadsheet, not a manifest: one row per manifest row (every status,
+    in line order), the outcome's fields then the pass-through columns, every cell
+    neutralised against formulas (``neutralise``), so it must never be fed back to a run
+    (``deferred.csv`` is the manifest of what is left). UTF-8 with a BOM (Excel reads it
+    as UTF-8 then), CRLF, every cell quoted; written through a temporary and a rename.
+    """
+    _record, _header, summary = store.run_info(run_id)
+    folder = OutputFolder(out_dir)
+    folder.prepare()
+    try:
+        # Two passes: the pass-through columns (the header) are known only once every row
+        # has been seen (a JSONL manifest's keys vary by row).
+        names: dict[str, None] = dict.fromkeys(_CSV_FIELDS)
+        for outcome in store.iter_outcomes(run_id):
+            names.update(dict.fromkeys(_report_record(outcome)))
+        fd, temporary = create_temporary(folder.path, RESULTS_CSV)
+        try:
+            with open(fd, "w", encoding="utf-8-sig", newline="") as handle:
+                writer = csv.writer(handle, quoting=csv.QUOTE_ALL, lineterminator="\r\n")
+                writer.writerow([neutralise(name) for name in names])
+                for outcome in store.iter_outcomes(run_id):
+                    record = _report_record(outcome)
+                    writer.writerow([neutralise(record.get(name)) for name in names])
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, folder.file(RESULTS_CSV))
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {folder.file(RESULTS_CSV)}: {exc.strerror or exc}; free some space "
+            "or choose another --out"
+        ) from None
+    finally:
+        folder.release()
     return summary
 
 

@@ -46,6 +46,22 @@ class LatencyHistogram:
 
 
 @dataclass(slots=True)
+class WorkspaceStats:
+    """One workspace's share of a run's counters (kept next to the run's totals, so the
+    metrics file can give each workspace its own figures)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    retries: int = 0
+    http_429: int = 0
+    http_by_class: Counter[str] = field(default_factory=Counter)
+
+    def note_status(self, status: int) -> None:
+        """Count one HTTP response by class (2xx, 4xx ...)."""
+        self.http_by_class[_CLASSES.get(status) or f"{status // 100}xx"] += 1
+
+
+@dataclass(slots=True)
 class RunStats:
     """Mutable counters of one run (one event loop, so no locking)."""
 

@@ -159,6 +159,7 @@ class Run(Sending):
         # _value_ (the member's value, an enum attribute) rather than the slower .value
         # property: this runs for every row.
         self.stats.counts[status._value_] += 1
+        lane.stats.counts[status._value_] += 1
         if status is Status.FAILED:
             self.stats.errors[outcome.error or "unknown"] += 1
             failed = self.stats.counts[status._value_]
@@ -325,6 +326,7 @@ class Run(Sending):
             except OutputError as exc:
                 self.output_failed(exc)
         self.stats.counts[Status.SKIPPED.value] += len(skips)
+        lane.stats.counts[Status.SKIPPED.value] += len(skips)
 
     # -- the workers -------------------------------------------------------------------
     async def work(self, lane: Lane) -> None:

@@ -114,6 +114,7 @@ class Sending:
                     # and then deferred was never sent.
                     if attempts[0] > sent:
                         self.stats.retries += 1
+                        lane.stats.retries += 1
         raise AssertionError("unreachable: tenacity re-raises the last failure")
 
     async def attempt(self, lane: Lane, job: Job, attempts: list[int]) -> Reply:
@@ -141,6 +142,7 @@ class Sending:
                 )  # fmt: skip
             attempts[0] += 1
             self.stats.requests += 1
+            lane.stats.requests += 1
             self.retry_budget.note_request()
             try:
                 reply = await lane.client.create(job.row.campaign_id, job.send_id)
@@ -164,6 +166,7 @@ class Sending:
                 raise Transient(error=exc) from exc
             lane.answered = True
             self.stats.note_status(reply.status)
+            lane.stats.note_status(reply.status)
             self.stats.latency.add(reply.latency_ms)
             if reply.kind is ReplyKind.REDIRECTED:
                 # Not the API answering: its headers say nothing of the quota.
@@ -192,6 +195,7 @@ class Sending:
             breaker.success(probe)
             if limited:
                 self.stats.http_429 += 1
+                lane.stats.http_429 += 1
                 continue
             return reply
 

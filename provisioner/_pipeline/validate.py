@@ -8,6 +8,11 @@ needs given the caps and what the state store knows of the current window.
 With a key (and unless ``--no-campaign-check``), each workspace's campaigns are listed as a
 run lists them (``campaign_check.py``): rows for unknown or non-API campaigns are counted
 as invalid (``unknown_campaign``, ``not_api_campaign``) and not as rows to send.
+
+Without a key (a CI job linting a manifest), the manifest is still validated (header,
+rows, duplicates), but a workspace with no key is compared with neither the store (its
+rows and windows are filed under the key's hash) nor Braze: one line says so (and
+``not_compared`` in ``--json``), and the exit code is as for a clean manifest.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from datetime import UTC, datetime
 from provisioner._braze.campaigns import Campaigns, Unchecked, list_campaigns
 from provisioner._braze.client import BrazeClient
 from provisioner._braze.retry import RetryBudget, RetryPolicy
+from provisioner._config.access import MissingApiKey
 from provisioner._config.settings import Settings
 from provisioner._core.models import Row, RowError
 from provisioner._core.times import iso
@@ -39,6 +45,10 @@ from provisioner._state.store import state_location
 from provisioner.errors import UsageError
 
 _BATCH = 512
+_NOT_COMPARED = (
+    "no API key ({where}), so not compared with the state store or Braze: campaign check "
+    "skipped, quota not checked, rows already provisioned counted as to send"
+)
 _EXAMPLES = 5
 
 
@@ -90,6 +100,8 @@ class Forecast:
     now: float = field(default_factory=time.time)
     #: The deadline of --by (epoch seconds), if any.
     by: float | None = None
+    #: Per workspace name without a key: why it was not compared with the store and Braze.
+    not_compared: dict[str, str] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -112,12 +124,16 @@ class Forecast:
                 name: "checked" if isinstance(c, Campaigns) else c.message
                 for name, c in self.campaigns.items()
             },
+            "not_compared": [
+                {"name": name, "message": message} for name, message in self.not_compared.items()
+            ],
             "workspaces": [
                 {
                     "name": w.name,
                     "workspace": w.label,
                     "to_send": w.to_send,
                     "already_provisioned": w.provisioned,
+                    "compared": w.name not in self.not_compared,
                     "per_window": w.per_window,
                     "left_this_window": w.left_this_window,
                     "windows_needed": w.windows_needed(),
@@ -149,8 +165,10 @@ class Forecast:
         for w in self.workspaces.values():
             lines.append("    " + plan_text(w.plan(self.now, self.by), self.by))
         for name, c in self.campaigns.items():
-            if isinstance(c, Unchecked):
+            if isinstance(c, Unchecked) and name not in self.not_compared:
                 lines.append(f"  workspace {name}: campaigns not checked: {c.message}")
+        for name, message in self.not_compared.items():
+            lines.append(f"  workspace {name}: {message}")
         return "\n".join(lines)
 
 
@@ -167,6 +185,9 @@ def list_all(settings: Settings) -> dict[str, Campaigns | Unchecked]:
         out: dict[str, Campaigns | Unchecked] = {}
         budget = RetryBudget()
         for w in settings.workspaces:
+            if not w.api_key.present:
+                out[w.name] = Unchecked("no_api_key", "skipped: no API key")
+                continue
             async with BrazeClient(
                 w.base_url, w.api_key, concurrency=1, connect_timeout=settings.connect_timeout,
                 read_timeout=settings.read_timeout, ca_file=settings.ca_file,
@@ -215,7 +236,10 @@ def forecast(settings: Settings, *, by: float | None = None) -> Forecast:
     """Read the manifest and the state store; send nothing. ``by``: a deadline (epoch s)."""
     path = state_location(settings.state_path)
     exists = isinstance(path, str) or path.exists()  # a database is opened (and checked)
-    store: StoreReader | None = open_store(path, lock=False) if exists else None
+    # The store files rows and windows under each key's hash: without any key it has
+    # nothing to say, and is not opened (a CI job linting a manifest has no store).
+    keyed = any(w.api_key.present for w in settings.workspaces)
+    store: StoreReader | None = open_store(path, lock=False) if exists and keyed else None
     lanes = {w.name: w for w in settings.workspaces}
     now = time.time()
     if by is not None and by < now:
@@ -223,13 +247,19 @@ def forecast(settings: Settings, *, by: float | None = None) -> Forecast:
             f"--by {iso(by)} is in the past: give a later date (YYYY-MM-DD or an ISO 8601 time)"
         )
     report = Forecast(manifest=settings.manifest, now=now, by=by)
+    for w in settings.workspaces:
+        if isinstance(w.api_key, MissingApiKey):
+            var = w.api_key.variable
+            where = f"{var} is not set" if var else "its api_key_file is not set"
+            report.not_compared[w.name] = _NOT_COMPARED.format(where=where)
     if settings.campaign_check:
         report.campaigns = list_all(settings)
     for w in settings.workspaces:
         cap = w.quota if w.quota is not None else settings.quota
         wf = WorkspaceForecast(w.name, w.api_key.label, per_window=cap or settings.default_quota,
                                window=settings.default_window)  # fmt: skip
-        window = store.quota_window(wf.label, now) if store is not None else None
+        keyed_store = store if w.api_key.present else None
+        window = keyed_store.quota_window(wf.label, now) if keyed_store is not None else None
         if window is not None:
             wf.per_window = min(cap or window.limit, window.limit)
             left = window.remaining if cap is None else min(window.remaining, cap - window.spent)
@@ -282,7 +312,12 @@ def _count(
     force, retry = settings.force, settings.retry_in_doubt
     for name, batch in by_lane.items():
         wf = report.workspaces[name]
-        priors = store.lookup_many(wf.label, [a.key for a in batch]) if store is not None else {}
+        compared = name not in report.not_compared  # without a key: no rows in the store
+        priors = (
+            store.lookup_many(wf.label, [a.key for a in batch])
+            if store is not None and compared
+            else {}
+        )
         for a in batch:
             # The run's own decision (decide.py), so that the forecast is what run does.
             decision = decide(

@@ -24,6 +24,7 @@ from provisioner._core.logs import get_logger
 from provisioner._core.models import Row
 from provisioner._core.times import iso
 from provisioner._core.vocab import DeferReason
+from provisioner._outputs.summary import WorkspaceStats
 from provisioner._state.interface import RunStore
 from provisioner.errors import HostUnreachable
 
@@ -86,6 +87,8 @@ class Lane:
         self.stop_exit: int | None = None
         self.stop_message: str | None = None
         self.deferred_rows = 0
+        #: This workspace's rows and requests (the run's totals are in ``Run.stats``).
+        self.stats = WorkspaceStats()
         self._spent_recorded = 0
         # A wrong base URL (typo, closed port, https to an http port) is a configuration
         # error, not an outage: told apart by "nothing ever answered, and every failure

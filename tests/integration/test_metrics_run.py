@@ -3,7 +3,10 @@ summary.json, which is the run's own account of the same figures."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -14,10 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from provisioner._outputs.metrics import LAST_SUCCESS, MetricsFile
 from provisioner._outputs.observe import Snapshot
 from provisioner.api import run_pipeline
-from provisioner.sandbox.server import FaultRule, Sandbox
+from provisioner.sandbox.server import FaultRule, Sandbox, workspace_label
 from tests.conftest import SandboxFactory
 
 from .helpers import KEY, campaigns, outputs, settings_for, write_csv
+from .test_workspaces import manifest_for_both, two_workspaces
 
 Found = dict[str, dict[frozenset[tuple[str, str]], float]]
 
@@ -176,3 +180,74 @@ async def test_a_failed_run_keeps_the_last_success(sandbox: Sandbox, tmp_path: P
     assert one(found, LAST_SUCCESS) == pytest.approx(1_700_000_000.0)
     ((info_labels, _),) = found["provisioner_run_info"].items()
     assert dict(info_labels)["run_id"] == second.run_id
+
+
+async def test_each_workspace_gets_its_own_figures(
+    sandbox_factory: SandboxFactory, tmp_path: Path
+) -> None:
+    """A run over two workspaces (us, and eu capped at 3): the file read back has, per
+    workspace, that workspace's own rows, requests, retries and quota window, as
+    the sandbox and summary.json count them; run-level gauges name both workspaces."""
+    sandbox = await sandbox_factory(api_keys=("key-us", "key-eu"), daily_quota=50)
+    sandbox.add_faults(
+        [
+            # On us's campaigns: eu's figures must stay clear of them. (A 429 here would
+            # say the window is spent: per-workspace 429s are in the unit tests.)
+            FaultRule(action="status", status=503, times=1, campaign_id="c0001"),
+            FaultRule(action="status", status=400, times=1, campaign_id="c0003"),
+        ]
+    )
+    manifest = manifest_for_both(tmp_path, 10)
+    path = tmp_path / "provisioner.prom"
+    result = await run_pipeline(
+        two_workspaces(sandbox.url, tmp_path, manifest, max_wait=5),
+        observers=[MetricsFile(path, interval=0.05)],
+    )
+    assert result.exit_code == 1  # us's 400; eu's last 2 rows wait for its next window
+    _, _, _, summary = outputs(tmp_path / "out")
+    us, eu = workspace_label("key-us"), workspace_label("key-eu")
+    found = metrics(path)
+
+    def per(name: str, **labels: str) -> dict[str, float]:
+        return {
+            dict(key)["workspace"]: value
+            for key, value in found[name].items()
+            if labels.items() <= dict(key).items()
+        }
+
+    assert per("provisioner_rows", status="created") == {us: 5, eu: 3}
+    assert per("provisioner_rows", status="failed") == {us: 1, eu: 0}
+    assert per("provisioner_rows", status="deferred") == {us: 0, eu: 2}
+    assert per("provisioner_retries") == {us: 1, eu: 0}
+    assert per("provisioner_http_429") == {us: 0, eu: 0}
+    assert per("provisioner_requests", **{"class": "5xx"}) == {us: 1, eu: 0}
+    assert per("provisioner_requests", **{"class": "4xx"}) == {us: 1, eu: 0}
+    assert per("provisioner_requests", **{"class": "2xx"}) == {us: 5, eu: 3}
+    # Per workspace they add up to the run's totals in summary.json.
+    for status, total in summary["counts"].items():
+        assert sum(per("provisioner_rows", status=status).values()) == total
+    assert sum(sum(per("provisioner_requests", **{"class": c}).values())
+               for c in ("2xx", "4xx", "5xx", "none")) == summary["requests"]  # fmt: skip
+    # Each workspace's quota gauges are its own window, as the sandbox counted it.
+    lanes = {w["workspace"]: w for w in summary["workspaces"]}
+    for label, created in ((us, 5), (eu, 3)):
+        (window,) = sandbox.ledger.window_figures(label)
+        assert per("provisioner_quota_limit")[label] == window.quota == 50
+        assert per("provisioner_quota_remaining")[label] == 50 - created
+        assert per("provisioner_quota_remaining")[label] == lanes[label]["remaining"]
+        reset = per("provisioner_quota_reset_timestamp_seconds")[label]
+        assert 0 <= reset - epoch(lanes[label]["reset_at"]) < 0.001
+    assert {dict(k)["name"] for k in found["provisioner_workspace_info"]} == {"us", "eu"}
+    assert set(per("provisioner_rows_per_second")) == {us, eu}
+    # The run's own gauges are one series each, labelled with both workspaces.
+    run_labels = frozenset({"workspaces": ",".join(sorted((us, eu)))}.items())
+    assert found["provisioner_run_exit_code"] == {run_labels: 1}
+    assert set(found["provisioner_run_duration_seconds"]) == {run_labels}
+    assert set(found["provisioner_run_started_timestamp_seconds"]) == {run_labels}
+    if shutil.which("promtool"):  # the unit tests skip with a reason when it is absent
+        done = await asyncio.to_thread(
+            subprocess.run, ["promtool", "check", "metrics"], input=path.read_bytes(),
+            capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert not done.stdout.strip(), done.stdout

@@ -279,3 +279,27 @@ def test_absurdly_many_workspaces_are_refused(tmp_path: Path) -> None:
     tables = "".join(f'[[workspaces]]\nname = "w{i}"\napi_key_env = "K"\n' for i in range(1001))
     with pytest.raises(ConfigError, match="more than the 1,000"):
         build(tmp_path, tables, env={"K": "k-1"})
+
+
+def test_a_missing_key_is_an_error_unless_validate_asks(tmp_path: Path) -> None:
+    """No key: build_settings refuses (run); with require_key=False (validate) the key is a
+    MissingApiKey that has no label of a real key and raises the same error if revealed."""
+    from provisioner._config.access import MissingApiKey
+
+    with pytest.raises(ConfigError, match="no API key: set BRAZE_API_KEY"):
+        build_settings(manifest="m.csv", out_dir=tmp_path, cli={}, env={})
+    settings = build_settings(manifest="m.csv", out_dir=tmp_path, cli={}, env={}, require_key=False)
+    (ws,) = settings.workspaces
+    assert isinstance(ws.api_key, MissingApiKey)
+    assert not ws.api_key.present
+    assert ApiKey("k-123").present
+    assert ws.api_key.variable == "BRAZE_API_KEY"
+    assert not ws.api_key.label.startswith("ws-")
+    with pytest.raises(ConfigError, match="no API key: set BRAZE_API_KEY"):
+        ws.api_key.reveal()
+    # A key that is set but malformed is still refused.
+    with pytest.raises(ConfigError, match="copy it again"):
+        build_settings(
+            manifest="m.csv", out_dir=tmp_path, cli={}, env={"BRAZE_API_KEY": "a b"},
+            require_key=False,
+        )  # fmt: skip

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from provisioner._outputs.metrics import LAST_SUCCESS, MetricsFile, check_metrics_path
-from provisioner._outputs.observe import RunObserver, Snapshot
+from provisioner._outputs.observe import RunObserver, Snapshot, WorkspaceFigures
 from provisioner.errors import OutputError
 
 WS = "ws-1a2b3c4d5e"
@@ -29,6 +31,16 @@ ALWAYS = {
     "provisioner_run_started_timestamp_seconds",
     "provisioner_run_finished",
     "provisioner_run_info",
+    "provisioner_workspace_info",
+}
+#: The run's own figures: labelled with all its workspaces, not per workspace.
+RUN_LEVEL = {
+    "provisioner_run_duration_seconds",
+    "provisioner_run_started_timestamp_seconds",
+    "provisioner_run_finished",
+    "provisioner_run_exit_code",
+    "provisioner_run_info",
+    LAST_SUCCESS,
 }
 WHEN_KNOWN = {
     "provisioner_quota_remaining",
@@ -90,10 +102,17 @@ def ws(**labels: str) -> Labels:
     return frozenset({"workspace": WS, **labels}.items())
 
 
+def run(**labels: str) -> Labels:
+    """A run-level label set: the run's workspaces plus ``labels``."""
+    return frozenset({"workspaces": WS, **labels}.items())
+
+
 def only(found: dict[str, dict[Labels, float]], name: str) -> float:
-    """The single value of an unlabelled-but-for-workspace metric."""
-    assert set(found[name]) == {ws()}, found[name]
-    return found[name][ws()]
+    """The single value of a metric labelled only with its workspace (or, for a run-level
+    one, with the run's workspaces)."""
+    labels = run() if name in RUN_LEVEL else ws()
+    assert set(found[name]) == {labels}, found[name]
+    return found[name][labels]
 
 
 def test_update_writes_every_figure_with_its_labels(tmp_path: Path) -> None:
@@ -125,8 +144,9 @@ def test_update_writes_every_figure_with_its_labels(tmp_path: Path) -> None:
     assert only(found, "provisioner_quota_reset_timestamp_seconds") == NOW + 3600
     assert only(found, "provisioner_rows_per_second") == 0.8
     assert found["provisioner_run_info"] == {
-        ws(run_id="20250615T120000Z-abcd", manifest="campaigns.csv"): 1
+        run(run_id="20250615T120000Z-abcd", manifest="campaigns.csv"): 1
     }
+    assert found["provisioner_workspace_info"] == {ws(name=WS): 1}
 
 
 def test_unknown_figures_are_absent_not_zero(tmp_path: Path) -> None:
@@ -384,3 +404,79 @@ def test_check_refuses_a_read_only_folder(tmp_path: Path) -> None:
             check_metrics_path(folder / "provisioner.prom")
     finally:
         folder.chmod(0o700)
+
+
+def two_workspaces() -> Snapshot:
+    """A snapshot of a run over two workspaces with different figures."""
+    us = WorkspaceFigures(
+        name="us",
+        counts={"created": 4, "duplicate": 0, "skipped": 1, "failed": 0, "deferred": 0},
+        requests=5, retries=1, http_429=0, http_by_class={"2xx": 4, "5xx": 1},
+        rows_per_s=2.0, quota_limit=100, quota_remaining=96, quota_reset_at=NOW + 60,
+    )  # fmt: skip
+    eu = WorkspaceFigures(
+        name="eu",
+        counts={"created": 3, "duplicate": 0, "skipped": 0, "failed": 0, "deferred": 2},
+        requests=4, retries=0, http_429=1, http_by_class={"2xx": 3, "4xx": 1},
+        rows_per_s=1.5, quota_limit=3, quota_remaining=0, quota_reset_at=NOW + 120,
+    )  # fmt: skip
+    return snap(by_workspace={"ws-us": us, "ws-eu": eu}, finished=True, exit_code=3)
+
+
+def test_each_workspace_has_its_own_figures(tmp_path: Path) -> None:
+    """Two workspaces: every row, request and quota gauge is per workspace with that
+    workspace's own values; run-level gauges carry the run's workspaces, not one of them."""
+    path = tmp_path / "m.prom"
+    MetricsFile(path, clock=clock_at(NOW)).close(two_workspaces())
+    found = metrics(path)
+
+    def per(name: str, **labels: str) -> dict[str, float]:
+        return {
+            dict(k)["workspace"]: v
+            for k, v in found[name].items()
+            if labels.items() <= dict(k).items()
+        }
+
+    assert per("provisioner_rows", status="created") == {"ws-us": 4, "ws-eu": 3}
+    assert per("provisioner_rows", status="deferred") == {"ws-us": 0, "ws-eu": 2}
+    assert per("provisioner_requests", **{"class": "2xx"}) == {"ws-us": 4, "ws-eu": 3}
+    assert per("provisioner_requests", **{"class": "none"}) == {"ws-us": 0, "ws-eu": 0}
+    assert per("provisioner_retries") == {"ws-us": 1, "ws-eu": 0}
+    assert per("provisioner_http_429") == {"ws-us": 0, "ws-eu": 1}
+    assert per("provisioner_quota_limit") == {"ws-us": 100, "ws-eu": 3}
+    assert per("provisioner_quota_remaining") == {"ws-us": 96, "ws-eu": 0}
+    assert per("provisioner_quota_reset_timestamp_seconds") == {
+        "ws-us": NOW + 60,
+        "ws-eu": NOW + 120,
+    }
+    assert per("provisioner_rows_per_second") == {"ws-us": 2.0, "ws-eu": 1.5}
+    assert found["provisioner_workspace_info"] == {
+        frozenset({"workspace": "ws-us", "name": "us"}.items()): 1,
+        frozenset({"workspace": "ws-eu", "name": "eu"}.items()): 1,
+    }
+    both = frozenset({"workspaces": "ws-eu,ws-us"}.items())
+    assert found["provisioner_run_exit_code"] == {both: 3}
+    assert found["provisioner_run_finished"] == {both: 1}
+    assert set(found["provisioner_run_duration_seconds"]) == {both}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not on PATH "
+                    "(Debian: apt-get install prometheus)")  # fmt: skip
+@pytest.mark.parametrize("case", ["one-workspace", "two-workspaces", "early"])
+def test_promtool_accepts_the_file(tmp_path: Path, case: str) -> None:
+    """`promtool check metrics` finds no problem (nor lint warning) in the file."""
+    path = tmp_path / "m.prom"
+    observer = MetricsFile(path, clock=clock_at(NOW))
+    if case == "two-workspaces":
+        observer.close(two_workspaces())
+    elif case == "early":
+        observer.update(snap(quota_limit=None, quota_remaining=None, rows_per_s=None))
+    else:
+        observer.close(final(0))
+    with path.open("rb") as stdin:
+        done = subprocess.run(
+            ["promtool", "check", "metrics"], stdin=stdin, capture_output=True, timeout=60
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not done.stdout.strip(), done.stdout  # no lint warning either
+    assert not done.stderr.strip(), done.stderr

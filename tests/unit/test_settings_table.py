@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from provisioner._cli.args import RUN_SETTINGS, build_parser
+from provisioner._cli.args import EXPORT_SETTINGS, RUN_SETTINGS, build_parser
 from provisioner._config.settings import Settings, build_settings
-from provisioner._config.table import BY_ATTR, FLAG_ONLY, KEYS
+from provisioner._config.table import BY_ATTR, COMMAND_ONLY, FLAG_ONLY, KEYS
 from provisioner.errors import ConfigError
 
 ENV = {"BRAZE_API_KEY": "k-123"}
@@ -70,3 +70,19 @@ def test_every_table_flag_is_an_option_of_run() -> None:
             assert key.attr in RUN_SETTINGS
             assert options[key.flag].help == key.flag_help
             assert options[key.flag].dest == key.attr
+
+
+def test_command_only_flags_are_options_of_export_and_not_settings() -> None:
+    """``export --format`` comes from the table (COMMAND_ONLY), with the row's help and
+    choices, and is no run setting nor ``cli={...}`` key."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    export = sub.choices["export"]
+    options = {a.option_strings[0]: a for a in export._actions if a.option_strings}
+    for key in COMMAND_ONLY:
+        assert key.name in EXPORT_SETTINGS
+        assert key.name not in BY_ATTR
+        assert key.flag is not None
+        assert options[key.flag].help == key.flag_help
+        assert options[key.flag].dest == key.name
+        assert tuple(options[key.flag].choices or ()) == key.choices
