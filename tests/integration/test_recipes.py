@@ -212,16 +212,17 @@ async def test_cron_wrapper_runs_and_writes_outputs(sandbox: Sandbox, tmp_path: 
 async def test_cron_wrapper_keeps_exit_code_and_mails_what_to_do(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    """Exit code 1 is passed through, and one line for the cron mail names failures.jsonl."""
+    """Exit 1 is passed through; the cron mail names failures.jsonl and the closing lines."""
     cron = Cron(tmp_path, sandbox.url)
     write_csv(cron.manifest, [*campaigns(3), ("", "s-empty")])
     code, mail = await cron.run()
     assert code == 1
-    lines = mail.splitlines()
-    assert len(lines) == 1, mail
-    assert "exited 1" in lines[0]
-    assert str(cron.out / "failures.jsonl") in lines[0]
+    first, *closing = mail.splitlines()
+    assert "exited 1" in first
+    assert str(cron.out / "failures.jsonl") in first
     assert "row_failed" in cron.events()
+    (summary,) = [e for e in cron.log_events() if e["event"] == "run_summary"]
+    assert closing == summary["lines"]  # counts, top errors, run id, the next step
 
 
 async def test_cron_wrapper_refuses_a_readable_env_file(sandbox: Sandbox, tmp_path: Path) -> None:
