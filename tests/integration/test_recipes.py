@@ -20,6 +20,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import tomllib
 import uuid
@@ -50,6 +51,13 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSW", re.IGNORECASE)
 #: What a Braze REST API key looks like (a UUID).
 KEY_LIKE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+#: Where the checkers the dev extra installs live (this venv's bin), then PATH.
+TOOL_PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def tool(name: str) -> str | None:
+    """The checker ``name`` (shellcheck, hadolint, ...) from the venv or PATH, if any."""
+    return shutil.which(name, path=TOOL_PATH)
 
 
 # -- the cron wrapper --------------------------------------------------------------------
@@ -317,10 +325,12 @@ def test_cron_wrapper_is_valid_bash() -> None:
     assert "set -euo pipefail" in WRAPPER.read_text()
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+@pytest.mark.skipif(tool("shellcheck") is None, reason="shellcheck is not installed")
 def test_cron_wrapper_passes_shellcheck() -> None:
     """run-provisioner.sh has no shellcheck findings."""
-    done = subprocess.run(["shellcheck", str(WRAPPER)], capture_output=True, text=True, check=False)
+    program = tool("shellcheck")
+    assert program is not None
+    done = subprocess.run([program, str(WRAPPER)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout
 
 
