@@ -227,7 +227,7 @@ fi
 case $rc in
 0) what="every row provisioned"; why="done" ;;
 1) what="some rows failed: read $out/failures.jsonl (its message field says what to do per row)"; why="rows failed" ;;
-2) what="usage, config, manifest, output or state store error, nothing was sent unless the error below says otherwise (a disk that filled mid-run): fix what it names"; why="configuration error, nothing sent" ;;
+2) what="usage, config, manifest, output or state store error, nothing was sent unless the error below says otherwise (a disk that filled mid-run): fix what it names"; why="usage, configuration or storage error" ;;
 3) what="rows deferred (quota, rate limit, or an outage after Braze had answered), none failed: nothing to do, the next night carries on (the lines below say when the window reopens)"; why="rows deferred to the next night" ;;
 4) what="a workspace cannot be used as configured (key refused, base URL redirected or unreachable, or TLS certificate not verified), the rest is deferred: fix what the 'stopped' line below names (the key or its permission in $env_file, base_url, the network, or ca_file)"; why="configuration error, a workspace stopped" ;;
 75) what="another run holds the state store or the job lock: nothing to do"; why="another run is working" ;;
