@@ -9,8 +9,13 @@
 #    unprivileged process through its environment only), appending its JSON log lines to
 #    PROVISIONER_LOG; SIGTERM and SIGINT are passed on, so the run finishes in-flight
 #    requests and writes its outputs.
-# 4. Says on stderr (which cron mails) only what needs a person: exit codes 1, 2, 4 and
-#    anything unexpected. 0, 3, 75, 130 and 143 are quiet: the next night carries on.
+# 4. Reports every exit code but the quiet ones (PROVISIONER_QUIET_CODES: 0, 75, 130 and
+#    143, i.e. done, another run is working, interrupted): one line saying what it means
+#    and what to do, then the run's own closing lines from the log (counts, the most
+#    common errors, the run id, when the quota window reopens and what to run next; or
+#    the error that stopped it; or, for a crash, the log's last lines). On stderr, which
+#    cron mails to MAILTO; or, with PROVISIONER_MAILTO set, by `sendmail -t` with a
+#    subject naming the host and the exit code (stderr again if sendmail fails).
 # 5. Exits with the provisioner's own exit code.
 #
 # Settings: from the environment or the env file (a value in the env file wins).
@@ -27,6 +32,9 @@
 #   PROVISIONER_USER          user to run as if started as root  provisioner
 #                             (set it empty: run as whoever started the script)
 #   PROVISIONER_BIN           the command, split on blanks    provisioner
+#   PROVISIONER_QUIET_CODES   exit codes that report nothing  0 75 130 143
+#                             (add 3 to hear nothing about deferred nights either)
+#   PROVISIONER_MAILTO        send the report by sendmail     none: on stderr, for cron
 # Arguments are passed on to `provisioner run` (e.g. --quota 80).
 #
 # Exit codes: the provisioner's (README, "Exit codes"); 2 and 75 also from this script
@@ -51,10 +59,51 @@ log_event() { # level event message
 	fi
 }
 die() { # exit_code message: before the run, so nothing was sent
-	printf 'run-provisioner: %s\n' "$2" >&2
+	report "$1" "run-provisioner: $2" "nothing ran"
 	exit "$1"
 }
 
+# The report for a person: by sendmail when PROVISIONER_MAILTO is set, else (or if that
+# fails) on stderr, where cron picks it up for MAILTO.
+report() { # exit_code body subject_reason
+	local host
+	if [[ -n ${mailto:-} ]]; then
+		host=$(uname -n)
+		if {
+			printf 'To: %s\nSubject: provisioner on %s exited %d: %s\n' "$mailto" "$host" "$1" "$3"
+			printf 'Auto-Submitted: auto-generated\nMIME-Version: 1.0\n'
+			printf 'Content-Type: text/plain; charset=UTF-8\n\n%s\n' "$2"
+		} | sendmail -t -i 2>/dev/null; then
+			return 0
+		fi
+		printf 'run-provisioner: sendmail failed; the report for %s follows\n' "$mailto" >&2
+	fi
+	printf '%s\n' "$2" >&2
+}
+
+# The values of a JSON string array (the run_summary event's "lines"), one a line.
+# orjson, which writes the log, escapes only ", \ and control characters; printf %b
+# undoes \\, \n, \t, \uXXXX once \" is a plain quote.
+json_string_array() { # key json_line
+	local start="\"$1\":[" rest s
+	rest=${2#*"$start"}
+	local item='^"((\\.|[^"\\])*)"(,|\])'
+	while [[ $rest =~ $item ]]; do
+		s=${BASH_REMATCH[1]}
+		printf '%b\n' "${s//\\\"/\"}"
+		[[ ${BASH_REMATCH[3]} == "]" ]] && break
+		rest=${rest:${#BASH_REMATCH[0]}}
+	done
+}
+json_string() { # key json_line
+	local value="\"$1\":\"((\\\\.|[^\"\\\\])*)\""
+	if [[ $2 =~ $value ]]; then
+		local s=${BASH_REMATCH[1]}
+		printf '%b\n' "${s//\\\"/\"}"
+	fi
+}
+
+mailto=${PROVISIONER_MAILTO:-} # again after the env file, which may set it
 env_file=${PROVISIONER_ENV_FILE:-/etc/provisioner/provisioner.env}
 [[ -f $env_file && -r $env_file ]] ||
 	die 2 "env file $env_file is missing or unreadable; create it (root:root, mode 0600) with BRAZE_API_KEY=..."
@@ -75,6 +124,8 @@ metrics=${PROVISIONER_METRICS_FILE:-}
 log_file=${PROVISIONER_LOG-/var/log/provisioner/provisioner.log}
 lock=${PROVISIONER_LOCK-/run/lock/provisioner.lock}
 run_as=${PROVISIONER_USER-provisioner}
+quiet_codes=" ${PROVISIONER_QUIET_CODES-0 75 130 143} "
+mailto=${PROVISIONER_MAILTO:-}
 read -r -a bin <<<"${PROVISIONER_BIN:-provisioner}"
 
 if [[ -n $log_file ]]; then
@@ -104,6 +155,12 @@ if [[ -n $run_as && $EUID -eq 0 ]]; then
 	uid=$(id -u -- "$run_as" 2>/dev/null) || die 2 "user $run_as does not exist; create it or set PROVISIONER_USER"
 	gid=$(id -g -- "$run_as")
 	cmd=(setpriv --reuid="$uid" --regid="$gid" --init-groups -- "${cmd[@]}")
+fi
+
+# Where this run's lines start in the log: the report quotes its closing lines.
+log_start=0
+if [[ -n $log_file && -f $log_file ]]; then
+	log_start=$(stat -c %s -- "$log_file")
 fi
 
 # Signals are passed on to the run; one that arrives before it has started is kept.
@@ -145,16 +202,41 @@ while kill -0 "$child" 2>/dev/null; do
 done
 trap - TERM INT HUP
 
-what=
-case $rc in
-0 | 3 | 75 | 130 | 143) ;; # done, deferred to the next window, another run, interrupted
-1) what="some rows failed: read $out/failures.jsonl (its message field says what to do per row)" ;;
-2) what="usage, config, manifest, output or state store error, nothing was sent: fix what the log's last error names" ;;
-4) what="a workspace cannot be used as configured (key refused, base URL redirected or unreachable, or TLS certificate not verified), the rest is deferred: fix what the summary's 'stopped' line names (the key or its permission in $env_file, base_url, the network, or ca_file)" ;;
-*) what="unexpected exit code (killed? out of memory? command not found?); the next run resumes safely" ;;
-esac
-if [[ -n $what ]]; then
-	printf 'run-provisioner: provisioner exited %d: %s. Summary: %s/summary.json; log: %s\n' \
-		"$rc" "$what" "$out" "${log_file:-stderr above}" >&2
+# The run's own closing lines, from its part of the log: the run_summary event's lines
+# and the message of an error that stopped it; failing both (a crash, a kill), the
+# log's last lines as they are. Nothing when the log is stderr: it is in the mail above.
+closing_lines() {
+	[[ -n $log_file && -f $log_file ]] || return 0
+	local line found=
+	while IFS= read -r line; do
+		found=1
+		case $line in
+		*'"event":"run_summary"'*) json_string_array lines "$line" ;;
+		*) json_string message "$line" ;;
+		esac
+	done < <(tail -c +"$((log_start + 1))" -- "$log_file" |
+		grep -F -e '"event":"run_summary"' -e '"event":"error"')
+	if [[ -z $found ]]; then
+		tail -c +"$((log_start + 1))" -- "$log_file" | tail -n 10
+	fi
+}
+
+if [[ $quiet_codes == *" $rc "* ]]; then
+	exit "$rc"
 fi
+case $rc in
+0) what="every row provisioned"; why="done" ;;
+1) what="some rows failed: read $out/failures.jsonl (its message field says what to do per row)"; why="rows failed" ;;
+2) what="usage, config, manifest, output or state store error, nothing was sent unless the error below says otherwise (a disk that filled mid-run): fix what it names"; why="usage, configuration or storage error" ;;
+3) what="rows deferred (quota, rate limit, or an outage after Braze had answered), none failed: nothing to do, the next night carries on (the lines below say when the window reopens)"; why="rows deferred to the next night" ;;
+4) what="a workspace cannot be used as configured (key refused, base URL redirected or unreachable, or TLS certificate not verified), the rest is deferred: fix what the 'stopped' line below names (the key or its permission in $env_file, base_url, the network, or ca_file)"; why="configuration error, a workspace stopped" ;;
+75) what="another run holds the state store or the job lock: nothing to do"; why="another run is working" ;;
+130 | 143) what="interrupted by a signal after the outputs were written: the next run finishes the work"; why="interrupted" ;;
+*) what="unexpected exit code (killed? out of memory? command not found?); the next run resumes safely"; why="unexpected exit" ;;
+esac
+report "$rc" "$(
+	printf 'run-provisioner: provisioner exited %d: %s. Summary: %s/summary.json; log: %s\n' \
+		"$rc" "$what" "$out" "${log_file:-stderr above}"
+	closing_lines
+)" "$why"
 exit "$rc"

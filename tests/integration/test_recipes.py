@@ -20,6 +20,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import tomllib
 import uuid
@@ -50,6 +51,13 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSW", re.IGNORECASE)
 #: What a Braze REST API key looks like (a UUID).
 KEY_LIKE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
+#: Where the checkers the dev extra installs live (this venv's bin), then PATH.
+TOOL_PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
+def tool(name: str) -> str | None:
+    """The checker ``name`` (shellcheck, hadolint, ...) from the venv or PATH, if any."""
+    return shutil.which(name, path=TOOL_PATH)
 
 
 # -- the cron wrapper --------------------------------------------------------------------
@@ -212,16 +220,17 @@ async def test_cron_wrapper_runs_and_writes_outputs(sandbox: Sandbox, tmp_path: 
 async def test_cron_wrapper_keeps_exit_code_and_mails_what_to_do(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
-    """Exit code 1 is passed through, and one line for the cron mail names failures.jsonl."""
+    """Exit 1 is passed through; the cron mail names failures.jsonl and the closing lines."""
     cron = Cron(tmp_path, sandbox.url)
     write_csv(cron.manifest, [*campaigns(3), ("", "s-empty")])
     code, mail = await cron.run()
     assert code == 1
-    lines = mail.splitlines()
-    assert len(lines) == 1, mail
-    assert "exited 1" in lines[0]
-    assert str(cron.out / "failures.jsonl") in lines[0]
+    first, *closing = mail.splitlines()
+    assert "exited 1" in first
+    assert str(cron.out / "failures.jsonl") in first
     assert "row_failed" in cron.events()
+    (summary,) = [e for e in cron.log_events() if e["event"] == "run_summary"]
+    assert closing == summary["lines"]  # counts, top errors, run id, the next step
 
 
 async def test_cron_wrapper_refuses_a_readable_env_file(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -316,10 +325,12 @@ def test_cron_wrapper_is_valid_bash() -> None:
     assert "set -euo pipefail" in WRAPPER.read_text()
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
+@pytest.mark.skipif(tool("shellcheck") is None, reason="shellcheck is not installed")
 def test_cron_wrapper_passes_shellcheck() -> None:
     """run-provisioner.sh has no shellcheck findings."""
-    done = subprocess.run(["shellcheck", str(WRAPPER)], capture_output=True, text=True, check=False)
+    program = tool("shellcheck")
+    assert program is not None
+    done = subprocess.run([program, str(WRAPPER)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout
 
 
