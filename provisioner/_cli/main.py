@@ -190,12 +190,26 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _cmd_state(args: argparse.Namespace) -> int:
+    from provisioner._state.copy import copy_store
+    from provisioner._state.store import state_location
+
+    copied = copy_store(
+        state_location(args.source),
+        state_location(args.target),
+        lock_wait=args.state_lock_wait or 0.0,
+    )
+    print(f"provisioner: {copied.text()}", file=sys.stderr)
+    return ExitCode.OK
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "sandbox": _cmd_sandbox,
     "export": _cmd_export,
     "status": _cmd_status,
     "validate": _cmd_validate,
+    "state": _cmd_state,
 }
 
 
