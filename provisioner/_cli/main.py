@@ -119,7 +119,8 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 def _state_path(args: argparse.Namespace) -> str | None:
     """The store ``status`` and ``export`` read: --state, else PROVISIONER_STATE, else the
-    config's [state] path (--config), else None (the default), as ``run`` resolves it."""
+    config's [state] path or url (--config), else None (the default), as ``run`` resolves
+    it."""
     if args.state_path:
         return str(args.state_path)
     if os.environ.get("PROVISIONER_STATE"):
@@ -127,9 +128,11 @@ def _state_path(args: argparse.Namespace) -> str | None:
     if args.config:
         from provisioner._config.settings import load_config_file
 
-        value = load_config_file(Path(args.config)).get(("state", "path"))
-        if isinstance(value, str) and value:
-            return value
+        config = load_config_file(Path(args.config))
+        for name in ("path", "url"):  # either names the store, as for run
+            value = config.get(("state", name))
+            if isinstance(value, str) and value:
+                return value
     return None
 
 
