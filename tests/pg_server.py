@@ -123,11 +123,11 @@ class PgServer:
         with contextlib.suppress(subprocess.CalledProcessError):
             self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
-    def admin(self, sql: str) -> None:
+    def admin(self, sql: str, database: str = "postgres") -> None:
         """Run ``sql`` as the superuser over the Unix socket (trusted)."""
         import psycopg
 
-        conninfo = f"host={self.folder} port={self.port} user=postgres dbname=postgres"
+        conninfo = f"host={self.folder} port={self.port} user=postgres dbname={database}"
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(sql)
 

@@ -113,3 +113,31 @@ async def test_each_password_source_works_and_never_shows(
     assert code == 2, err
     assert "no_such_db" in err
     clean(out, err)
+
+
+@pytest.mark.parametrize("grant", ["owns_schema", "create_on_database"])
+async def test_the_documented_permissions_suffice(
+    grant: str, sandbox: Sandbox, tmp_path: Path, pg_server: PgServer
+) -> None:
+    """The README's setup (a role that may connect and owns its schema, or may create it,
+    in a database someone else owns) is enough to run, skip and report."""
+    role, database = f"minimal_{grant}", f"perm_{grant}"
+    pg_server.admin(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+    pg_server.admin(f'CREATE DATABASE "{database}"')  # owned by the superuser
+    pg_server.admin(f"REVOKE ALL ON DATABASE {database} FROM PUBLIC")
+    pg_server.admin(f"GRANT CONNECT ON DATABASE {database} TO {role}")
+    if grant == "owns_schema":
+        pg_server.admin(f"CREATE SCHEMA provisioner AUTHORIZATION {role}", database)
+    else:
+        pg_server.admin(f"GRANT CREATE ON DATABASE {database} TO {role}")
+    url = f"postgresql://{role}:{PASSWORD}@127.0.0.1:{pg_server.port}/{database}"
+    manifest = write_csv(tmp_path / "m.csv", campaigns(3))
+    for out in ("o1", "o2"):
+        code, _, err = await provisioner(
+            "run", str(manifest), "--out", str(tmp_path / out), "--base-url", sandbox.url,
+            "--state", url,
+        )  # fmt: skip
+        assert code == 0, err
+    assert len(sandbox.ledger.created) == 3
+    code, _, err = await provisioner("status", "--state", url)
+    assert code == 0, err
