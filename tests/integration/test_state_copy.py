@@ -5,7 +5,9 @@ twice are refused; the password shows nowhere."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import itertools
 import sqlite3
 import time
 from pathlib import Path
@@ -14,8 +16,11 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from provisioner._state.copy import tables_of
+from provisioner._core.models import Outcome, Status
+from provisioner._state.copy import copy_store, tables_of
 from provisioner._state.interface import TABLES
 from provisioner._state.opening import open_store
 from provisioner.api import run_pipeline
@@ -205,3 +210,91 @@ async def test_one_store_named_twice_or_a_missing_source_is_refused(tmp_path: Pa
     code, err = await copy(str(tmp_path / "missing.sqlite3"), str(tmp_path / "t.sqlite3"))
     assert code == 2
     assert "does not exist" in err
+
+
+_texts = st.text(
+    st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]), max_size=12
+)
+_values = st.one_of(
+    _texts, st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.booleans(), st.none()
+)
+_records = st.lists(
+    st.tuples(
+        st.sampled_from(["ws-a", "ws-b"]),
+        st.sampled_from(["c1", "c2", "c3"]),
+        _texts,  # the send id, or "" for none
+        st.sampled_from(["created", "in_doubt", "in_flight", "failed", "deferred", "skipped"]),
+        st.lists(st.tuples(_texts, _values), max_size=3),
+        st.one_of(st.none(), st.floats(0, 1e6)),
+    ),
+    max_size=25,
+)
+_examples = itertools.count()
+
+
+# pg_url is one database for all examples: each example copies into its own schema.
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(records=_records, finish=st.booleans())
+def test_varied_contents_survive_the_round_trip(
+    records: list[tuple[Any, ...]], finish: bool, pg_url: str, tmp_path_factory: Any
+) -> None:
+    """Whatever a run recorded (created, in flight, in doubt, failed, deferred, skipped
+    rows; odd columns, integers past 64 bits, text of any script; quota windows; a run
+    left unfinished), SQLite -> PostgreSQL -> SQLite keeps every row of every table."""
+    folder = tmp_path_factory.mktemp("prop")
+    source = folder / "s.sqlite3"
+    asyncio.run(_record(source, records, finish))
+    schema = f"prop_{next(_examples)}"
+    url = f"{pg_url}?schema={schema}"
+    back = folder / "back.sqlite3"
+    copy_store(source, url)
+    copy_store(url, back)
+    original = dump(str(source))
+    assert dump(url) == original
+    assert dump(str(back)) == original
+    for state in (str(source), url, str(back)):
+        store = open_store(state if "://" in state else Path(state), lock=False)
+        outcomes = list(store.iter_outcomes("r1"))
+        store.close()
+        assert len(outcomes) == sum(r[3] != "in_flight" for r in records)
+
+
+async def _record(path: Path, records: list[tuple[Any, ...]], finish: bool) -> None:
+    store = open_store(path)  # one store, one run: r0 first, finished
+    store.begin_run("r0", "m", 1.0, None, {})
+    store.finish_run("r0", 2.0, 0, {}, {})
+    store.close()
+    store = open_store(path)
+    store.begin_run("r1", "m.csv", time.time(), ("campaign_id", "x"), {"quota": 5})
+    for line, (ws, campaign, send_id, status, columns, latency) in enumerate(records, 1):
+        key = (campaign, f"s:{send_id}" if send_id else f"n:{line}")
+        sid = send_id or None
+        if status == "in_flight":
+            await store.intent("r1", ws, key, sid, line)
+            continue
+        if status == "created":
+            outcome = Outcome(line, Status.CREATED, campaign, sid or f"b{line}", tuple(columns))
+        elif status == "in_doubt":
+            await store.intent("r1", ws, key, sid, line)
+            outcome = Outcome(line, Status.FAILED, campaign, sid, error="in_doubt")
+        elif status == "skipped":
+            created_run = "r0" if line % 2 else "gone-run"  # a run id the store may not know
+            outcome = Outcome(
+                line, Status.SKIPPED, campaign, sid, created_run=created_run, created_at=1.5
+            )
+        else:
+            outcome = Outcome(
+                line, Status(status), campaign, sid, tuple(columns), attempts=2,
+                http_status=503, latency_ms=latency, error="server_error", message=send_id,
+                retryable=True, reason="quota" if status == "deferred" else None,
+            )  # fmt: skip
+        store.record("r1", ws, key, outcome)
+        store.record_quota(ws, time.time() + 3600, 100, 90 - line, 1)
+    await store.flush()
+    if finish:
+        store.finish_run("r1", time.time(), 1, {"created": 1}, {"run_id": "r1"})
+    store.close()
