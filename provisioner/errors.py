@@ -74,9 +74,16 @@ class StateError(ProvisionerError):
 
 
 class StateLockedError(StateError):
-    """Another live run holds the state store."""
+    """Another live run holds the state store.
+
+    ``holder`` names it as far as the store knows (``host``, ``pid``, ``started``,
+    ``run_id``; any may be None): what ``--lock-wait`` logs while it waits."""
 
     exit_code = 75
+
+    def __init__(self, message: str, holder: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.holder: dict[str, object] = dict(holder or {})
 
 
 class TransportError(ProvisionerError):

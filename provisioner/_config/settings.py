@@ -76,6 +76,7 @@ class Settings:
     log_level: str = default("log_level")
     config_path: Path | None = None
     state_path: str | None = default("state_path")
+    state_lock_wait: float = default("state_lock_wait")
     metrics_file: str | None = default("metrics_file")
     derive_send_ids: str | None = default("derive_send_ids")
     max_row_bytes: int = default("max_row_bytes")

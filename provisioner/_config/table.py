@@ -111,6 +111,11 @@ KEYS: tuple[Key, ...] = (
         doc="state store file or postgresql:// URL"
             " (default: $XDG_STATE_HOME/provisioner/state.sqlite3)",
         flag="--state", metavar="PATH", flag_help=_STATE_HELP),
+    Key("state", "lock_wait", float, 0.0, "PROVISIONER_LOCK_WAIT", 0, 86400,
+        doc="seconds a run waits for the store's lock (PostgreSQL: a workspace's lease) that"
+            " another run holds, before exiting 75 (default 0: at once)",
+        flag="--lock-wait", metavar="S",
+        flag_help="wait up to S seconds for a store another run holds (default 0: exit 75)"),
     Key("state", "url", str, None, None, settable=False,
         doc="a postgresql:// URL for the state store (the same as path; give one of them)"),
     Key("log", "format", str, None, "PROVISIONER_LOG_FORMAT", choices=("json", "console"),

@@ -219,7 +219,11 @@ def open_settings_store(settings: Settings) -> SqliteStateStore:
     Blocking, once per run, before any request: a busy store must stop the run early.
     """
     labels = [w.api_key.label for w in settings.workspaces]
-    return open_store(state_location(settings.state_path), workspaces=labels)
+    return open_store(
+        state_location(settings.state_path),
+        workspaces=labels,
+        lock_wait=settings.state_lock_wait,
+    )
 
 
 async def _run(

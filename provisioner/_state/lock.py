@@ -17,17 +17,23 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 
+from provisioner._core import logs
 from provisioner._core.safefile import open_no_follow
 from provisioner._core.times import iso
 from provisioner.errors import StateError, StateLockedError
 
 #: (pid, start time as ISO 8601 UTC) of a lock's owner.
 Holder = tuple[int, str]
+T = TypeVar("T")
+log = logs.get_logger(__name__)
 
 
 def lock_path_for(state_path: Path) -> Path:
@@ -45,15 +51,21 @@ class RunLock:
         self.took_over_from = took_over_from
 
     @classmethod
-    def acquire(cls, state_path: Path) -> RunLock:
-        """Lock ``state_path`` for this process, or raise StateLockedError naming the holder."""
+    def acquire(cls, state_path: Path, wait_s: float = 0.0) -> RunLock:
+        """Lock ``state_path`` for this process, or raise StateLockedError naming the holder
+        (after waiting up to ``wait_s`` seconds for it to let go: ``--lock-wait``)."""
         path = lock_path_for(state_path)
+        return wait_for_lock(lambda: cls._try(state_path, path), wait_s, str(state_path), 0.1)
+
+    @classmethod
+    def _try(cls, state_path: Path, path: Path) -> RunLock:
         try:
             fd = lock_file(path)
         except Held as held:
             raise StateLockedError(
                 f"state store {state_path} is in use by another run ({held.who});"
-                " wait for it to finish, or pass --state PATH to use another store"
+                " wait for it to finish, or pass --state PATH to use another store",
+                held.holder,
             ) from None
         except OSError as exc:
             raise StateError(
@@ -63,6 +75,14 @@ class RunLock:
             ) from None
         return cls(path, fd, take(fd))
 
+    def name_run(self, run_id: str) -> None:
+        """Add the run's id to the lock text, so a run waiting for the lock can say whom
+        it waits for. Longer than the text it overwrites: no reader sees it empty."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError, orjson.JSONDecodeError, TypeError):
+                info = orjson.loads(os.pread(self._fd, 4096, 0))
+                os.pwrite(self._fd, orjson.dumps({**info, "run_id": run_id}) + b"\n", 0)
+
     def release(self) -> None:
         """Empty the file (a clean hand-over) and unlock it. Safe to call twice."""
         fd, self._fd = self._fd, None
@@ -70,12 +90,43 @@ class RunLock:
             release(fd)
 
 
-class Held(Exception):
-    """The lock is held by another live process, named by ``who``."""
+def wait_for_lock(take: Callable[[], T], wait_s: float, store: str, poll_s: float) -> T:
+    """``take()``, retried every ``poll_s`` while it raises StateLockedError, for up to
+    ``wait_s`` seconds (0: once). The first refusal logs ``state_lock_wait`` naming the
+    holder; a lock still held at the end raises the holder's StateLockedError, saying
+    how long it waited. Both backends (the flock, the PostgreSQL leases) wait through it."""
+    deadline = time.monotonic() + wait_s
+    waited = False
+    while True:
+        try:
+            taken = take()
+        except StateLockedError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if not waited:
+                    raise
+                raise StateLockedError(
+                    f"{exc}; waited {wait_s:g} s (--lock-wait)", exc.holder
+                ) from None
+            if not waited:
+                waited = True
+                holder = {f"holder_{k}": v for k, v in exc.holder.items()}
+                log.info("state_lock_wait", state=store, wait_s=wait_s, **holder)
+            time.sleep(min(poll_s, left))
+            continue
+        if waited:
+            waited_s = wait_s - max(0.0, deadline - time.monotonic())
+            log.info("state_lock_acquired", state=store, waited_s=round(waited_s, 3))
+        return taken
 
-    def __init__(self, who: str) -> None:
+
+class Held(Exception):
+    """The lock is held by another live process, named by ``who`` (and ``holder``)."""
+
+    def __init__(self, who: str, holder: dict[str, object] | None = None) -> None:
         super().__init__(who)
         self.who = who
+        self.holder: dict[str, object] = holder or {}
 
 
 def lock_file(path: Path) -> int:
@@ -88,9 +139,9 @@ def lock_file(path: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _wait_for_text(fd)
+        info = _wait_for_text(fd)
         os.close(fd)
-        raise Held(f"pid {holder[0]}, started {holder[1]}" if holder else "pid unknown") from None
+        raise Held(_who(info), info) from None
     except OSError:
         os.close(fd)
         raise
@@ -100,11 +151,22 @@ def lock_file(path: Path) -> int:
 def take(fd: int) -> Holder | None:
     """Write this process in a locked file; return the dead owner it names, if any."""
     previous = _parse(os.pread(fd, 4096, 0))
-    started = iso(time.time())
-    text = orjson.dumps({"pid": os.getpid(), "started": started}) + b"\n"
+    # pid and started are all that older versions read; host names it across machines.
+    info = {"pid": os.getpid(), "started": iso(time.time()), "host": socket.gethostname()}
     os.ftruncate(fd, 0)
-    os.pwrite(fd, text, 0)
+    os.pwrite(fd, orjson.dumps(info) + b"\n", 0)
     return previous
+
+
+def _who(info: dict[str, object] | None) -> str:
+    if not info:
+        return "pid unknown"
+    who = f"pid {info['pid']}, started {info['started']}"
+    if info.get("host"):
+        who += f", host {info['host']}"
+    if info.get("run_id"):
+        who += f", run {info['run_id']}"
+    return who
 
 
 def release(fd: int) -> None:
@@ -141,12 +203,13 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def _wait_for_text(fd: int) -> Holder | None:
+def _wait_for_text(fd: int) -> dict[str, object] | None:
     # The holder writes its pid just after locking: give it a moment before saying "unknown".
     for _ in range(20):
-        holder = _parse(os.pread(fd, 4096, 0))
-        if holder is not None:
-            return holder
+        text = os.pread(fd, 4096, 0)
+        if _parse(text) is not None:
+            data = orjson.loads(text)
+            return {k: data.get(k) for k in ("host", "pid", "started", "run_id")}
         time.sleep(0.005)
     return None
 

@@ -26,14 +26,17 @@ def open_store(
     lock: bool = True,
     durable_intents: bool = True,
     workspaces: Sequence[str] = (),
+    lock_wait: float = 0.0,
 ) -> SqliteStateStore:
     """Open (creating or upgrading) the store at ``path``: a file (SQLite) or a
     ``postgresql://`` URL (PostgreSQL, whose runs hold a lease per workspace: the
     ``workspaces`` store labels, instead of the file lock). Both have one interface.
 
     ``lock=True`` (runs) takes the run lock and starts the writer thread; ``lock=False``
-    (status, export) opens for reading only. Raises StateError (StateLockedError: exit 75)
-    with a one-line message naming the store (a URL without its password).
+    (status, export) opens for reading only. A lock or lease another run holds is
+    waited for up to ``lock_wait`` seconds (``--lock-wait``; 0: refused at once). Raises
+    StateError (StateLockedError: exit 75) with a one-line message naming the store (a
+    URL without its password).
     """
     if is_database_url(path):
         assert isinstance(path, str)
@@ -41,6 +44,16 @@ def open_store(
         from provisioner._state.postgres import open_postgres
 
         return open_postgres(
-            path, lock=lock, durable_intents=durable_intents, workspaces=workspaces
+            path,
+            lock=lock,
+            durable_intents=durable_intents,
+            workspaces=workspaces,
+            lock_wait=lock_wait,
         )
-    return open_sqlite(path, lock=lock, durable_intents=durable_intents, workspaces=workspaces)
+    return open_sqlite(
+        path,
+        lock=lock,
+        durable_intents=durable_intents,
+        workspaces=workspaces,
+        lock_wait=lock_wait,
+    )

@@ -26,6 +26,7 @@ from provisioner._core.models import Outcome
 from provisioner._state import postgres_schema as pg
 from provisioner._state.batch import Op, settle, sort_batch
 from provisioner._state.codec import decode_outcome
+from provisioner._state.lock import wait_for_lock
 from provisioner._state.postgres_lease import Lease, LeaseLostError
 from provisioner._state.store import SqliteStateStore
 from provisioner.errors import StateError
@@ -263,12 +264,14 @@ def open_postgres(
     lock: bool = True,
     durable_intents: bool = True,
     workspaces: Sequence[str] = (),
+    lock_wait: float = 0.0,
 ) -> PostgresStateStore:
     """Open (creating or upgrading its schema) the store in the database ``url`` names.
 
     ``lock=True`` (runs) opens a write connection and starts the writer thread;
     ``lock=False`` (status, export, validate) reads only. A writing store holds the
-    lease of each of ``workspaces`` (postgres_lease.py) until :meth:`close`.
+    lease of each of ``workspaces`` (postgres_lease.py) until :meth:`close`, waiting up
+    to ``lock_wait`` seconds for a lease another run holds.
     """
     location = pg.parse_location(url)
     conns: list[Any] = []
@@ -285,8 +288,13 @@ def open_postgres(
             conns.append(connect(location))
             conns.append(connect(location))
             try:
-                lease = Lease.acquire(
-                    conns[2], location.schema, workspaces, location.shown, location.lease_s
+                lease = wait_for_lock(
+                    lambda: Lease.acquire(
+                        conns[2], location.schema, workspaces, location.shown, location.lease_s
+                    ),
+                    lock_wait,
+                    location.shown,
+                    0.5,  # a try is a transaction on the database: not too often
                 )
             except StateError:
                 raise

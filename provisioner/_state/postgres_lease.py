@@ -75,11 +75,15 @@ class Lease:
                 ).fetchone()
                 old_holder, old_host, old_pid, old_started, epoch, live = row
                 if old_holder is not None and live:
+                    run_id = _holder_run(conn, s, old_pid, old_started)
+                    shown_run = f", run {run_id}" if run_id else ""
                     raise StateLockedError(
                         f"state store {shown}: workspace {ws!r} is in use by another run"
-                        f" (host {old_host}, pid {old_pid}, started {old_started}); wait for"
-                        " it to finish, or for its lease to expire if it died"
-                    )
+                        f" (host {old_host}, pid {old_pid}, started {old_started}{shown_run});"
+                        " wait for it to finish, or for its lease to expire if it died",
+                        {"host": old_host, "pid": old_pid, "started": old_started,
+                         "run_id": run_id, "workspace": ws},
+                    )  # fmt: skip
                 if old_holder is not None:  # expired without a release: its holder died
                     lease.took_over_from = (int(old_pid or 0), str(old_started))
                 conn.execute(
@@ -146,6 +150,21 @@ class Lease:
                 " WHERE workspace = ANY(%s) AND holder = %s",
                 (self.workspaces, self.holder),
             )
+
+
+def _holder_run(conn: Any, s: str, pid: object, started: object) -> str | None:
+    """The run id of a lease's holder, once it has begun its run: the lease row predates
+    the run id, so it is the latest unfinished run of that pid begun since the lease."""
+    try:
+        since = datetime.strptime(str(started), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    row = conn.execute(
+        f"SELECT run_id FROM {s}.runs WHERE pid = %s AND finished_at IS NULL"
+        " AND started_at >= %s ORDER BY seq DESC LIMIT 1",
+        (pid, since.timestamp() - 1),
+    ).fetchone()
+    return None if row is None else str(row[0])
 
 
 class LeaseLostError(RuntimeError):

@@ -104,10 +104,25 @@ def scrub(text: str, secrets: tuple[str, ...]) -> str:
 def describe(location: Location, exc: BaseException, doing: str) -> StateError:
     """The one place psycopg errors become StateError: one line, redacted, with a fix."""
     detail = scrub(str(exc), location.secrets) or type(exc).__name__
-    return StateError(
-        f"state store {location.shown}: {doing} failed ({detail}); check that the database"
-        " is reachable and the role may use it, then run again"
-    )
+    return StateError(f"state store {location.shown}: {doing} failed ({detail}); {_fix(detail)}")
+
+
+def _fix(detail: str) -> str:
+    """The way out of a failure, TLS ones told apart (libpq's words name them)."""
+    lowered = detail.lower()
+    if "does not support ssl" in lowered:
+        return (
+            "the server does not offer TLS: turn ssl on in its configuration, or use a"
+            " weaker sslmode (prefer) only on a trusted network"
+        )
+    if "certificate" in lowered:
+        return (
+            "the server's certificate did not pass verification: pass sslrootcert=PATH of"
+            " the CA that signed it, and a host name the certificate names (verify-full)"
+        )
+    if "ssl" in lowered:
+        return "check sslmode, sslrootcert, sslcert and sslkey in the URL, then run again"
+    return "check that the database is reachable and the role may use it, then run again"
 
 
 # -- DDL: version 1 mirrors schema._V1 in PostgreSQL types ({s} is the schema)

@@ -119,6 +119,7 @@ def open_sqlite(
     lock: bool = True,
     durable_intents: bool = True,
     workspaces: Sequence[str] = (),
+    lock_wait: float = 0.0,
 ) -> SqliteStateStore:
     """Open (creating or upgrading) the store at ``path``; parent folders are created.
 
@@ -128,6 +129,7 @@ def open_sqlite(
     ``lock=True`` (runs) takes the run lock and starts the writer thread; ``lock=False``
     (status, export) opens for reading only. ``durable_intents=False`` commits intents
     with synchronous=NORMAL like the rest (kill -9 safe, not power-cut safe).
+    ``lock_wait``: seconds to wait for a held lock (``--lock-wait``) before refusing.
     Raises StateError (StateLockedError: exit 75) with a one-line message naming the path.
     """
     if isinstance(path, str) and path.lower().startswith(("postgresql://", "postgres://")):
@@ -144,7 +146,7 @@ def open_sqlite(
             f"cannot create the folder of state store {path} ({exc.strerror});"
             " pass --state PATH in a writable folder"
         ) from None
-    run_lock = RunLock.acquire(path) if lock else None
+    run_lock = RunLock.acquire(path, lock_wait) if lock else None
     conns: list[sqlite3.Connection] = []
     try:
         conns.append(schema.connect(path))
@@ -241,6 +243,8 @@ class SqliteStateStore(schema.SqliteReader):
         )
         self._run_seq = self._seq_of(run_id)
         self._run_id = run_id
+        if self._run_lock is not None:
+            self._run_lock.name_run(run_id)  # a run waiting for the lock says whom for
 
     async def intent(
         self,
