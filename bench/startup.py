@@ -1,0 +1,72 @@
+"""Start-up: whole-process wall time of `provisioner --help` and of a 100-row run.
+
+Two installs are compared side by side, paired and alternated (A B, B A, A B ...), so that
+a shared machine's load falls on both alike; the medians are reported. Each run gets its
+own state store (nothing skipped) against one sandbox started here, at --rate 5000 so the
+pace is not what is measured.
+
+    python bench/startup.py --pairs 15 BASELINE/bin/provisioner CANDIDATE/bin/provisioner
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("commands", nargs="+", help="provisioner executables to compare")
+    parser.add_argument("--pairs", type=int, default=15)
+    parser.add_argument("--rows", type=int, default=100)
+    args = parser.parse_args()
+    env = {**os.environ, "BRAZE_API_KEY": "sandbox-key"}
+    env.pop("PROVISIONER_STATE", None)
+    sandbox = subprocess.Popen(
+        [args.commands[0], "sandbox", "--port", "0", "--daily-quota", "100000000"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert sandbox.stdout is not None
+        url = sandbox.stdout.readline().strip()
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            manifest = folder / "m.csv"
+            lines = ["campaign_id,send_id", *(f"c{i % 3},s{i}" for i in range(args.rows))]
+            manifest.write_text("\n".join(lines) + "\n")
+            times: dict[tuple[str, str], list[float]] = {}
+            for pair in range(args.pairs):
+                order = args.commands if pair % 2 == 0 else list(reversed(args.commands))
+                for n, command in enumerate(order):
+                    times.setdefault((command, "help"), []).append(timed([command, "--help"], env))
+                    run = [
+                        command, "run", str(manifest), "--out", str(folder / f"o{pair}{n}"),
+                        "--state", str(folder / f"s{pair}{n}.sqlite3"), "--base-url", url,
+                        "--rate", "5000",
+                    ]  # fmt: skip
+                    times.setdefault((command, "run"), []).append(timed(run, env))
+    finally:
+        sandbox.terminate()
+        sandbox.wait()
+    print(f"{args.pairs} pairs, medians (min-max), {os.cpu_count()} CPUs, {sys.platform}")
+    for (command, what), values in times.items():
+        print(
+            f"{what:5} {statistics.median(values):.3f} s "
+            f"({min(values):.3f}-{max(values):.3f})  {command}"
+        )
+
+
+if __name__ == "__main__":
+    main()
