@@ -9,9 +9,11 @@ store), and `--help` must not load the run's machinery at all.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 
 import orjson
+import pytest
 
 from provisioner.sandbox.server import Sandbox
 
@@ -83,3 +85,23 @@ async def test_help_imports_neither_asyncio_nor_logging_nor_the_pipeline() -> No
     code, names = await loaded_by("run", "--help")
     assert code == 0
     assert "structlog" not in names
+
+
+def test_a_plain_http_client_loads_no_ca_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loopback http:// client builds no TLS context (the CA store costs ~30 ms of a
+    run's start-up); an https:// one always does, and verifies."""
+    from provisioner._braze import client
+    from provisioner._config.access import ApiKey
+
+    built: list[str | None] = []
+    real = client.tls_context
+
+    def counting(ca_file: str | None = None) -> ssl.SSLContext:
+        built.append(ca_file)
+        return real(ca_file)
+
+    monkeypatch.setattr(client, "tls_context", counting)
+    client.BrazeClient("http://127.0.0.1:9", ApiKey("k"))
+    assert built == []
+    client.BrazeClient("https://rest.iad-01.braze.com", ApiKey("k"))
+    assert built == [None]
