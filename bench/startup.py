@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -23,10 +24,14 @@ import time
 from pathlib import Path
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds: user + system) of one run of ``argv``."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
 
 
 def main() -> None:
@@ -53,7 +58,7 @@ def main() -> None:
             manifest = folder / "m.csv"
             lines = ["campaign_id,send_id", *(f"c{i % 3},s{i}" for i in range(args.rows))]
             manifest.write_text("\n".join(lines) + "\n")
-            times: dict[tuple[str, str], list[float]] = {}
+            times: dict[tuple[str, str], list[tuple[float, float]]] = {}
             for pair in range(-1, args.pairs):  # -1: a warm-up (disk cache, bytecode)
                 order = args.commands if pair % 2 == 0 else list(reversed(args.commands))
                 for n, command in enumerate(order):
@@ -77,10 +82,18 @@ def main() -> None:
     )
     print(f"{args.pairs} pairs, medians (min-max), {os.cpu_count()} CPUs, {cache}")
     for (command, what), values in times.items():
+        walls, cpus = [v[0] for v in values], [v[1] for v in values]
         print(
-            f"{what:5} {statistics.median(values):.3f} s "
-            f"({min(values):.3f}-{max(values):.3f})  {command}"
+            f"{what:5} wall {statistics.median(walls):.3f} s ({min(walls):.3f}-{max(walls):.3f})"
+            f"  cpu {statistics.median(cpus):.3f} s  {command}"
         )
+    if len(args.commands) == 2:
+        first, second = args.commands
+        for what in ("help", "run"):
+            a, b = times[(first, what)], times[(second, what)]
+            wall = statistics.median(y[0] - x[0] for x, y in zip(a, b, strict=True))
+            cpu = statistics.median(y[1] - x[1] for x, y in zip(a, b, strict=True))
+            print(f"{what:5} second - first, median of pairs: wall {wall:+.3f} s, cpu {cpu:+.3f} s")
 
 
 if __name__ == "__main__":
