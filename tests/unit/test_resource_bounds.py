@@ -200,3 +200,35 @@ async def test_the_store_writers_queue_is_throttled_by_bytes(
     finally:
         release.set()
         store.close()
+
+
+def test_validate_counts_wide_rows_in_batches_bounded_by_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`provisioner validate` looks rows up in batches of 512 or BUFFER_BYTES, whichever
+    comes first: ~9 rows of 5,000 columns, not all 40 (50 such rows of 150,000 columns
+    peaked at 576 MiB, 76 MiB bounded)."""
+    from provisioner._config.settings import build_settings
+    from provisioner._pipeline import validate as validate_module
+
+    batches: list[int] = []
+    real_count = validate_module._count
+
+    def counting(report: object, batch: list[Row], *args: object) -> None:
+        batches.append(len(batch))
+        real_count(report, batch, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(validate_module, "_count", counting)
+    path = tmp_path / "wide.csv"
+    path.write_bytes(wide_csv(40))
+    settings = build_settings(
+        manifest=str(path),
+        out_dir=".",
+        cli={"state_path": str(tmp_path / "state.sqlite3"), "campaign_check": False},
+        env={"BRAZE_API_KEY": "k"},
+    )
+    report = validate_module.forecast(settings)
+    assert report.rows == 40
+    assert sum(batches) == 40
+    per_row = row_bytes(RawRow(0, tuple((f"c{i}", "") for i in range(WIDE_COLUMNS))).columns)
+    assert max(batches) == -(-BUFFER_BYTES // per_row)
