@@ -11,7 +11,6 @@ outputs were written.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
@@ -19,14 +18,15 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
-
 from provisioner._cli.args import RUN_SETTINGS, VALIDATE_SETTINGS, build_parser
-from provisioner._config.settings import build_settings
-from provisioner._core import logs
 from provisioner._core.vocab import ExitCode
 from provisioner.errors import ProvisionerError, StateError
 
+# Start-up (BENCHMARKS.md, "Start-up"): what only some commands need is imported by them,
+# never here: asyncio, structlog and the settings for a run or validate, the sandbox's
+# server for `sandbox`, psycopg for a postgresql:// store, prometheus_client for a metrics
+# file, rich for the terminal display. `provisioner --help` imports argparse and the
+# settings table.
 if TYPE_CHECKING:
     from provisioner._outputs.observe import RunObserver
     from provisioner._state.store import SqliteStateStore
@@ -34,8 +34,29 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def _import_structlog_without_rich() -> None:
+    """Import structlog with rich hidden from it, once, before anything logs.
+
+    structlog imports rich at its own import when rich is installed (~60 ms, a fifth of a
+    short run's start-up), for coloured tracebacks and reprs of locals that the command
+    never shows (``logs.py`` renders tracebacks plainly, without locals). The command owns
+    its process, so it can hide rich for that one import; the terminal display imports
+    rich itself when it draws. A Python host's structlog is left alone: this is not
+    called on the API's way.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # `import rich` raises ImportError
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
 def _asyncio_run(coro: Coroutine[Any, Any, T]) -> T:
     """Run on uvloop when the optional extra is installed, else on asyncio's loop."""
+    import asyncio
+
     try:
         import uvloop
     except ImportError:
@@ -45,6 +66,10 @@ def _asyncio_run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import orjson
+
+    from provisioner._config.settings import build_settings
+    from provisioner._core import logs
     from provisioner._outputs.report import human_summary
     from provisioner.api import run_pipeline
 
@@ -171,6 +196,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    import orjson
+
     from provisioner._outputs.report import format_status, status_report
 
     store = _open_for_reading(_state_path(args))
@@ -186,6 +213,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    import orjson
+
+    from provisioner._config.settings import build_settings
     from provisioner._pipeline.validate import forecast, parse_deadline
 
     cli = {k: getattr(args, k, None) for k in VALIDATE_SETTINGS}
@@ -229,6 +259,7 @@ _COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``provisioner`` and ``python -m provisioner``; returns the exit code."""
     args = build_parser().parse_args(argv)
+    _import_structlog_without_rich()
     try:
         code = _COMMANDS[args.command](args)
         sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
@@ -252,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fatal(args: argparse.Namespace, event: str, text: str, exit_code: int) -> None:
     """The last line of a run that stopped: a JSON object under JSON logs (the format
     chosen, else the one asked for when the error came before logging was set up)."""
+    import orjson
+
+    from provisioner._core import logs
+
     asked = getattr(args, "log_format", None) or os.environ.get("PROVISIONER_LOG_FORMAT")
     if not (logs.json_asked() or asked == "json"):
         print(text, file=sys.stderr)

@@ -8,9 +8,7 @@ setting where it may have been pasted by mistake, not a URL's credentials or que
 from __future__ import annotations
 
 import base64
-import ipaddress
 import re
-import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import quote, quote_plus, unquote, urlsplit
@@ -205,6 +203,8 @@ def _shown_url_safe(url: str) -> str:
 def check_ca_file(path: str) -> str:
     """A CA bundle must be a readable PEM file of certificates (checked before any request,
     so a typo stops the run at once rather than at the first handshake)."""
+    import ssl  # ~12 ms: not for `provisioner --help`, which imports this module
+
     try:
         ssl.create_default_context().load_verify_locations(cafile=path)
     except FileNotFoundError:
@@ -225,6 +225,8 @@ def is_loopback(host: str) -> bool:
     """True for localhost and loopback addresses."""
     if host == "localhost":
         return True
+    import ipaddress
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:

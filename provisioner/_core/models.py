@@ -4,10 +4,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import itemgetter
 
 #: A manifest row's columns in their original order, values as read (CSV: str;
 #: JSONL: any JSON value). Kept whole so that ``deferred.csv`` can reproduce the row.
 Columns = tuple[tuple[str, object], ...]
+
+#: The byte budget of each buffer that holds rows between the manifest and the state store
+#: (the feed's chunk and its pipe queue, the reader's lookup batch, each workspace's queue,
+#: the store writer's queue). Each also has a row count bound, which binds for ordinary
+#: rows; this one binds for wide rows (150,000 columns), so memory stays flat whatever a
+#: row's width. One row larger than the budget still passes, alone. docs/DESIGN.md, "Memory".
+BUFFER_BYTES = 4 << 20
+#: What one column costs in memory besides its value's text: the (name, value) pair, its
+#: slot in the row and the value's string header (56 + 8 + ~40 bytes on CPython). A row's
+#: size for BUFFER_BYTES is its text's length plus this per column: a 150 KB line of
+#: 150,000 empty values is ~10 MB as a row, while its text alone would say 150 KB.
+COLUMN_BYTES = 100
+
+
+def row_bytes(columns: Columns) -> int:
+    """A row's approximate size in memory, for BUFFER_BYTES: COLUMN_BYTES a column plus
+    the length of each value's text. Linear in the columns: for rows on their way to a
+    request, not for every row read (the feed counts the line's bytes instead)."""
+    # C iterators only (str of a str is itself): ~3 ms for 150,000 columns, not 150.
+    return COLUMN_BYTES * len(columns) + sum(map(len, map(str, map(itemgetter(1), columns))))
+
 
 #: Column names the provisioner itself interprets.
 CAMPAIGN_ID = "campaign_id"

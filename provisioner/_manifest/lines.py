@@ -274,6 +274,8 @@ class Lines:
         self.max_row_bytes = max_row_bytes
         self._budget = max_row_bytes
         self.number = 0
+        #: Bytes of the lines returned so far: the feed bounds its chunks by what they hold.
+        self.bytes_read = 0
         self.failure: str | None = None
         self._first = True
 
@@ -305,6 +307,7 @@ class Lines:
         if not line:
             raise StopIteration
         self._budget -= len(line)
+        self.bytes_read += len(line)
         self.number += 1
         if self._first:
             self._first = False

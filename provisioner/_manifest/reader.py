@@ -203,6 +203,13 @@ class Manifest:
             return None
         return min(1.0, position / size) if size else None
 
+    def lines(self) -> Lines:
+        """The open manifest's lines: ``bytes_read`` says how far the reader is (the feed
+        bounds its chunks by bytes with it)."""
+        if self._lines is None:
+            raise RuntimeError("the manifest is not open: use it inside its `with` block")
+        return self._lines
+
     def source_fileno(self) -> int | None:
         """The file descriptor the manifest is read from, or None (an in-memory stream)."""
         source: object = self._closers[0] if self._closers else None

@@ -24,7 +24,7 @@ from provisioner._braze.retry import RetryBudget, RetryPolicy
 from provisioner._config.settings import Settings
 from provisioner._core.identity import RowKey
 from provisioner._core.logs import get_logger
-from provisioner._core.models import Outcome, RawRow, Row, RowError, Skip, Status
+from provisioner._core.models import BUFFER_BYTES, Outcome, RawRow, Row, RowError, Skip, Status
 from provisioner._core.vocab import DeferReason, ExitCode
 from provisioner._manifest.feed import Feed, feed_for
 from provisioner._manifest.reader import Manifest
@@ -50,6 +50,8 @@ from provisioner.errors import (
 
 log = get_logger(__name__)
 
+#: Rows looked up in the store together; fewer once the chunks they came in held
+#: BUFFER_BYTES (wide rows: a few at a time).
 _LOOKUP_BATCH = 512
 #: Seconds a stop (SIGTERM, SIGINT, an output failure) lets requests in flight finish
 #: before it ends their waits: an answer normally takes well under a second.
@@ -192,6 +194,7 @@ class Run(Sending):
         feed = feed_for(manifest)
         try:
             rows: list[Row] = []
+            held = 0  # the approximate bytes of the chunks ``rows`` came from
             n = 0
             while not self.drain_abandoned:
                 # 256 records at a time: between chunks the workers and timers run, and
@@ -214,11 +217,14 @@ class Run(Sending):
                         rows.append(checked)
                     if len(rows) >= _LOOKUP_BATCH:
                         await self._identify(seen, rows)
-                        rows = []
+                        rows, held = [], 0
                 self.rows_read = n
-                if rows and not more:  # a pipe gone quiet: send what has arrived
+                held = held + feed.taken_bytes if rows else 0
+                # A pipe gone quiet: send what has arrived. Wide rows: what the chunks
+                # held reached the byte budget.
+                if rows and (not more or held >= BUFFER_BYTES):
                     await self._identify(seen, rows)
-                    rows = []
+                    rows, held = [], 0
                 await self.store.throttle()
                 await asyncio.sleep(0)
             if rows:

@@ -30,7 +30,7 @@ from provisioner._braze.client import BrazeClient
 from provisioner._braze.retry import RetryBudget, RetryPolicy
 from provisioner._config.access import MissingApiKey
 from provisioner._config.settings import Settings
-from provisioner._core.models import Row, RowError
+from provisioner._core.models import BUFFER_BYTES, COLUMN_BYTES, Row, RowError
 from provisioner._core.times import iso
 from provisioner._core.vocab import ExitCode
 from provisioner._manifest.reader import manifest_for
@@ -269,8 +269,13 @@ def forecast(settings: Settings, *, by: float | None = None) -> Forecast:
     try:
         with manifest_for(settings) as manifest:
             batch: list[Row] = []
+            # Bounded by bytes too (models.BUFFER_BYTES), as the run's buffers are: 512
+            # rows of 150,000 columns would be 5 GB.
+            lines, read, held = manifest.lines(), 0, 0
             for item in manifest:
                 report.rows += 1
+                size = lines.bytes_read - read + COLUMN_BYTES * len(item.columns)
+                read = lines.bytes_read
                 checked = item if isinstance(item, RowError) else validate(item)
                 if isinstance(checked, Row) and checked.workspace not in (None, *lanes):
                     checked = RowError(checked.line, "unknown_workspace",
@@ -285,9 +290,10 @@ def forecast(settings: Settings, *, by: float | None = None) -> Forecast:
                         report.examples.append(f"line {checked.line}: {checked.error}")
                     continue
                 batch.append(checked)
-                if len(batch) >= _BATCH:
+                held += size
+                if len(batch) >= _BATCH or held >= BUFFER_BYTES:
                     _count(report, batch, seen, store, settings)
-                    batch = []
+                    batch, held = [], 0
             if batch:
                 _count(report, batch, seen, store, settings)
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ from provisioner._config.settings import Settings
 from provisioner._config.workspaces import WorkspaceSettings
 from provisioner._core.identity import RowKey
 from provisioner._core.logs import get_logger
-from provisioner._core.models import Row
+from provisioner._core.models import BUFFER_BYTES, Row, row_bytes
 from provisioner._core.times import iso
 from provisioner._core.vocab import DeferReason
 from provisioner._outputs.summary import WorkspaceStats
@@ -41,6 +42,34 @@ class Job:
     row: Row
     key: RowKey
     send_id: str | None  # the send_id requested (the row's, or derived); None: Braze picks
+
+
+class JobQueue(asyncio.Queue[Job | None]):
+    """A lane's queue, bounded by jobs and by the bytes their rows hold (``BUFFER_BYTES``,
+    ``models.row_bytes``): a put waits while either is reached, so wide rows queue a few
+    at a time. One job always fits, however large. Sizes are reckoned per job sent, where
+    a request costs far more than counting a row's columns."""
+
+    def __init__(self, maxsize: int, max_bytes: int = BUFFER_BYTES) -> None:
+        super().__init__(maxsize)
+        self.max_bytes = max_bytes
+        #: The bytes the queued jobs' rows hold (approximately).
+        self.bytes = 0
+        self._sizes: deque[int] = deque()
+
+    def full(self) -> bool:
+        """Full by count, or by bytes once anything is queued."""
+        return super().full() or (self.bytes >= self.max_bytes and not self.empty())
+
+    def _put(self, item: Job | None) -> None:
+        size = 0 if item is None else row_bytes(item.row.columns)
+        self._sizes.append(size)
+        self.bytes += size
+        super()._put(item)
+
+    def _get(self) -> Job | None:
+        self.bytes -= self._sizes.popleft()
+        return super()._get()
 
 
 class Lane:
@@ -82,7 +111,7 @@ class Lane:
             if settings.pace == "even"
             else None
         )
-        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.concurrency * 4)
+        self.queue: asyncio.Queue[Job | None] = JobQueue(maxsize=self.concurrency * 4)
         self.stop_reason: str | None = None
         self.stop_exit: int | None = None
         self.stop_message: str | None = None

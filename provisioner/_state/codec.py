@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 import orjson
@@ -26,6 +26,15 @@ _plain_of = attrgetter(*_PLAIN)  # one C call for all thirteen fields: record() 
 OUTCOME_COLUMNS = "run_seq, workspace, key, status, created_run, columns, " + ", ".join(_PLAIN)
 #: Index of ``line`` in an outcomes row (iter_outcomes pages on it).
 LINE_INDEX = 6
+#: Index of the encoded ``columns`` in an outcomes row and in a skipped row's parameters.
+COLUMNS_INDEX = 5
+SKIPPED_COLUMNS_INDEX = 4
+
+
+def columns_bytes(rows: Sequence[Sequence[Any]], index: int) -> int:
+    """The length of the encoded columns of ``rows`` (at ``index``): what they hold while
+    queued for the writer, beyond a few shared strings (the store's byte budget)."""
+    return sum(map(len, filter(None, map(itemgetter(index), rows))))
 
 
 def encode_outcome(

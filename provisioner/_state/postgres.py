@@ -128,6 +128,7 @@ class PostgresStateStore(SqliteStateStore):
         self._durable_intents = durable_intents
         self._full_sync = False
         self._ops = deque()
+        self._bytes, self._checkpoints, self._checkpointed = 0, deque(), 0  # as SqliteStateStore
         self._wake = threading.Event()
         self._error = None
         self._error_seen = False

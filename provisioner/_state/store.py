@@ -40,7 +40,7 @@ from pathlib import Path
 import orjson
 
 from provisioner._core.identity import RowKey
-from provisioner._core.models import Outcome, Skip, Status
+from provisioner._core.models import BUFFER_BYTES, Outcome, Skip, Status
 from provisioner._state import codec, schema
 from provisioner._state.batch import (
     CREATED,
@@ -174,6 +174,13 @@ def open_sqlite(
 _BATCH = 4096  # operations per transaction: bounds one commit's latency and memory
 _HARD_CAP = 500_000  # queued operations at which record() waits for the writer
 _HIGH_WATER = 4096  # throttle() waits above this many queued operations (~3 MB)
+# ... or above this many bytes of encoded rows (wide rows: 1.8 MB each at 150,000 columns);
+# record() waits past _HARD_BYTES. A checkpoint (a waiter nobody awaits) is queued every
+# _CHECKPOINT_BYTES: once the writer settles it, the bytes queued before it are committed.
+_QUEUE_BYTES = BUFFER_BYTES
+_HARD_BYTES = 4 * BUFFER_BYTES
+_CHECKPOINT_BYTES = BUFFER_BYTES // 4
+_ROW_BYTES = 100  # what an outcome costs queued besides its columns' text (a tuple, ints)
 _QUOTA_KEEP_S = 30 * 86400  # older windows are history nobody reads: keep a month
 # Records nobody waits for do not wake the writer one by one: waking it per record (an
 # Event.set, then a thread switch and a GIL hand-over) was ~5% of the loop thread's time
@@ -208,6 +215,9 @@ class SqliteStateStore(schema.SqliteReader):
         self._durable_intents = durable_intents
         self._full_sync = False
         self._ops: deque[Op] = deque()
+        self._bytes = 0  # bytes queued since the last checkpoint
+        self._checkpoints: deque[tuple[concurrent.futures.Future[None], int]] = deque()
+        self._checkpointed = 0  # bytes queued before the checkpoints not yet settled
         self._wake = threading.Event()
         self._error: str | None = None
         self._error_seen = False
@@ -300,7 +310,8 @@ class SqliteStateStore(schema.SqliteReader):
             elif status is Status.FAILED or status is Status.DEFERRED:
                 op = (GROUP, "", (op, (INTENTS, schema.SQL_SETTLE_OWN, (*ident, seq))))
         self._ops.append(op)
-        self._queued()
+        columns = row[codec.COLUMNS_INDEX]
+        self._queued(_ROW_BYTES + len(columns) if isinstance(columns, str | bytes) else _ROW_BYTES)
 
     def record_skipped(self, run_id: str, workspace: str, skips: Sequence[Skip]) -> None:
         """Enqueue the outcomes of rows an earlier run created: what ``record`` queues for
@@ -311,17 +322,41 @@ class SqliteStateStore(schema.SqliteReader):
         # One operation per row, as record() queues them: the writer's batch size and
         # throttle() count rows, so a batch of skips weighs what its records would.
         self._ops.extend([(OUTCOMES, schema.SQL_SKIPPED, row) for row in rows])
-        self._queued()
+        self._queued(
+            _ROW_BYTES * len(rows) + codec.columns_bytes(rows, codec.SKIPPED_COLUMNS_INDEX)
+        )
 
-    def _queued(self) -> None:
-        """After records were queued: wake the writer at _WAKE_AT operations, and past
-        _HARD_CAP wait for it (a safety net for memory; throttle() avoids reaching it)."""
+    def _queued(self, size: int) -> None:
+        """After records of ``size`` bytes were queued: wake the writer at _WAKE_AT
+        operations, and past _HARD_CAP operations or _HARD_BYTES wait for it (a safety net
+        for memory; throttle() avoids reaching it)."""
         ops = self._ops
+        self._bytes += size
+        if self._bytes >= _CHECKPOINT_BYTES:
+            checkpoint: concurrent.futures.Future[None] = concurrent.futures.Future()
+            ops.append((WAIT, "", checkpoint))
+            self._checkpoints.append((checkpoint, self._bytes))
+            self._checkpointed += self._bytes
+            self._bytes = 0
         if len(ops) >= _WAKE_AT and not self._wake.is_set():
             self._wake.set()
         if len(ops) > _HARD_CAP:
             while len(ops) > _HARD_CAP // 2 and self._error is None:
                 time.sleep(0.001)
+        if self._checkpointed > _HARD_BYTES:
+            self._wake.set()
+            while self.queued_bytes > _HARD_BYTES // 2 and self._error is None:
+                # A failed writer settles it with its StateError: the loop ends on _error.
+                with contextlib.suppress(concurrent.futures.TimeoutError, StateError):
+                    self._checkpoints[0][0].result(timeout=0.1)
+
+    @property
+    def queued_bytes(self) -> int:
+        """The approximate bytes of the records queued for the writer, not yet committed."""
+        checkpoints = self._checkpoints
+        while checkpoints and checkpoints[0][0].done():
+            self._checkpointed -= checkpoints.popleft()[1]
+        return self._checkpointed + self._bytes
 
     def record_quota(
         self, workspace: str, reset_at: float, limit: int, remaining: int, spent_delta: int
@@ -344,11 +379,12 @@ class SqliteStateStore(schema.SqliteReader):
         """When the writer lags (the queue holds over ``_HIGH_WATER`` operations), wait
         until it is down to half; call it once per batch of records.
 
-        Not a flush: waiting for an empty queue would leave the writer idle while the
+        The same for bytes: above ``_QUEUE_BYTES`` of queued rows (wide rows), until
+        half. Not a flush: waiting for an empty queue would leave the writer idle while the
         reader refills it. Polled, since the writer needs no extra work to allow it."""
-        if len(self._ops) <= _HIGH_WATER:
+        if len(self._ops) <= _HIGH_WATER and self.queued_bytes <= _QUEUE_BYTES:
             return
-        while len(self._ops) > _HIGH_WATER // 2:
+        while len(self._ops) > _HIGH_WATER // 2 or self.queued_bytes > _QUEUE_BYTES // 2:
             if not self._wake.is_set():
                 self._wake.set()  # the writer may be in its idle poll
             self._check_writable()  # a writer that failed will never drain the queue
