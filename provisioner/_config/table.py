@@ -111,6 +111,15 @@ KEYS: tuple[Key, ...] = (
         doc="state store file or postgresql:// URL"
             " (default: $XDG_STATE_HOME/provisioner/state.sqlite3)",
         flag="--state", metavar="PATH", flag_help=_STATE_HELP),
+    Key("state", "keep_days", float, 30.0, "PROVISIONER_KEEP_DAYS", 0, 36_500,
+        doc="retention: runs older than this many days, beyond the last keep_runs, lose"
+            " their outcomes at the end of each run (0: retention off, nothing is pruned)",
+        flag="--keep-days", metavar="DAYS",
+        flag_help="prune runs older than DAYS beyond the last --keep-runs (default 30; 0: off)"),
+    Key("state", "keep_runs", int, 10, "PROVISIONER_KEEP_RUNS", 0, 1_000_000,
+        doc="retention: the last this many runs are never pruned, however old",
+        flag="--keep-runs", metavar="N",
+        flag_help="never prune the last N runs (default 10)"),
     Key("state", "url", str, None, None, settable=False,
         doc="a postgresql:// URL for the state store (the same as path; give one of them)"),
     Key("log", "format", str, None, "PROVISIONER_LOG_FORMAT", choices=("json", "console"),

@@ -38,7 +38,7 @@ def parser_options(command: str) -> set[str]:
     }
 
 
-@pytest.mark.parametrize("command", ["run", "export", "status", "validate", "sandbox"])
+@pytest.mark.parametrize("command", ["run", "export", "status", "validate", "prune", "sandbox"])
 def test_readme_documents_exactly_the_parsers_options(command: str) -> None:
     """Every option the parser has is in the README table, and nothing more."""
     assert documented_options(command) == parser_options(command)
