@@ -324,3 +324,28 @@ def test_a_store_of_schema_1_gains_the_pruned_column_and_keeps_its_runs(
         assert record.pruned_at is None
     finally:
         store.close()
+
+
+def test_a_postgresql_schema_of_version_1_gains_the_pruned_column(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PostgreSQL migration adds runs.pruned_at to an existing schema, runs kept."""
+    import psycopg
+
+    from provisioner._state import postgres_schema
+
+    with monkeypatch.context() as m:
+        m.setattr(postgres_schema, "MIGRATIONS", postgres_schema.MIGRATIONS[:1])
+        open_store(pg_url, lock=False).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO provisioner.runs (run_id, manifest, pid, started_at)"
+            " VALUES ('old', 'm.csv', 1, 5)"
+        )
+    store = open_store(pg_url, lock=False)
+    try:
+        (record,) = store.recent_runs()
+        assert record.run_id == "old"
+        assert record.pruned_at is None
+    finally:
+        store.close()
