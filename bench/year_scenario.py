@@ -12,7 +12,8 @@ from pathlib import Path
 from scenarios import Line, _provision
 from support import SandboxProcess, run_loop, write_manifest
 
-from provisioner._state.retention import file_bytes
+from provisioner._state.opening import open_store
+from provisioner._state.retention import Policy, file_bytes
 
 #: (rows, runs, keep_runs) per mode: full fits a few minutes, quick a few seconds.
 FULL_YEAR = (100_000, 30, 10)
@@ -46,6 +47,23 @@ def _series(
     return sizes, seconds
 
 
+def _prune_by_hand(state: Path, keep: int) -> str:
+    """``provisioner prune`` of the store that ran without retention, timed."""
+    store = open_store(state)
+    t0 = time.perf_counter()
+    try:
+        pruned = store.prune(Policy(ONLY_BY_COUNT, keep))
+    finally:
+        store.close()
+    seconds = time.perf_counter() - t0
+    return (
+        f"prune by hand of the store without retention (keep_runs={keep}):"
+        f" {len(pruned.runs)} runs, {pruned.rows:,} rows in {seconds:.1f} s"
+        f" ({pruned.rows / seconds:,.0f} rows/s, vacuum included),"
+        f" {_mb(pruned.bytes_before)} -> {_mb(pruned.bytes_after)}"
+    )
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"
 
@@ -68,6 +86,7 @@ def year_of_runs(work: Path, *, quick: bool) -> Line:
         f" {per_skip_run:,.0f} bytes a row without retention",
         f"wall time of a skip run: {sum(on_s[1:]) / (runs - 1):.2f} s with retention (pruning"
         f" included), {sum(off_s[1:]) / (runs - 1):.2f} s without",
+        _prune_by_hand(work / "year-off.sqlite3", keep),
         f"extrapolated to 1,000,000 rows a night for 365 nights: without retention"
         f" {_mb(1e6 * (created + 364 * per_skip_run))}, with keep_runs={keep}"
         f" {_mb(1e6 * max(steady) / rows) if steady else '—'} (flat)",
