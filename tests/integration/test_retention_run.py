@@ -101,13 +101,18 @@ def test_kill_9_during_a_prune_loses_nothing_retention_keeps(tmp_path: Path) -> 
     kept = [f"run-{i}" for i in range(runs - 3, runs)]
     before = export_all(path, kept, tmp_path / "before")
     script = textwrap.dedent(f"""
-        import os
+        import os, time
         from pathlib import Path
         from provisioner._state.opening import open_store
         from provisioner._state.retention import Policy
+        steps = []
+        def progress(run, n):
+            print(run, n, flush=True)
+            steps.append(n)
+            if len(steps) == 45:  # into the second run's steps: wait there for the kill
+                time.sleep(600)
         store = open_store(Path(os.environ["STATE"]))
-        store.prune(Policy(1, 3), now={NOW}, step_rows=20,
-                    progress=lambda run, n: print(run, n, flush=True))
+        store.prune(Policy(1, 3), now={NOW}, step_rows=20, progress=progress)
         print("done", flush=True)
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STATE": str(path)}
