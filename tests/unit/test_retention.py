@@ -349,3 +349,24 @@ def test_a_postgresql_schema_of_version_1_gains_the_pruned_column(
         assert record.pruned_at is None
     finally:
         store.close()
+
+
+async def test_the_prune_command_works_on_both_backends(
+    location: Path | str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`provisioner prune --json` prunes by its flags on SQLite (under the run lock) and on
+    PostgreSQL (without a lease), and reports runs, rows and sizes."""
+    import orjson
+
+    from provisioner._cli.main import main
+
+    for run in range(3):
+        await add_run(location, run, started_at=1000.0 + run)
+    code = main(["prune", "--state", str(location), "--keep-days", "1", "--keep-runs", "1"])
+    assert code == 0
+    assert capsys.readouterr().out.startswith("provisioner: pruned 2 run(s) (run-0, run-1)")
+    assert main(["prune", "--state", str(location), "--json", "--dry-run"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["runs"] == []
+    assert report["retention"] == {"keep_days": 30.0, "keep_runs": 10, "enabled": True}
+    assert pruned_runs(location) == ["run-0", "run-1"]
