@@ -34,6 +34,7 @@ from scenarios import (
     quota_precision,
 )
 from support import ROOT, has_uvloop
+from year_scenario import year_of_runs
 
 from provisioner._core import logs
 
@@ -121,6 +122,7 @@ def run_all(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> list[Line]:
     lines.append(quota_precision(sizes, work))
     lines.append(memory(sizes, work, uvloop_installed=uvloop_installed))
     lines.append(incremental_skip(sizes, work))
+    lines.append(year_of_runs(work, quick=sizes is QUICK))
     return lines
 
 

@@ -63,11 +63,13 @@ def _number(text: str) -> float:
 RUN_SETTINGS = (
     "base_url", "concurrency", "rate", "quota", "max_wait", "manifest_format",
     "manifest_encoding", "csv_delimiter", "columns", "state_path", "state_lock_wait",
-    "force", "campaign_check", "retry_in_doubt", "derive_send_ids", "metrics_file",
-    "log_format", "log_level",
+    "state_keep_days", "state_keep_runs", "force", "campaign_check", "retry_in_doubt",
+    "derive_send_ids", "metrics_file", "log_format", "log_level",
 )  # fmt: skip
 #: The settings ``provisioner export`` takes as flags.
 EXPORT_SETTINGS = ("state_path", "export_format")
+#: The settings ``provisioner prune`` takes as flags.
+PRUNE_SETTINGS = ("state_path", "state_keep_days", "state_keep_runs")
 VALIDATE_SETTINGS = (
     "state_path",
     "manifest_format",
@@ -339,6 +341,33 @@ def build_parser() -> argparse.ArgumentParser:
         "the quota per day needed to finish by then",
     )
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    prune = sub.add_parser(
+        "prune",
+        help="remove old runs' outcomes by the retention policy",
+        formatter_class=fmt,
+        description="Remove the outcomes of runs older than keep_days beyond the last "
+        "keep_runs (what a run does by itself at its end), then give the space back. "
+        "Created combinations, rows in doubt and the runs' records are always kept. "
+        "Takes the store's run lock on SQLite (exit 75 while a run holds it).",
+        epilog="examples:\n  provisioner prune --dry-run\n  provisioner prune --keep-days 7 "
+        "--keep-runs 3 --state /var/lib/provisioner/state.sqlite3\n",
+    )
+    add_setting_flags(prune, PRUNE_SETTINGS)
+    prune.add_argument(
+        "--config", metavar="FILE", help="TOML config file (its [state] path and retention)"
+    )
+    prune.add_argument(
+        "--dry-run", action="store_true", help="say what would be removed; remove nothing"
+    )
+    prune.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="switch a store made by an older version to incremental vacuum, once: a full "
+        "rewrite that needs about twice its used size free (later prunes shrink the file "
+        "in small steps)",
+    )
+    prune.add_argument("--json", action="store_true", help="print what was removed as JSON")
 
     status = sub.add_parser(
         "status",

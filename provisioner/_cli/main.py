@@ -29,6 +29,7 @@ from provisioner.errors import ProvisionerError, StateError
 # settings table.
 if TYPE_CHECKING:
     from provisioner._outputs.observe import RunObserver
+    from provisioner._state.retention import Policy
     from provisioner._state.store import SqliteStateStore
 
 T = TypeVar("T")
@@ -202,13 +203,50 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     store = _open_for_reading(_state_path(args))
     try:
-        report = status_report(store, time.time())
+        report = status_report(store, time.time(), _retention(args))
     finally:
         store.close()
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         print(format_status(report))
+    return ExitCode.OK
+
+
+def _retention(args: argparse.Namespace) -> Policy:
+    """The retention in force: --keep-days/--keep-runs (prune), environment, config."""
+    from provisioner._config.settings import resolve_keys
+    from provisioner._state.retention import Policy
+
+    names = ("state_keep_days", "state_keep_runs")
+    values = resolve_keys(names, cli=vars(args), env=os.environ, config_path=args.config)
+    return Policy(values["state_keep_days"], values["state_keep_runs"])
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from provisioner._outputs.report import format_pruned
+    from provisioner._state.opening import is_database_url, open_store
+    from provisioner._state.store import state_location
+
+    policy = _retention(args)
+    location = state_location(_state_path(args))
+    if isinstance(location, Path) and not location.exists():
+        raise StateError(
+            f"state store {location} does not exist: pass --state PATH of a store that a run"
+            " has used"
+        )
+    # SQLite: the run lock, so no run is live meanwhile. PostgreSQL: no lease (runs of
+    # other workspaces go on; a run only ever touches its own rows).
+    store = open_store(location, lock=not is_database_url(location))
+    try:
+        pruned = store.prune(policy, dry_run=args.dry_run, vacuum=args.vacuum)
+    finally:
+        store.close()
+    if args.json:
+        document = {"state": str(store.path), "retention": policy.to_dict(), **pruned.to_dict()}
+        print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(format_pruned(pruned, policy))
     return ExitCode.OK
 
 
@@ -251,6 +289,7 @@ _COMMANDS = {
     "sandbox": _cmd_sandbox,
     "export": _cmd_export,
     "status": _cmd_status,
+    "prune": _cmd_prune,
     "validate": _cmd_validate,
     "state": _cmd_state,
 }

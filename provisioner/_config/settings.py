@@ -77,6 +77,9 @@ class Settings:
     config_path: Path | None = None
     state_path: str | None = default("state_path")
     state_lock_wait: float = default("state_lock_wait")
+    #: Retention (``provisioner._state.retention.Policy``): 0 days is off.
+    state_keep_days: float = default("state_keep_days")
+    state_keep_runs: int = default("state_keep_runs")
     metrics_file: str | None = default("metrics_file")
     derive_send_ids: str | None = default("derive_send_ids")
     max_row_bytes: int = default("max_row_bytes")
@@ -453,3 +456,28 @@ def _delimiter(value: object) -> str:
 
 def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def resolve_keys(
+    attrs: tuple[str, ...],
+    *,
+    cli: Mapping[str, object],
+    env: Mapping[str, str],
+    config_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Some settings alone, by the precedence and checks of ``build_settings`` but with
+    no API key: for the commands that only read or tend the store (status, prune)."""
+    path = Path(config_path) if config_path else None
+    from_file = load_config_file(path) if path else {}
+    out: dict[str, Any] = {}
+    for attr in attrs:
+        key = BY_ATTR[attr]
+        value: object = key.default
+        if (key.section, key.name) in from_file:
+            value = _coerce(key, from_file[(key.section, key.name)], f"config file {path}")
+        if key.env and env.get(key.env):
+            value = _coerce(key, env[key.env], f"environment variable {key.env}")
+        if cli.get(attr) is not None:
+            value = _coerce(key, cli[attr], key.flag or attr)
+        out[attr] = value
+    return out

@@ -15,7 +15,9 @@ from provisioner._core.times import iso, iso_or_none, utc_minute
 from provisioner._core.vocab import DeferReason
 from provisioner._outputs.files import FileSink, OutputFolder, cell, pass_through
 from provisioner._state.interface import StoreReader
-from provisioner.errors import OutputError
+from provisioner._state.retention import Policy, Pruned
+from provisioner._state.schema import RunRecord
+from provisioner.errors import OutputError, StateError
 
 _NEXT_STEP: dict[str, str] = {
     DeferReason.QUOTA: (
@@ -139,7 +141,9 @@ def export_run(store: StoreReader, run_id: str, out_dir: Path) -> dict[str, obje
     The files are produced by the same sink as during the run, so they are identical
     (same order by line, same fields), and written through temporaries and renames.
     """
-    _record, header, summary = store.run_info(run_id)
+    record, header, summary = store.run_info(run_id)
+    if record.pruned_at is not None:
+        raise StateError(pruned_message(record))
     folder = OutputFolder(out_dir)
     folder.prepare()
     sink = FileSink(folder, deferred_header=header)
@@ -236,8 +240,47 @@ def export_csv(store: StoreReader, run_id: str, out_dir: Path) -> dict[str, obje
     return summary
 
 
-def status_report(store: StoreReader, now: float) -> dict[str, object]:
-    """Recent runs, quota used in the current window per workspace, rows needing care."""
+def pruned_message(record: RunRecord) -> str:
+    """One line for ``export`` of a pruned run: when, and what is left of it."""
+    counts = ", ".join(f"{n} {s}" for s, n in record.counts.items() if n) or "no rows"
+    ended = f"finished {iso(record.finished_at)}" if record.finished_at else "never finished"
+    return (
+        f"run {_p(record.run_id)} was pruned {iso(record.pruned_at or 0)} by the retention"
+        " policy ([state] keep_days, keep_runs): its outcomes are gone, so its files cannot"
+        f" be written again; what is left is its record (started {iso(record.started_at)},"
+        f" {ended}, exit code {record.exit_code}, {_p(counts)}), which `provisioner status`"
+        " lists"
+    )
+
+
+def format_pruned(pruned: Pruned, policy: Policy) -> str:
+    """What ``provisioner prune`` removed (or would remove), in a few lines."""
+    runs = ", ".join(_p(r) for r in pruned.runs[:5])
+    if len(pruned.runs) > 5:
+        runs += f" and {len(pruned.runs) - 5} more"
+    what = f"{len(pruned.runs)} run(s){f' ({runs})' if runs else ''}, {pruned.rows:,} rows"
+    if pruned.dry_run:
+        head = f"provisioner: would prune {what}; store now {_mb(pruned.bytes_before)} (dry run)"
+    else:
+        head = (
+            f"provisioner: pruned {what}; store {_mb(pruned.bytes_before)} ->"
+            f" {_mb(pruned.bytes_after)}"
+        )
+    lines = [head, f"  retention: {policy.describe()}"]
+    if pruned.note:
+        lines.append(f"  note: {_p(pruned.note)}")
+    return "\n".join(lines)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def status_report(
+    store: StoreReader, now: float, policy: Policy | None = None
+) -> dict[str, object]:
+    """Recent runs, quota used in the current window per workspace, rows needing care,
+    and the store's size with the retention in force."""
     runs = [
         {
             "run_id": r.run_id,
@@ -247,6 +290,7 @@ def status_report(store: StoreReader, now: float) -> dict[str, object]:
             "exit_code": r.exit_code,
             "counts": {k: v for k, v in r.counts.items() if v},
             "pid": r.pid,
+            "pruned_at": iso(r.pruned_at) if r.pruned_at else None,
         }
         for r in store.recent_runs(10)
     ]
@@ -263,8 +307,11 @@ def status_report(store: StoreReader, now: float) -> dict[str, object]:
                     "resets_at": iso(window.reset_at),
                 }
             )
+    policy = policy or Policy()
     return {
         "state": str(store.path),
+        "store_bytes": store.size_bytes(),
+        "retention": {**policy.to_dict(), "text": policy.describe()},
         "runs": runs,
         "quota": quota,
         "problems": store.open_problems(),
@@ -273,13 +320,16 @@ def status_report(store: StoreReader, now: float) -> dict[str, object]:
 
 def format_status(report: Mapping[str, Any]) -> str:
     """The status report as a few aligned lines for a terminal."""
-    lines = [f"state store: {_p(report['state'])}", "", "recent runs:"]
+    lines = [f"state store: {_p(report['state'])} ({_mb(report['store_bytes'])})"]
+    lines += [f"retention: {_p(report['retention']['text'])}", "", "recent runs:"]
     runs: list[Mapping[str, Any]] = report["runs"]
     if not runs:
         lines.append("  (none)")
     for r in runs:
         code = "running" if r["exit_code"] is None else f"exit {r['exit_code']}"
         counts = ", ".join(f"{n} {s}" for s, n in r["counts"].items()) or "no rows"
+        if r.get("pruned_at"):
+            counts += f" (pruned {r['pruned_at']})"
         lines.append(
             f"  {_p(r['run_id'])}  {_p(r['started_at'])}  {code:>8}  {_p(counts)}  "
             f"{_p(r['manifest'])}"

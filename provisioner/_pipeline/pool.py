@@ -34,8 +34,9 @@ from provisioner._pipeline.runner import Run, new_run_id
 from provisioner._pipeline.workspace_lane import Lane
 from provisioner._state.interface import RunStore
 from provisioner._state.opening import open_store
+from provisioner._state.retention import Policy
 from provisioner._state.store import SqliteStateStore, show_location, state_location
-from provisioner.errors import OutputError, RunFailed
+from provisioner.errors import OutputError, RunFailed, StateError
 
 log = get_logger(__name__)
 
@@ -147,12 +148,39 @@ async def run_pipeline(
                     )
             try:
                 with _batch_gc.during_run():
-                    return await _run(settings, manifest, folder, store, handle_signals, observers)
+                    result = await _run(
+                        settings, manifest, folder, store, handle_signals, observers
+                    )
+                if own_store:
+                    assert isinstance(store, SqliteStateStore)
+                    await _retain(store, settings)
+                return result
             finally:
                 if own_store:
                     store.close()
     finally:
         folder.release()  # the sink released it already, unless it was never made
+
+
+async def _retain(store: SqliteStateStore, settings: Settings) -> None:
+    """Prune old runs by ``[state] keep_days`` / ``keep_runs``: after the run's files are
+    committed and its end is recorded, never while sending. Off the loop's thread; a
+    failure is logged and the run's result stands (``provisioner prune`` tries again)."""
+    policy = Policy(settings.state_keep_days, settings.state_keep_runs)
+    try:
+        pruned = await asyncio.to_thread(store.prune, policy)
+    except StateError as exc:
+        log.warning("prune_failed", error=str(exc), hint="`provisioner prune` tries again")
+        return
+    if pruned.runs:
+        log.info(
+            "runs_pruned",
+            runs=len(pruned.runs),
+            rows=pruned.rows,
+            bytes_before=pruned.bytes_before,
+            bytes_after=pruned.bytes_after,
+            note=pruned.note,
+        )
 
 
 class _BatchGC:

@@ -20,14 +20,16 @@ import contextlib
 import itertools
 from collections.abc import Iterator, Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 from provisioner._core.models import Outcome
 from provisioner._state import postgres_schema as pg
+from provisioner._state import retention
 from provisioner._state.batch import Op, settle, sort_batch
 from provisioner._state.codec import decode_outcome
 from provisioner._state.lock import wait_for_lock
 from provisioner._state.postgres_lease import Lease, LeaseLostError
+from provisioner._state.retention import Policy, Pruned
 from provisioner._state.store import SqliteStateStore
 from provisioner.errors import StateError
 
@@ -181,6 +183,37 @@ class PostgresStateStore(SqliteStateStore):
             return self._run_seq
         return None  # without a lease table nothing names a live run from outside
 
+    # -- retention
+
+    def prune(self, policy: Policy, *, dry_run: bool = False, **options: Any) -> Pruned:
+        """As the SQLite store's; runs of other hosts may be under way meanwhile (each
+        touches only its own run's rows). This ends the store's writing."""
+        if self._writer is not None:
+            from provisioner._state.batch import STOP
+
+            self._push((STOP, "", None))
+            self._writer.join()
+            self._writer = None
+        self._check_failed()
+        holder = None if self._lease is None else self._lease.holder
+        with self._read_lock:  # the read connection: autocommit, and idle once a run ends
+            target = _PgTarget(self._read, self._schema, holder)
+            try:
+                return retention.prune(
+                    target, policy, own_seq=self._run_seq, dry_run=dry_run, **options
+                )
+            except StateError:
+                raise
+            except Exception as exc:
+                if _is_psycopg_error(exc):
+                    raise pg.describe(self.location, exc, "pruning") from None
+                raise
+
+    def size_bytes(self) -> int:
+        """The schema's tables with their indexes and TOAST, as the server counts them."""
+        with self._reading():
+            return _schema_bytes(self._read, self._schema)
+
     # -- the writer thread
 
     def _apply(self, batch: list[Op]) -> bool:
@@ -253,6 +286,51 @@ class PostgresStateStore(SqliteStateStore):
         if self._error is not None and not self._error_seen:
             self._error_seen = True
             raise StateError(self._error)
+
+
+def _schema_bytes(conn: Any, s: str) -> int:
+    row = conn.execute(
+        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s"
+        " AND c.relkind = 'r'",
+        (s,),
+    ).fetchone()
+    return int(row[0])
+
+
+class _PgTarget:
+    """retention.Target on PostgreSQL: the SQLite-dialect SQL translated, one
+    transaction per step. Space is left to autovacuum (dead rows' space is reused)."""
+
+    def __init__(self, conn: Any, s: str, own_holder: str | None) -> None:
+        self._conn = conn
+        self._s = s
+        self._own_holder = own_holder
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(pg.translate(sql, self._s), params)
+
+    def transaction(self) -> contextlib.AbstractContextManager[Any]:
+        return cast(contextlib.AbstractContextManager[Any], self._conn.transaction())
+
+    def size(self) -> int:
+        return _schema_bytes(self._conn, self._s)
+
+    def others_may_be_live(self) -> bool:
+        # Leases do not name runs: while any other lease is live, an unfinished run may
+        # be that holder's, so unfinished runs wait for a quiet moment.
+        row = self._conn.execute(
+            f"SELECT count(*) FROM {self._s}.leases WHERE holder IS NOT NULL"
+            " AND holder IS DISTINCT FROM %s AND expires_at > extract(epoch FROM"
+            " clock_timestamp())",
+            (self._own_holder,),
+        ).fetchone()
+        return bool(row[0])
+
+    def reclaim(self, switch: bool) -> str | None:
+        if switch:
+            return "PostgreSQL's autovacuum reuses the space: there is nothing to switch"
+        return None
 
 
 def _is_psycopg_error(exc: BaseException) -> bool:

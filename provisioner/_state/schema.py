@@ -73,8 +73,14 @@ def _v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _v2_pruned_at(conn: sqlite3.Connection) -> None:
+    # Retention (retention.py): a pruned run keeps its runs row (its seq names the creator
+    # of created rows and of skipped outcomes) with the time it was pruned.
+    conn.execute("ALTER TABLE runs ADD COLUMN pruned_at REAL")
+
+
 #: MIGRATIONS[i] upgrades a file from schema version i to i + 1 (0 is an empty file).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2_pruned_at]
 
 
 def schema_version() -> int:
@@ -104,6 +110,10 @@ def prepare(conn: sqlite3.Connection, path: Path) -> None:
     """
     try:
         version = _check_identity(conn, path)
+        if version == 0:
+            # Only a file without pages takes it (switching later needs a full VACUUM):
+            # pruned pages are then given back to the disk in small steps (retention.py).
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise StateError(
@@ -268,6 +278,8 @@ class RunRecord:
     exit_code: int | None
     counts: dict[str, int]
     pid: int
+    #: When retention removed the run's outcomes (epoch seconds); None: they are kept.
+    pruned_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,8 +390,8 @@ class SqliteReader:
             ).fetchone()
         if row is None:
             raise self._unknown_run(run_id)
-        header = None if row[7] is None else tuple(orjson.loads(row[7]))
-        return _run_record(row), header, orjson.loads(row[8])
+        header = None if row[8] is None else tuple(orjson.loads(row[8]))
+        return _run_record(row), header, orjson.loads(row[9])
 
     def workspaces(self) -> list[str]:
         """Every workspace label the store has recorded a quota window for."""
@@ -458,11 +470,11 @@ class SqliteReader:
 
 
 _PAGE = 2000  # outcomes per read in iter_outcomes
-_RUN_COLUMNS = "run_id, manifest, started_at, finished_at, exit_code, counts, pid"
+_RUN_COLUMNS = "run_id, manifest, started_at, finished_at, exit_code, counts, pid, pruned_at"
 
 
 def _run_record(row: Sequence[Any]) -> RunRecord:
-    run_id, manifest, started_at, finished_at, exit_code, counts, pid = row[:7]
+    run_id, manifest, started_at, finished_at, exit_code, counts, pid, pruned_at = row[:8]
     return RunRecord(
-        run_id, manifest, started_at, finished_at, exit_code, orjson.loads(counts), pid
+        run_id, manifest, started_at, finished_at, exit_code, orjson.loads(counts), pid, pruned_at
     )

@@ -36,12 +36,13 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from provisioner._core.identity import RowKey
 from provisioner._core.models import BUFFER_BYTES, Outcome, Skip, Status
-from provisioner._state import codec, schema
+from provisioner._state import codec, retention, schema
 from provisioner._state.batch import (
     CREATED,
     GROUP,
@@ -58,6 +59,7 @@ from provisioner._state.batch import (
 )
 from provisioner._state.interface import RunStore, StateStore, StoreReader
 from provisioner._state.lock import Holder, RunLock
+from provisioner._state.retention import Policy, Pruned
 from provisioner._state.schema import IN_DOUBT, Prior, QuotaWindow, RunRecord
 from provisioner.errors import StateError
 
@@ -410,6 +412,28 @@ class SqliteStateStore(schema.SqliteReader):
             (RUNS, schema.SQL_FINISH_RUN, (finished_at, exit_code, counts_json, summary_json, seq))
         )
 
+    def prune(self, policy: Policy, *, dry_run: bool = False, **options: Any) -> Pruned:
+        """Prune old runs by ``policy`` (``retention.prune``, which takes ``options``).
+        This ends the store's writing (the writer thread stops): call it last."""
+        if self._run_lock is None or self._write is None:
+            raise RuntimeError("pruning needs the run lock: open the store with lock=True")
+        if self._writer is not None:
+            self._push((STOP, "", None))
+            self._writer.join()
+            self._writer = None
+        self._check_failed()
+        target = retention.SqliteTarget(self._write, self.path)
+        try:
+            return retention.prune(
+                target, policy, own_seq=self._run_seq, dry_run=dry_run, **options
+            )
+        except sqlite3.Error as exc:
+            raise schema.describe(self.path, exc) from None
+
+    def size_bytes(self) -> int:
+        """The store's size on disk (the file and its write-ahead log)."""
+        return retention.file_bytes(self.path)
+
     def close(self) -> None:
         """Commit what is queued, stop the writer, close the files, release the lock.
 
@@ -440,6 +464,9 @@ class SqliteStateStore(schema.SqliteReader):
             raise RuntimeError("the state store is closed")
         if self._writer is None:
             raise RuntimeError("the state store was opened read-only (lock=False)")
+        self._check_failed()
+
+    def _check_failed(self) -> None:
         if self._error is not None:
             self._error_seen = True
             raise StateError(self._error)

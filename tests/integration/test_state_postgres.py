@@ -20,6 +20,7 @@ import pytest
 from provisioner._config.settings import build_settings
 from provisioner._core.models import Outcome, Status
 from provisioner._core.redact import redact_url
+from provisioner._state import postgres_schema as pg_schema
 from provisioner._state.opening import open_store
 from provisioner._state.postgres_schema import parse_location
 from provisioner._state.store import SqliteStateStore
@@ -141,7 +142,7 @@ def test_tables_live_in_their_schema_with_a_version(pg_url: str) -> None:
         meta: dict[str, str] = dict(
             conn.execute("SELECT name, value FROM provisioner.meta").fetchall()
         )
-    assert meta == {"application": "provisioner", "version": "1"}
+    assert meta == {"application": "provisioner", "version": str(pg_schema.schema_version())}
 
 
 def test_newer_and_foreign_schemas_are_refused(pg_url: str) -> None:

@@ -41,7 +41,7 @@ def parser_options(command: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "command", ["run", "export", "status", "validate", "sandbox", "state copy"]
+    "command", ["run", "export", "status", "validate", "prune", "sandbox", "state copy"]
 )
 def test_readme_documents_exactly_the_parsers_options(command: str) -> None:
     """Every option the parser has is in the README table, and nothing more."""

@@ -375,8 +375,9 @@ def test_read_only_folder_is_a_state_error(tmp_path: Path) -> None:
 def test_missing_migration_steps_run_in_one_transaction(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A v1 file is upgraded by the new steps; a failing step leaves it at v1, untouched."""
+    """A file is upgraded by the new steps; a failing step leaves it at its version, untouched."""
     open_store(path).close()
+    base = state_schema.schema_version()
 
     def broken(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE half_done (x)")
@@ -386,17 +387,17 @@ def test_missing_migration_steps_run_in_one_transaction(
     with pytest.raises(StateError, match="no such table"):
         open_store(path)
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone() == (1,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (base,)
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchall() == []
     conn.close()
 
     def add_index(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE INDEX created_by_run ON created (run_seq)")
 
-    monkeypatch.setattr(state_schema, "MIGRATIONS", [state_schema.MIGRATIONS[0], add_index])
+    monkeypatch.setattr(state_schema, "MIGRATIONS", [*state_schema.MIGRATIONS[:base], add_index])
     open_store(path).close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (base + 1,)
     assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'created_by_run'").fetchone()
     conn.close()
 
