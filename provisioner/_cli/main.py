@@ -224,6 +224,8 @@ def _retention(args: argparse.Namespace) -> Policy:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
+    import orjson
+
     from provisioner._outputs.report import format_pruned
     from provisioner._state.opening import is_database_url, open_store
     from provisioner._state.store import state_location
