@@ -47,7 +47,9 @@ async def status(state: str) -> dict[str, Any]:
     assert code == 0, err
     no_password(out, err)
     report: dict[str, Any] = orjson.loads(out)
-    report.pop("state")  # where the store is: the one thing that differs
+    # Where the store is and its size on disk differ by backend; nothing else may.
+    report.pop("state")
+    assert report.pop("store_bytes") > 0
     return report
 
 
