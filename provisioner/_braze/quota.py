@@ -366,6 +366,13 @@ class QuotaBudget:
             "quota_window_resumed", limit=limit, remaining=remaining, spent=spent, reset=reset_at
         )
 
+    def exhaust(self) -> None:
+        """No more room in this window although the server's figures leave some: a budget
+        shared with other workers (``run --group``) is spent. The next ``acquire`` waits
+        for the window's reset (or defers past ``max_wait``), as for a spent quota."""
+        if self.known:
+            self.remaining = 0
+
     async def settle_unknown(self) -> None:
         """Account a request whose fate is unknown (it may have created): count it as spent
         so the operator cap stays safe; the server's next headers correct the rest."""

@@ -62,7 +62,7 @@ def _number(text: str) -> float:
 #: ``provisioner._config.table``: flag, metavar, type, choices and help come from there).
 RUN_SETTINGS = (
     "base_url", "concurrency", "rate", "quota", "max_wait", "manifest_format",
-    "manifest_encoding", "csv_delimiter", "columns", "state_path",
+    "manifest_encoding", "csv_delimiter", "columns", "state_path", "state_group",
     "force", "campaign_check", "retry_in_doubt", "derive_send_ids", "metrics_file",
     "log_format", "log_level",
 )  # fmt: skip

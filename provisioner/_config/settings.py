@@ -74,6 +74,9 @@ class Settings:
     log_level: str = default("log_level")
     config_path: Path | None = None
     state_path: str | None = default("state_path")
+    #: --group: this run is one worker of a group (``_pipeline/group.py``).
+    state_group: str | None = default("state_group")
+    state_group_chunk: int = default("state_group_chunk")
     metrics_file: str | None = default("metrics_file")
     derive_send_ids: str | None = default("derive_send_ids")
     max_row_bytes: int = default("max_row_bytes")

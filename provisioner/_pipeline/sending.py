@@ -122,11 +122,18 @@ class Sending:
         while True:
             probe = await breaker.allow() if not breaker.passing else False
             await lane.budget.acquire()
+            gate = lane.gate
+            if gate is not None and not await gate.admit(lane.budget):
+                # The workers of a group have spent the window together: wait for the next.
+                await lane.budget.cancel()
+                lane.budget.exhaust()
+                continue
             if lane.spreader is not None:
                 # After acquire: the window is known by then (the probe has answered).
                 await lane.spreader.wait()
             await lane.pacer.wait()
             if lane.stop_reason is not None or self.stop_reason == DeferReason.KEY_REFUSED:
+                _unused(lane)
                 await lane.budget.cancel()
                 raise Deferred(lane.stop_reason or DeferReason.KEY_REFUSED, None)
             if not attempts[0]:
@@ -145,6 +152,7 @@ class Sending:
             try:
                 reply = await lane.client.create(job.row.campaign_id, job.send_id)
             except CertificateRejected:
+                _unused(lane)
                 await lane.budget.cancel()  # never sent; not a server failure either
                 raise
             except TransportError as exc:
@@ -154,6 +162,7 @@ class Sending:
                     if job.send_id is None:
                         raise  # resending could create a second id
                 else:  # ConnectFailed: never reached the server, spent nothing
+                    _unused(lane)
                     await lane.budget.cancel()
                 message = lane.unreachable(exc)
                 if message is not None:
@@ -167,6 +176,7 @@ class Sending:
             self.stats.latency.add(reply.latency_ms)
             if reply.kind is ReplyKind.REDIRECTED:
                 # Not the API answering: its headers say nothing of the quota.
+                _unused(lane)
                 await lane.budget.cancel()
                 breaker.success(probe)
                 return reply
@@ -192,8 +202,15 @@ class Sending:
             breaker.success(probe)
             if limited:
                 self.stats.http_429 += 1
+                _unused(lane)  # a 429 created nothing
                 continue
             return reply
+
+
+def _unused(lane: Lane) -> None:
+    """Give a group's shared unit back to the lane: this request spent no quota."""
+    if lane.gate is not None:
+        lane.gate.unused()
 
 
 _KEY_HINTS = {

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from provisioner._braze.breaker import Breaker
 from provisioner._braze.pacing import Pacer, Spreader
@@ -40,6 +41,13 @@ class Job:
     row: Row
     key: RowKey
     send_id: str | None  # the send_id requested (the row's, or derived); None: Braze picks
+
+
+class QuotaGate(Protocol):
+    """A quota shared with other processes (``group.SharedQuota``): a unit per request."""
+
+    async def admit(self, budget: QuotaBudget) -> bool: ...
+    def unused(self) -> None: ...
 
 
 class Lane:
@@ -82,6 +90,8 @@ class Lane:
             else None
         )
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=self.concurrency * 4)
+        #: Set for a group's worker: the window's units are reserved in the database too.
+        self.gate: QuotaGate | None = None
         self.stop_reason: str | None = None
         self.stop_exit: int | None = None
         self.stop_message: str | None = None
