@@ -293,12 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
         "RUN_ID again, from the state store.",
         epilog="example:\n  provisioner export --run 20261126T061500Z-3f9a1c --out again/\n",
     )
-    export.add_argument(
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "--run",
-        required=True,
         metavar="RUN_ID",
         dest="run_id",
         help="the run id (see `provisioner status`)",
+    )
+    which.add_argument(
+        "--group",
+        metavar="NAME",
+        help="the whole group of cooperating workers NAME (run --group), once every chunk is done",
     )
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write to")
     add_setting_flags(export, ("state_path",))
@@ -347,5 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_setting_flags(status, ("state_path",))
     status.add_argument("--config", metavar="FILE", help="TOML config file (its [state] path)")
+    status.add_argument(
+        "--group", metavar="NAME", help="also the progress of group NAME per worker (run --group)"
+    )
     status.add_argument("--json", action="store_true", help="print the report as JSON")
     return parser

@@ -150,6 +150,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     store = _open_for_reading(_state_path(args))
     try:
+        if args.group is not None:
+            return _export_group(store, args.group, Path(args.out))
         summary = export_run(store, args.run_id, Path(args.out))
     finally:
         store.close()
@@ -160,18 +162,47 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _export_group(store: SqliteStateStore, group: str, out: Path) -> int:
+    """export --group: the group's four files, or (exit 3) the chunks not done yet."""
+    from provisioner._outputs.group_report import export_group
+
+    summary, missing = export_group(store, group, out)
+    if missing:
+        shown = "; ".join(missing[:10]) + ("; ..." if len(missing) > 10 else "")
+        print(
+            f"provisioner: group {group} is not finished: {len(missing)} chunks not done"
+            f" ({shown}); nothing was written: run a worker of the group again",
+            file=sys.stderr,
+        )
+        return ExitCode.DEFERRED
+    print(
+        f"provisioner: group {group} exported to {out} ({summary.get('rows_total')} rows)",
+        file=sys.stderr,
+    )
+    code = summary.get("exit_code")
+    return code if isinstance(code, int) else ExitCode.OK
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from provisioner._outputs.report import format_status, status_report
 
     store = _open_for_reading(_state_path(args))
     try:
         report = status_report(store, time.time())
+        if args.group is not None:
+            from provisioner._outputs.group_report import group_status
+
+            report["group"] = group_status(store, args.group)
     finally:
         store.close()
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         print(format_status(report))
+        if args.group is not None:
+            from provisioner._outputs.group_report import format_group_status
+
+            print(format_group_status(report["group"]))  # type: ignore[arg-type]
     return ExitCode.OK
 
 

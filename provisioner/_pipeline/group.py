@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from provisioner._braze.quota import QuotaBudget
+from provisioner._braze.quota import QuotaBudget, RateLimit
 from provisioner._config.settings import Settings
 from provisioner._core.identity import RowKey
 from provisioner._core.logs import get_logger
@@ -127,6 +127,19 @@ class SharedQuota:
                 return False
             self._pool -= 1
             return True
+
+    async def landed(self, window: float, rate_limit: RateLimit | None) -> None:
+        """After an answer: a request whose unit came from ``window`` but that the server
+        counted in a later window (it arrived after the reset) is charged to that window's
+        row too, so the later window's budget still holds what the server has left."""
+        rl = rate_limit
+        if rl is None or not rl.complete or rl.reset is None or rl.reset <= window + 0.5:
+            return
+        if rl.reset <= time.time() or rl.limit is None or rl.remaining is None:
+            return
+        await asyncio.to_thread(
+            self.group.reserve, self.workspace, rl.reset, rl.limit, rl.remaining + 1, 1, 0
+        )
 
     def unused(self) -> None:
         """A unit admitted for a request that was never sent (or spent nothing)."""

@@ -128,6 +128,7 @@ class Sending:
                 await lane.budget.cancel()
                 lane.budget.exhaust()
                 continue
+            window = lane.budget.reset_at  # the window this request's unit came from
             if lane.spreader is not None:
                 # After acquire: the window is known by then (the probe has answered).
                 await lane.spreader.wait()
@@ -188,6 +189,8 @@ class Sending:
                 and job.send_id is None
                 and may_have_created(reply.status)
             )
+            if gate is not None and window is not None:
+                await gate.landed(window, reply.rate_limit)
             await lane.budget.observe(
                 reply.rate_limit,
                 created=reply.kind in (ReplyKind.CREATED, ReplyKind.QUEUED) or doubtful,

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from provisioner._braze.breaker import Breaker
 from provisioner._braze.pacing import Pacer, Spreader
-from provisioner._braze.quota import QuotaBudget
+from provisioner._braze.quota import QuotaBudget, RateLimit
 from provisioner._braze.sender import Sender
 from provisioner._config.settings import Settings
 from provisioner._config.workspaces import WorkspaceSettings
@@ -47,6 +47,7 @@ class QuotaGate(Protocol):
     """A quota shared with other processes (``group.SharedQuota``): a unit per request."""
 
     async def admit(self, budget: QuotaBudget) -> bool: ...
+    async def landed(self, window: float, rate_limit: RateLimit | None) -> None: ...
     def unused(self) -> None: ...
 
 
