@@ -72,7 +72,8 @@ def check_ledger(sandbox: Sandbox, quota: int) -> None:
     pairs = collections.Counter((e.campaign_id, e.send_id) for e in sandbox.ledger.created)
     assert not [p for p, n in pairs.items() if n > 1]
     assert max(w.ours for w in sandbox.ledger.window_figures()) <= quota
-    assert sandbox.ledger.count(429) == 0, [w for w in sandbox.ledger.window_figures() if w.http_429]
+    limited = [w for w in sandbox.ledger.window_figures() if w.http_429]
+    assert sandbox.ledger.count(429) == 0, limited
 
 
 def killed_rows(out: Path) -> int:
