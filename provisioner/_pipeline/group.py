@@ -141,14 +141,19 @@ class SharedQuota:
             self.group.reserve, self.workspace, rl.reset, rl.limit, rl.remaining + 1, 1, 0
         )
 
-    def unused(self) -> None:
-        """A unit admitted for a request that was never sent (or spent nothing)."""
-        self._pool += 1
+    def unused(self, window: float | None) -> None:
+        """A unit of ``window`` admitted for a request that was never sent (or spent
+        nothing): back to the pool, unless it was a probe's (None) or the window closed."""
+        if window is not None and window == self._key:
+            self._pool += 1
 
-    def give_back(self) -> None:
-        """Return the units still held (blocking: called when the lane has nothing to send)."""
-        units, key = self._pool, self._key
-        self._pool = 0
+    def take_pool(self) -> tuple[float | None, int]:
+        """The units still held, and their window; the pool is empty afterwards."""
+        units, self._pool = self._pool, 0
+        return self._key, units
+
+    def give_back(self, key: float | None, units: int) -> None:
+        """Return units taken with ``take_pool`` (blocking: a round trip)."""
         if units and key is not None and key > time.time():
             self.group.give_back(self.workspace, key, units)
 
@@ -290,7 +295,7 @@ class GroupRun(Run):
             idle = not self._complete() and all(c in self._settled for c in self._mine)
             if idle:
                 for gate in self.gates:  # nothing of ours in flight: let others use them
-                    await asyncio.to_thread(gate.give_back)
+                    await asyncio.to_thread(gate.give_back, *gate.take_pool())
             claimable = await asyncio.to_thread(self.group.claimable, self._tried)
             progress = await asyncio.to_thread(self.group.progress)
             if progress.finished or (idle and not claimable and not progress.live):
@@ -307,7 +312,7 @@ class GroupRun(Run):
     def close(self) -> None:
         for gate in self.gates:
             try:
-                gate.give_back()
+                gate.give_back(*gate.take_pool())
             except Exception as exc:  # the units come back at the window's end anyway
                 log.warning("quota_give_back_failed", error=f"{type(exc).__name__}: {exc}")
         self.group.close()

@@ -134,7 +134,7 @@ class Sending:
                 await lane.spreader.wait()
             await lane.pacer.wait()
             if lane.stop_reason is not None or self.stop_reason == DeferReason.KEY_REFUSED:
-                _unused(lane)
+                _unused(lane, window)
                 await lane.budget.cancel()
                 raise Deferred(lane.stop_reason or DeferReason.KEY_REFUSED, None)
             if not attempts[0]:
@@ -153,7 +153,7 @@ class Sending:
             try:
                 reply = await lane.client.create(job.row.campaign_id, job.send_id)
             except CertificateRejected:
-                _unused(lane)
+                _unused(lane, window)
                 await lane.budget.cancel()  # never sent; not a server failure either
                 raise
             except TransportError as exc:
@@ -163,7 +163,7 @@ class Sending:
                     if job.send_id is None:
                         raise  # resending could create a second id
                 else:  # ConnectFailed: never reached the server, spent nothing
-                    _unused(lane)
+                    _unused(lane, window)
                     await lane.budget.cancel()
                 message = lane.unreachable(exc)
                 if message is not None:
@@ -177,7 +177,7 @@ class Sending:
             self.stats.latency.add(reply.latency_ms)
             if reply.kind is ReplyKind.REDIRECTED:
                 # Not the API answering: its headers say nothing of the quota.
-                _unused(lane)
+                _unused(lane, window)
                 await lane.budget.cancel()
                 breaker.success(probe)
                 return reply
@@ -205,15 +205,16 @@ class Sending:
             breaker.success(probe)
             if limited:
                 self.stats.http_429 += 1
-                _unused(lane)  # a 429 created nothing
+                _unused(lane, window)  # a 429 created nothing
                 continue
             return reply
 
 
-def _unused(lane: Lane) -> None:
-    """Give a group's shared unit back to the lane: this request spent no quota."""
+def _unused(lane: Lane, window: float | None) -> None:
+    """Give a group's shared unit (of ``window``) back to the lane: this request spent no
+    quota."""
     if lane.gate is not None:
-        lane.gate.unused()
+        lane.gate.unused(window)
 
 
 _KEY_HINTS = {
