@@ -49,6 +49,7 @@ clean:
 .PHONY: bench bench-quick
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/bench_group.py
 
 ## The same scenarios at reduced sizes, under a minute.
 bench-quick: $(STAMP)

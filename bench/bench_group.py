@@ -36,14 +36,22 @@ def run_group(sandbox: str, manifest: Path, url: str, workers: int, work: Path) 
     env = {**os.environ, "BRAZE_API_KEY": KEY, "PYTHONPATH": str(ROOT)}
     env.pop("PROVISIONER_STATE", None)
     start = time.perf_counter()
+    common = [
+        "--base-url", sandbox, "--state", url, "--group", "bench", "--rate", "100000",
+        "--log-level", "error", "--log-format", "json",
+    ]  # fmt: skip
     procs = [
         subprocess.Popen(
             [
-                sys.executable, "-m", "provisioner", "run", str(manifest),
-                "--out", str(work / f"out-{workers}-{i}"), "--base-url", sandbox,
-                "--state", url, "--group", "bench", "--rate", "100000",
-                "--log-level", "error", "--log-format", "json",
-            ],  # fmt: skip
+                sys.executable,
+                "-m",
+                "provisioner",
+                "run",
+                str(manifest),
+                *common,
+                "--out",
+                str(work / f"out-{workers}-{i}"),
+            ],
             env=env,
             cwd=ROOT,
             stdout=subprocess.DEVNULL,

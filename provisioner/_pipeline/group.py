@@ -168,7 +168,7 @@ class GroupRun(Run):
         self.gates: list[SharedQuota] = []
         self._size = group.chunk_rows
         self._mine: dict[int, int] = {}  # chunk -> epoch of this worker's claim
-        self._tried: set[int] = set()  # chunks this run tried to claim (at most once each)
+        self._tried: set[int] = set()  # chunks this run claimed (at most once each)
         self._decided: set[int] = set()  # chunks looked at in this pass
         self._started: Counter[int] = Counter()  # rows of a chunk read (ours)
         self._emitted: Counter[int] = Counter()  # ... and given their outcome
@@ -194,7 +194,7 @@ class GroupRun(Run):
             if todo:
                 got = await asyncio.to_thread(self.group.claim, todo, time.time())
                 self._mine.update(got)
-                self._tried.update(todo)
+                self._tried.update(got)  # a chunk held by a live worker may be tried again
                 if got:
                     log.debug("chunks_claimed", chunks=sorted(got), run_id=self.run_id)
             self._decided.update(new)

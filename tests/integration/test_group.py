@@ -12,6 +12,7 @@ import signal
 from pathlib import Path
 
 import orjson
+import psycopg
 import pytest
 
 from provisioner.sandbox.server import Sandbox
@@ -129,6 +130,41 @@ async def test_workers_split_the_manifest_within_one_quota(
     counts = assert_every_line_once(tmp_path / "all", rows)
     assert counts["created"] == len(sandbox.ledger.created)
     assert counts["failed"] == rows // 401
+    code, out, err = await provisioner("status", "--state", url, "--group", "g1", "--json")
+    assert code == 0, err
+    group = orjson.loads(out)["group"]
+    assert group["chunks"] == {"total": 21, "done": 21, "claimed": 0, "pending": 0}
+    assert len(group["workers"]) == 3
+    assert sum(w["chunks_done"] for w in group["workers"]) == 21
+    assert not any(w["live"] for w in group["workers"])
+
+
+async def test_export_of_an_unfinished_group_names_the_chunks_not_done(
+    sandbox_factory: SandboxFactory, tmp_path: Path, pg_url: str
+) -> None:
+    """export --group while chunks are not done writes nothing and exits 3 naming them;
+    export --group of a group that does not exist is a usage error (exit 2)."""
+    sandbox = await sandbox_factory(daily_quota=100_000, window_seconds=3600, latency_ms=50)
+    manifest = group_manifest(tmp_path / "m.csv", 600)
+    url = pg_url + "?lease_s=3"
+    worker = await start_cli(
+        *worker_args(sandbox, manifest, tmp_path / "w0", url, config(tmp_path, 100)),
+        "--concurrency", "1",
+    )  # fmt: skip
+    for _ in range(3000):
+        if len(sandbox.ledger.created) >= 5:
+            break
+        await asyncio.sleep(0.01)
+    code, _out, err = await export_group(url, tmp_path / "early")
+    os.kill(worker.pid, signal.SIGKILL)
+    await finish(worker)
+    assert code == 3, err
+    assert "chunks not done" in err
+    assert "lines 1-100 claimed" in err
+    assert not (tmp_path / "early" / "summary.json").exists()
+    code, _out, err = await export_group(url, tmp_path / "none", group="nope")
+    assert code == 2
+    assert "no group 'nope'" in err
 
 
 async def test_a_killed_workers_chunks_are_taken_over(
@@ -163,6 +199,12 @@ async def test_a_killed_workers_chunks_are_taken_over(
     in_doubt = sum(f["error"] == "in_doubt" for f in outputs(tmp_path / "all")[1])
     done = counts["created"] + counts["skipped"]  # skipped: the dead worker had created them
     assert done <= len(sandbox.ledger.created) <= done + in_doubt
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM provisioner.group_chunks WHERE epoch > 1"
+        ).fetchone()
+    assert row is not None
+    assert row[0] >= 1  # the dead worker's claims were taken over, not waited out
     assert killed_rows(tmp_path / "w0") == 0  # it died before writing its files
 
 
@@ -201,6 +243,7 @@ async def test_a_late_worker_joins_and_a_foreign_manifest_is_refused(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 async def test_four_workers_twenty_thousand_rows_one_quota(
     sandbox_factory: SandboxFactory, tmp_path: Path, pg_url: str
 ) -> None:
