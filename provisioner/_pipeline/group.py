@@ -47,8 +47,9 @@ from provisioner.errors import UsageError
 log = get_logger(__name__)
 
 #: Units a lane reserves at a time (at most its concurrency): a round trip per this many
-#: requests, and at most this many units idle in one worker's hands at a window's end.
-RESERVE_UNITS = 8
+#: requests, refilled when half are used (so requests never queue behind the round trip);
+#: at most 1.5 times this many units are idle in one worker's hands at a window's end.
+RESERVE_UNITS = 16
 #: How often finished chunks are marked done, and the longest wait between two looks at
 #: the group while other workers hold claims.
 MARK_EVERY_S = 0.25
@@ -88,6 +89,8 @@ class SharedQuota:
         self._key: float | None = None
         self._probes = 0  # requests sent to learn a window, not yet counted in the database
         self._lock = asyncio.Lock()
+        self._refill: asyncio.Task[None] | None = None
+        self._spent: float | None = None  # the window the workers have spent together
         self.reservations = 0
 
     async def admit(self, budget: QuotaBudget) -> bool:
@@ -105,28 +108,44 @@ class SharedQuota:
             self._key, self._pool = budget.reset_at, 0  # a closed window's units are void
         if self._pool > 0:
             self._pool -= 1
+            if self._pool < self.units // 2 and self._refill is None and self._spent != self._key:
+                # Refill ahead, so that requests do not queue behind a round trip.
+                self._refill = asyncio.create_task(self._top_up(budget))
             return True
         async with self._lock:
-            if self._pool == 0:
-                key = self._key
-                assert key is not None
-                assert budget.limit is not None
-                remaining = budget.remaining if budget.remaining is not None else budget.limit
-                ceiling = remaining + self._probes
-                if budget.cap is not None:
-                    ceiling = min(ceiling, budget.cap - max(0, budget.spent - self._probes))
-                granted = await asyncio.to_thread(
-                    self.group.reserve,
-                    self.workspace, key, budget.limit, ceiling, self._probes, self.units,
-                )  # fmt: skip
-                self.reservations += 1
-                self._probes = 0
-                if key == self._key:
-                    self._pool += granted
+            if self._pool == 0 and self._spent != self._key:
+                await self._reserve(budget)
             if self._pool == 0:
                 return False
             self._pool -= 1
             return True
+
+    async def _top_up(self, budget: QuotaBudget) -> None:
+        try:
+            async with self._lock:
+                if self._pool < self.units // 2 and self._spent != self._key:
+                    await self._reserve(budget)
+        finally:
+            self._refill = None
+
+    async def _reserve(self, budget: QuotaBudget) -> None:
+        """One round trip: up to ``units`` more for the current window (under the lock)."""
+        key = self._key
+        assert key is not None
+        assert budget.limit is not None
+        remaining = budget.remaining if budget.remaining is not None else budget.limit
+        ceiling = remaining + self._probes
+        if budget.cap is not None:
+            ceiling = min(ceiling, budget.cap - max(0, budget.spent - self._probes))
+        probes, self._probes = self._probes, 0
+        granted = await asyncio.to_thread(
+            self.group.reserve, self.workspace, key, budget.limit, ceiling, probes, self.units
+        )
+        self.reservations += 1
+        if key == self._key:
+            self._pool += granted
+            if granted == 0:
+                self._spent = key  # no more round trips for this window
 
     async def landed(self, window: float, rate_limit: RateLimit | None) -> None:
         """After an answer: a request whose unit came from ``window`` but that the server
@@ -170,6 +189,7 @@ class GroupRun(Run):
         self._mine: dict[int, int] = {}  # chunk -> epoch of this worker's claim
         self._tried: set[int] = set()  # chunks this run claimed (at most once each)
         self._decided: set[int] = set()  # chunks looked at in this pass
+        self._this_pass: set[int] = set()  # chunks claimed in this pass: the rows we handle
         self._started: Counter[int] = Counter()  # rows of a chunk read (ours)
         self._emitted: Counter[int] = Counter()  # ... and given their outcome
         self._deferred: set[int] = set()  # ours with a deferred row: back to pending
@@ -184,7 +204,8 @@ class GroupRun(Run):
         return (line - 1) // self._size
 
     def owns(self, line: int) -> bool:
-        return (line - 1) // self._size in self._mine
+        # Only this pass's claims: a chunk of an earlier pass was read whole then.
+        return (line - 1) // self._size in self._this_pass
 
     async def _take(self, feed: Feed, n: int) -> tuple[list[RawRow | RowError], bool]:
         chunk, more = await super()._take(feed, n)
@@ -194,13 +215,14 @@ class GroupRun(Run):
             if todo:
                 got = await asyncio.to_thread(self.group.claim, todo, time.time())
                 self._mine.update(got)
+                self._this_pass.update(got)
                 self._tried.update(got)  # a chunk held by a live worker may be tried again
                 if got:
                     log.debug("chunks_claimed", chunks=sorted(got), run_id=self.run_id)
             self._decided.update(new)
             for item in chunk:
                 c = self.chunk_of(item.line)
-                if c in self._mine:
+                if c in self._this_pass:
                     self._started[c] += 1
                 if c > self._reached:
                     self._reached = c
@@ -275,7 +297,7 @@ class GroupRun(Run):
 
     async def _one_pass(self, manifest: Manifest) -> None:
         self.passes += 1
-        self._decided = set(self._mine)
+        self._decided, self._this_pass = set(self._mine), set()
         self._reached, self._pass_done = -1, False
         await super().read(manifest)
         self._pass_done = True
