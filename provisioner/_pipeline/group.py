@@ -53,6 +53,9 @@ RESERVE_UNITS = 16
 #: How often finished chunks are marked done, and the longest wait between two looks at
 #: the group while other workers hold claims.
 MARK_EVERY_S = 0.25
+#: No request leaves in a window's last quarter second (a tenth of a short window): it
+#: could arrive after the reset. The workers wait for the new window instead.
+END_GUARD_S = 0.25
 POLL_MAX_S = 1.0
 
 
@@ -106,6 +109,11 @@ class SharedQuota:
                 return True
         if budget.reset_at != self._key:
             self._key, self._pool = budget.reset_at, 0  # a closed window's units are void
+        assert self._key is not None
+        if self._key - time.time() < min(END_GUARD_S, budget.default_window / 10):
+            # A request sent now could reach the server after the reset and spend the next
+            # window's quota, which the workers may have handed out in full by then.
+            return False
         if self._pool > 0:
             self._pool -= 1
             if self._pool < self.units // 2 and self._refill is None and self._spent != self._key:

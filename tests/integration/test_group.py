@@ -108,17 +108,17 @@ async def run_group(
 async def test_workers_split_the_manifest_within_one_quota(
     sandbox_factory: SandboxFactory, tmp_path: Path, pg_url: str
 ) -> None:
-    """Three workers over 2,000 rows at 400 per 1 s window: together they create every
-    row once, no window sees more than 400 creations, no request gets a 429, each worker's
+    """Three workers over 2,000 rows at 800 per 2 s window: together they create every
+    row once, no window sees more than 800 creations, no request gets a 429, each worker's
     files hold only its rows, and the group's export holds every row exactly once."""
-    sandbox = await sandbox_factory(daily_quota=400, window_seconds=1)
+    sandbox = await sandbox_factory(daily_quota=800, window_seconds=2)
     rows = 2000
     manifest = group_manifest(tmp_path / "m.csv", rows)
     url = pg_url + "?lease_s=3"
-    results = await run_group(sandbox, manifest, tmp_path, url, config(tmp_path, 100, 1), 3)
+    results = await run_group(sandbox, manifest, tmp_path, url, config(tmp_path, 100, 2), 3)
     for code, err in results:
         assert code == 1, err[-2000:]  # the invalid rows fail
-    check_ledger(sandbox, 400)
+    check_ledger(sandbox, 800)
     handled = []
     for i in range(3):
         res, fail, deferred, _summary = outputs(tmp_path / f"w{i}")
