@@ -62,7 +62,7 @@ def run_group(
                 str(manifest),
                 *common,
                 "--out",
-                str(work / f"out-{workers}-{i}"),
+                str(work / f"out-{workers}-{group}-{i}"),
             ],
             env=env,
             cwd=ROOT,

@@ -300,6 +300,11 @@ class GroupHandle:
         said remains, capped by --quota); ``probes`` (requests sent to learn the window,
         before any reservation) are counted as taken."""
         with self._tx("reserving quota") as conn:
+            # Not flushed before the answer (a WAL flush per reservation cost the workers
+            # their pace on a busy disk): a database crash may forget the last reservations,
+            # so a window could be over-asked by what they held; the server's 429 and the
+            # budget's pause still hold then. Claims and marks stay durable.
+            conn.execute("SET LOCAL synchronous_commit TO off")
             conn.execute(
                 f"INSERT INTO {self._s}.group_quota AS q (workspace, reset_at, quota_limit,"
                 " ceiling, taken) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (workspace, reset_at)"
