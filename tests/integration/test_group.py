@@ -247,6 +247,31 @@ async def test_a_late_worker_joins_and_a_foreign_manifest_is_refused(
     assert counts["created"] == len(sandbox.ledger.created)
 
 
+async def test_chunks_with_deferred_rows_go_back_to_pending(
+    sandbox_factory: SandboxFactory, tmp_path: Path, pg_url: str
+) -> None:
+    """A quota spent past --max-wait defers the rest: the chunks holding deferred rows are
+    handed back (pending, for the group's next run), not marked done, so export --group
+    exits 3 naming them; the chunks created whole are done."""
+    sandbox = await sandbox_factory(daily_quota=250, window_seconds=3600)
+    rows = 600
+    manifest = group_manifest(tmp_path / "m.csv", rows)
+    url = pg_url + "?lease_s=3"
+    args = worker_args(sandbox, manifest, tmp_path / "w0", url, config(tmp_path, 100))
+    code, _out, err = await provisioner(*args, "--max-wait", "1")
+    assert code == 1, err[-2000:]  # rows deferred, and line 402's invalid row failed
+    assert len(sandbox.ledger.created) == 250
+    code, out, err = await provisioner("status", "--state", url, "--group", "g1", "--json")
+    assert code == 0, err
+    chunks = orjson.loads(out)["group"]["chunks"]
+    assert chunks["claimed"] == 0
+    assert chunks["done"] >= 1
+    assert chunks["pending"] >= 3  # rows 251.. were deferred: lines ~250-601
+    code, _out, err = await export_group(url, tmp_path / "all")
+    assert code == 3
+    assert "pending" in err
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 async def test_four_workers_twenty_thousand_rows_one_quota(
