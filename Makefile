@@ -60,6 +60,7 @@ constraints:
 .PHONY: bench bench-quick
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/bench_group.py
 
 ## The same scenarios at reduced sizes, under a minute.
 bench-quick: $(STAMP)

@@ -93,6 +93,9 @@ class QuotaBudget:
         self.limit: int | None = None
         self.remaining: int | None = None  # lowest the server reported in this window
         self.spent = 0  # our creations in the current window
+        #: The window's share of a group is spent (``exhaust``): ``remaining`` stays the
+        #: server's figure, so that the next window's share is reckoned from it.
+        self.exhausted = False
         self.in_flight = 0
         self.paused_until: float | None = None
         self._pause_started: float | None = None
@@ -110,6 +113,8 @@ class QuotaBudget:
     # -- what may be sent ------------------------------------------------------------
     def _available(self) -> int:
         assert self.remaining is not None
+        if self.exhausted:
+            return 0
         room = self.remaining - self.in_flight
         if self.cap is not None:
             room = min(room, self.cap - self.spent - self.in_flight)
@@ -122,6 +127,7 @@ class QuotaBudget:
             self.reset_at = None
             self.remaining = None
             self.spent = 0
+            self.exhausted = False
 
     def _uncontended(self) -> bool:
         """Nobody waits for room and nobody holds the lock: a decision taken now without
@@ -310,6 +316,7 @@ class QuotaBudget:
             if self.known:
                 self.spent = 0
             self.known = True
+            self.exhausted = False
             self.reset_at = rl.reset
             self.limit = rl.limit
             self.remaining = rl.remaining
@@ -365,6 +372,13 @@ class QuotaBudget:
         log.info(
             "quota_window_resumed", limit=limit, remaining=remaining, spent=spent, reset=reset_at
         )
+
+    def exhaust(self) -> None:
+        """No more room in this window although the server's figures leave some: a budget
+        shared with other workers (``run --group``) is spent. The next ``acquire`` waits
+        for the window's reset (or defers past ``max_wait``), as for a spent quota."""
+        if self.known:
+            self.exhausted = True
 
     async def settle_unknown(self) -> None:
         """Account a request whose fate is unknown (it may have created): count it as spent

@@ -63,8 +63,8 @@ def _number(text: str) -> float:
 RUN_SETTINGS = (
     "base_url", "concurrency", "rate", "quota", "max_wait", "manifest_format",
     "manifest_encoding", "csv_delimiter", "columns", "state_path", "state_lock_wait",
-    "state_keep_days", "state_keep_runs", "force", "campaign_check", "retry_in_doubt",
-    "derive_send_ids", "metrics_file", "log_format", "log_level",
+    "state_keep_days", "state_keep_runs", "state_group", "force", "campaign_check",
+    "retry_in_doubt", "derive_send_ids", "metrics_file", "log_format", "log_level",
 )  # fmt: skip
 #: The settings ``provisioner export`` takes as flags.
 EXPORT_SETTINGS = ("state_path", "export_format")
@@ -299,12 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  provisioner export --run 20261126T061500Z-3f9a1c --out again/\n"
         "  provisioner export --run 20261126T061500Z-3f9a1c --out report/ --format csv\n",
     )
-    export.add_argument(
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "--run",
-        required=True,
         metavar="RUN_ID",
         dest="run_id",
         help="the run id (see `provisioner status`)",
+    )
+    which.add_argument(
+        "--group",
+        metavar="NAME",
+        help="the whole group of cooperating workers NAME (run --group), once every chunk is done",
     )
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write to")
     add_setting_flags(export, EXPORT_SETTINGS)
@@ -380,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_setting_flags(status, ("state_path",))
     status.add_argument("--config", metavar="FILE", help="TOML config file (its [state] path)")
+    status.add_argument(
+        "--group", metavar="NAME", help="also the progress of group NAME per worker (run --group)"
+    )
     status.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_state(sub, fmt)
     return parser

@@ -180,6 +180,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     spreadsheet = args.export_format == "csv"
     store = _open_for_reading(_state_path(args))
     try:
+        if args.group is not None:
+            return _export_group(store, args.group, Path(args.out))
         write = export_csv if spreadsheet else export_run
         summary = write(store, args.run_id, Path(args.out))
     finally:
@@ -196,6 +198,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _export_group(store: SqliteStateStore, group: str, out: Path) -> int:
+    """export --group: the group's four files, or (exit 3) the chunks not done yet."""
+    from provisioner._outputs.group_report import export_group
+
+    summary, missing = export_group(store, group, out)
+    if missing:
+        shown = "; ".join(missing[:10]) + ("; ..." if len(missing) > 10 else "")
+        print(
+            f"provisioner: group {group} is not finished: {len(missing)} chunks not done"
+            f" ({shown}); nothing was written: run a worker of the group again",
+            file=sys.stderr,
+        )
+        return ExitCode.DEFERRED
+    print(
+        f"provisioner: group {group} exported to {out} ({summary.get('rows_total')} rows)",
+        file=sys.stderr,
+    )
+    code = summary.get("exit_code")
+    return code if isinstance(code, int) else ExitCode.OK
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     import orjson
 
@@ -204,12 +227,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
     store = _open_for_reading(_state_path(args))
     try:
         report = status_report(store, time.time(), _retention(args))
+        if args.group is not None:
+            from provisioner._outputs.group_report import group_status
+
+            report["group"] = group_status(store, args.group)
     finally:
         store.close()
     if args.json:
         print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
     else:
         print(format_status(report))
+        if args.group is not None:
+            from provisioner._outputs.group_report import format_group_status
+
+            print(format_group_status(report["group"]))  # type: ignore[arg-type]
     return ExitCode.OK
 
 

@@ -80,6 +80,9 @@ class Settings:
     #: Retention (``provisioner._state.retention.Policy``): 0 days is off.
     state_keep_days: float = default("state_keep_days")
     state_keep_runs: int = default("state_keep_runs")
+    #: --group: this run is one worker of a group (``_pipeline/group.py``).
+    state_group: str | None = default("state_group")
+    state_group_chunk: int = default("state_group_chunk")
     metrics_file: str | None = default("metrics_file")
     derive_send_ids: str | None = default("derive_send_ids")
     max_row_bytes: int = default("max_row_bytes")

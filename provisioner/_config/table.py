@@ -127,6 +127,15 @@ KEYS: tuple[Key, ...] = (
         flag_help="never prune the last N runs (default 10)"),
     Key("state", "url", str, None, None, settable=False,
         doc="a postgresql:// URL for the state store (the same as path; give one of them)"),
+    Key("state", "group", str, None, "PROVISIONER_GROUP",
+        doc="work as one of several cooperating workers of this group on a PostgreSQL store"
+            " (same manifest everywhere; each handles the chunks it claims)",
+        flag="--group", metavar="NAME",
+        flag_help="cooperate with the other workers of group NAME (PostgreSQL --state): "
+        "split the manifest and share the quota"),
+    Key("state", "group_chunk", int, 500, None, 1, 10_000_000,
+        doc="manifest lines per chunk when a worker creates a group (later workers use the"
+            " group's)"),
     Key("log", "format", str, None, "PROVISIONER_LOG_FORMAT", choices=("json", "console"),
         doc="log format (default: console on a terminal, json otherwise)",
         flag="--log-format",

@@ -30,7 +30,8 @@ from provisioner._core.vocab import DeferReason, ExitCode
 from provisioner._manifest.reader import Manifest, manifest_for
 from provisioner._outputs.files import FileSink, OutputFolder
 from provisioner._outputs.observe import ProgressLog, RunObserver, snapshot, watch
-from provisioner._pipeline.runner import Run, new_run_id
+from provisioner._pipeline.group import check_group, make_run, worker_lease
+from provisioner._pipeline.runner import new_run_id
 from provisioner._pipeline.workspace_lane import Lane
 from provisioner._state.interface import RunStore
 from provisioner._state.opening import open_store
@@ -249,6 +250,9 @@ def open_settings_store(settings: Settings) -> SqliteStateStore:
     Blocking, once per run, before any request: a busy store must stop the run early.
     """
     labels = [w.api_key.label for w in settings.workspaces]
+    if settings.state_group:
+        check_group(settings)
+        labels = [worker_lease(settings)]  # a group's workers share their workspaces
     return open_store(
         state_location(settings.state_path),
         workspaces=labels,
@@ -282,7 +286,7 @@ async def _run(
             )
             lanes[ws.name] = Lane(ws, settings, client)
             lanes[ws.name].seed_quota(store)
-        run = Run(
+        run = make_run(
             settings,
             store=store,
             sink=sink,
@@ -291,6 +295,7 @@ async def _run(
             run_id=run_id,
             manifest_name=manifest.display_name,
         )
+        stack.callback(run.close)
         store.begin_run(
             run_id, manifest.display_name, run.stats.started_at, manifest.header, settings.public()
         )

@@ -208,6 +208,15 @@ class Run(Sending):
                     break
                 for item in chunk:
                     n += 1
+                    if not self.owns(item.line):
+                        if not isinstance(item, RowError):
+                            row = validate(item)  # still identified: occurrences stay the same
+                            if not isinstance(row, RowError) and self._known_lane(row):
+                                rows.append(row)
+                        if len(rows) >= _LOOKUP_BATCH:
+                            await self._identify(seen, rows)
+                            rows = []
+                        continue
                     checked = item if isinstance(item, RowError) else validate(item)
                     if isinstance(checked, RowError):
                         self.emit(failed_from_error(checked), None)
@@ -257,6 +266,17 @@ class Run(Sending):
                 )  # fmt: skip
                 return [], False
 
+    def owns(self, line: int) -> bool:
+        """Whether this run handles the row at ``line`` (a group's worker: only the rows of
+        its chunks; ``group.py``). The others are read and identified, nothing more."""
+        return True
+
+    def _known_lane(self, row: Row) -> bool:
+        return row.workspace is None or row.workspace in self.lanes
+
+    def close(self) -> None:
+        """Release what the run holds beyond the store (a group worker's connection)."""
+
     def lane_of(self, row: Row) -> Lane:
         """The lane (workspace) a valid row goes to."""
         return self.lanes[row.workspace] if row.workspace is not None else self.default
@@ -266,6 +286,8 @@ class Run(Sending):
         if not self._scoped:  # one lane: no lane to look up per row
             lane, kept = self.default, []
             for a in seen.assign(rows):
+                if not self.owns(a.row.line):
+                    continue
                 if a.duplicate_of is not None and a.send_id is not None:
                     self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
                 else:
@@ -276,6 +298,8 @@ class Run(Sending):
         scopes = [self.lane_of(r).name for r in rows]
         by_lane: dict[str, list[Assigned]] = {}
         for a in seen.assign(rows, scopes):
+            if not self.owns(a.row.line):
+                continue
             lane = self.lane_of(a.row)
             if a.duplicate_of is not None and a.send_id is not None:
                 self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)

@@ -123,11 +123,19 @@ class Sending:
         while True:
             probe = await breaker.allow() if not breaker.passing else False
             await lane.budget.acquire()
+            gate = lane.gate
+            if gate is not None and not await gate.admit(lane.budget):
+                # The workers of a group have spent the window together: wait for the next.
+                await lane.budget.cancel()
+                lane.budget.exhaust()
+                continue
+            window = lane.budget.reset_at  # the window this request's unit came from
             if lane.spreader is not None:
                 # After acquire: the window is known by then (the probe has answered).
                 await lane.spreader.wait()
             await lane.pacer.wait()
             if lane.stop_reason is not None or self.stop_reason == DeferReason.KEY_REFUSED:
+                _unused(lane, window)
                 await lane.budget.cancel()
                 raise Deferred(lane.stop_reason or DeferReason.KEY_REFUSED, None)
             if not attempts[0]:
@@ -147,6 +155,7 @@ class Sending:
             try:
                 reply = await lane.client.create(job.row.campaign_id, job.send_id)
             except CertificateRejected:
+                _unused(lane, window)
                 await lane.budget.cancel()  # never sent; not a server failure either
                 raise
             except TransportError as exc:
@@ -156,6 +165,7 @@ class Sending:
                     if job.send_id is None:
                         raise  # resending could create a second id
                 else:  # ConnectFailed: never reached the server, spent nothing
+                    _unused(lane, window)
                     await lane.budget.cancel()
                 message = lane.unreachable(exc)
                 if message is not None:
@@ -170,6 +180,7 @@ class Sending:
             self.stats.latency.add(reply.latency_ms)
             if reply.kind is ReplyKind.REDIRECTED:
                 # Not the API answering: its headers say nothing of the quota.
+                _unused(lane, window)
                 await lane.budget.cancel()
                 breaker.success(probe)
                 return reply
@@ -181,6 +192,8 @@ class Sending:
                 and job.send_id is None
                 and may_have_created(reply.status)
             )
+            if gate is not None and window is not None:
+                await gate.landed(window, reply.rate_limit)
             await lane.budget.observe(
                 reply.rate_limit,
                 created=reply.kind in (ReplyKind.CREATED, ReplyKind.QUEUED) or doubtful,
@@ -196,8 +209,16 @@ class Sending:
             if limited:
                 self.stats.http_429 += 1
                 lane.stats.http_429 += 1
+                _unused(lane, window)  # a 429 created nothing
                 continue
             return reply
+
+
+def _unused(lane: Lane, window: float | None) -> None:
+    """Give a group's shared unit (of ``window``) back to the lane: this request spent no
+    quota."""
+    if lane.gate is not None:
+        lane.gate.unused(window)
 
 
 _KEY_HINTS = {

@@ -13,10 +13,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from provisioner._braze.breaker import Breaker
 from provisioner._braze.pacing import Pacer, Spreader
-from provisioner._braze.quota import QuotaBudget
+from provisioner._braze.quota import QuotaBudget, RateLimit
 from provisioner._braze.sender import Sender
 from provisioner._config.settings import Settings
 from provisioner._config.workspaces import WorkspaceSettings
@@ -72,6 +73,14 @@ class JobQueue(asyncio.Queue[Job | None]):
         return super()._get()
 
 
+class QuotaGate(Protocol):
+    """A quota shared with other processes (``group.SharedQuota``): a unit per request."""
+
+    async def admit(self, budget: QuotaBudget) -> bool: ...
+    async def landed(self, window: float, rate_limit: RateLimit | None) -> None: ...
+    def unused(self, window: float | None) -> None: ...
+
+
 class Lane:
     """One workspace's client, budget, pace, breaker, queue and stop state."""
 
@@ -112,6 +121,8 @@ class Lane:
             else None
         )
         self.queue: asyncio.Queue[Job | None] = JobQueue(maxsize=self.concurrency * 4)
+        #: Set for a group's worker: the window's units are reserved in the database too.
+        self.gate: QuotaGate | None = None
         self.stop_reason: str | None = None
         self.stop_exit: int | None = None
         self.stop_message: str | None = None

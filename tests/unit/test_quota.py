@@ -245,3 +245,31 @@ async def test_429_from_a_window_that_has_closed_does_not_pause() -> None:
     assert b.paused_until is None
     assert b.deferred is None
     await b.acquire()  # the probe of the new window
+
+
+async def test_exhaust_waits_for_the_next_window_and_keeps_the_servers_remaining() -> None:
+    """exhaust() (a group's shared budget spent) stops sending until the reset, though
+    the server says quota remains; the server's Remaining is kept, and the next window
+    sends again."""
+    clock = FakeClock()
+    b = budget(clock, max_wait=3600)
+    await b.acquire()
+    reset = clock.now + 60
+    await b.observe(RateLimit(100, 90, reset), created=True)
+    b.exhaust()
+    assert b.remaining == 90
+    await b.acquire()  # waits (the fake clock jumps) until the reset, then probes
+    assert clock.now >= reset
+    assert not b.exhausted
+    assert not b.known  # the new window is probed before going wide
+
+
+async def test_exhaust_past_max_wait_defers() -> None:
+    """A group's spent window whose reset is beyond --max-wait defers, as a spent quota."""
+    clock = FakeClock()
+    b = budget(clock, max_wait=10)
+    await b.acquire()
+    await b.observe(RateLimit(100, 90, clock.now + 3600), created=True)
+    b.exhaust()
+    with pytest.raises(Deferred):
+        await b.acquire()

@@ -1,0 +1,398 @@
+"""Cooperating workers (``run --group NAME`` on a PostgreSQL store): one manifest split
+across processes and hosts, within one quota.
+
+Every worker reads the whole manifest (so identities, occurrence numbers and duplicates
+come out the same everywhere) but acts only on the rows of the chunks it claimed
+(``_state/postgres_group.py``): a chunk is claimed when the reader reaches it, the rows of
+other workers' chunks are neither sent nor written. When the reader reaches the end, the
+worker waits while other workers hold live claims, and reads the manifest again for any
+chunk that became claimable (its worker died: its lease expired); it ends when every chunk
+is done, or none is left that it could still take. A chunk is done once every one of its
+rows has an outcome committed in the store and none was deferred; a chunk with deferred
+rows (quota spent past --max-wait, a refused key) goes back to pending for a later run of
+the group. A worker claims a chunk at most once per run, so workers that all defer a chunk
+do not pass it round for ever.
+
+The quota: each lane's ``SharedQuota`` reserves units of the workspace's window in small
+batches in the database before requests leave, so the workers together never exceed what
+the server said remains, nor --quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from provisioner._braze.quota import QuotaBudget, RateLimit
+from provisioner._config.settings import Settings
+from provisioner._core.identity import RowKey
+from provisioner._core.logs import get_logger
+from provisioner._core.models import Outcome, RawRow, RowError, Skip, Status
+from provisioner._manifest.feed import Feed
+from provisioner._manifest.reader import Manifest, manifest_for
+from provisioner._pipeline.runner import Run
+from provisioner._pipeline.workspace_lane import Lane
+from provisioner._state.interface import RunStore
+from provisioner._state.opening import is_database_url
+from provisioner._state.postgres_group import Fingerprint, GroupHandle, lease_name
+from provisioner._state.store import state_location
+from provisioner.errors import UsageError
+
+log = get_logger(__name__)
+
+#: Units a lane reserves at a time (at most its concurrency): a round trip per this many
+#: requests, refilled when half are used (so requests never queue behind the round trip);
+#: at most 1.5 times this many units are idle in one worker's hands at a window's end.
+RESERVE_UNITS = 16
+#: How often finished chunks are marked done, and the longest wait between two looks at
+#: the group while other workers hold claims.
+MARK_EVERY_S = 0.25
+#: No request leaves in a window's last quarter second (a tenth of a short window): it
+#: could arrive after the reset. The workers wait for the new window instead.
+END_GUARD_S = 0.25
+POLL_MAX_S = 1.0
+
+
+def check_group(settings: Settings) -> None:
+    """--group needs a PostgreSQL store and a manifest file (read more than once)."""
+    if not settings.state_group:
+        return
+    if not is_database_url(state_location(settings.state_path)):
+        raise UsageError(
+            f"--group {settings.state_group}: cooperating workers share a PostgreSQL store;"
+            " pass --state postgresql://..."
+        )
+    if settings.manifest == "-":
+        raise UsageError(
+            f"--group {settings.state_group}: the manifest must be a file every worker can"
+            " read whole (not standard input)"
+        )
+
+
+def worker_lease(settings: Settings) -> str:
+    """The lease row a new worker of the group takes instead of its workspaces' leases."""
+    assert settings.state_group is not None
+    return lease_name(settings.state_group, uuid.uuid4().hex[:12])
+
+
+class SharedQuota:
+    """A lane's share of its workspace's window budget, reserved in the database."""
+
+    def __init__(self, group: GroupHandle, workspace: str, units: int) -> None:
+        self.group = group
+        self.workspace = workspace
+        self.units = max(1, units)
+        self._pool = 0  # units reserved for ``_key`` and not used yet
+        self._key: float | None = None
+        self._probes = 0  # requests sent to learn a window, not yet counted in the database
+        self._lock = asyncio.Lock()
+        self._refill: asyncio.Task[None] | None = None
+        self._spent: float | None = None  # the window the workers have spent together
+        self.reservations = 0
+
+    async def admit(self, budget: QuotaBudget) -> bool:
+        """A unit for one request the budget let through; False: the workers together
+        have spent the window (the caller waits for the next one, as for a spent quota)."""
+        if not budget.known:
+            row = await asyncio.to_thread(self.group.current_window, self.workspace, time.time())
+            if row is not None and not budget.known:
+                reset_at, limit, left = row
+                budget.seed(reset_at, limit, max(0, left), budget.spent)
+            if not budget.known:
+                self._probes += 1  # the probe that learns the window
+                return True
+        if budget.reset_at != self._key:
+            self._key, self._pool = budget.reset_at, 0  # a closed window's units are void
+        assert self._key is not None
+        if self._key - time.time() < min(END_GUARD_S, budget.default_window / 10):
+            # A request sent now could reach the server after the reset and spend the next
+            # window's quota, which the workers may have handed out in full by then.
+            return False
+        if self._pool > 0:
+            self._pool -= 1
+            if self._pool < self.units // 2 and self._refill is None and self._spent != self._key:
+                # Refill ahead, so that requests do not queue behind a round trip.
+                self._refill = asyncio.create_task(self._top_up(budget))
+            return True
+        async with self._lock:
+            if self._pool == 0 and self._spent != self._key:
+                await self._reserve(budget)
+            if self._pool == 0:
+                return False
+            self._pool -= 1
+            return True
+
+    async def _top_up(self, budget: QuotaBudget) -> None:
+        try:
+            async with self._lock:
+                if self._pool < self.units // 2 and self._spent != self._key:
+                    await self._reserve(budget)
+        finally:
+            self._refill = None
+
+    async def _reserve(self, budget: QuotaBudget) -> None:
+        """One round trip: up to ``units`` more for the current window (under the lock)."""
+        key = self._key
+        assert key is not None
+        assert budget.limit is not None
+        remaining = budget.remaining if budget.remaining is not None else budget.limit
+        ceiling = remaining + self._probes
+        if budget.cap is not None:
+            ceiling = min(ceiling, budget.cap - max(0, budget.spent - self._probes))
+        probes, self._probes = self._probes, 0
+        granted = await asyncio.to_thread(
+            self.group.reserve, self.workspace, key, budget.limit, ceiling, probes, self.units
+        )
+        self.reservations += 1
+        if key == self._key:
+            self._pool += granted
+            if granted == 0:
+                self._spent = key  # no more round trips for this window
+
+    async def landed(self, window: float, rate_limit: RateLimit | None) -> None:
+        """After an answer: a request whose unit came from ``window`` but that the server
+        counted in a later window (it arrived after the reset) is charged to that window's
+        row too, so the later window's budget still holds what the server has left."""
+        rl = rate_limit
+        if rl is None or not rl.complete or rl.reset is None or rl.reset <= window + 0.5:
+            return
+        if rl.reset <= time.time() or rl.limit is None or rl.remaining is None:
+            return
+        await asyncio.to_thread(
+            self.group.reserve, self.workspace, rl.reset, rl.limit, rl.remaining + 1, 1, 0
+        )
+
+    def unused(self, window: float | None) -> None:
+        """A unit of ``window`` admitted for a request that was never sent (or spent
+        nothing): back to the pool, unless it was a probe's (None) or the window closed."""
+        if window is not None and window == self._key:
+            self._pool += 1
+
+    def take_pool(self) -> tuple[float | None, int]:
+        """The units still held, and their window; the pool is empty afterwards."""
+        units, self._pool = self._pool, 0
+        return self._key, units
+
+    def give_back(self, key: float | None, units: int) -> None:
+        """Return units taken with ``take_pool`` (blocking: a round trip)."""
+        if units and key is not None and key > time.time():
+            self.group.give_back(self.workspace, key, units)
+
+
+class GroupRun(Run):
+    """A run that handles only the chunks it claims of a group's manifest."""
+
+    def __init__(self, settings: Settings, *, group: GroupHandle, holder: str, **kw: Any) -> None:
+        super().__init__(settings, **kw)
+        self.group = group
+        self.holder = holder
+        self.gates: list[SharedQuota] = []
+        self._size = group.chunk_rows
+        self._mine: dict[int, int] = {}  # chunk -> epoch of this worker's claim
+        self._tried: set[int] = set()  # chunks this run claimed (at most once each)
+        self._decided: set[int] = set()  # chunks looked at in this pass
+        self._this_pass: set[int] = set()  # chunks claimed in this pass: the rows we handle
+        self._started: Counter[int] = Counter()  # rows of a chunk read (ours)
+        self._emitted: Counter[int] = Counter()  # ... and given their outcome
+        self._deferred: set[int] = set()  # ours with a deferred row: back to pending
+        self._reached = -1  # the highest chunk the reader has read from, this pass
+        self._pass_done = False
+        self._settled: set[int] = set()  # marked done or released
+        self.passes = 0
+        self.chunks_done = 0
+
+    # -- which rows are ours
+    def chunk_of(self, line: int) -> int:
+        return (line - 1) // self._size
+
+    def owns(self, line: int) -> bool:
+        # Only this pass's claims: a chunk of an earlier pass was read whole then.
+        return (line - 1) // self._size in self._this_pass
+
+    async def _take(self, feed: Feed, n: int) -> tuple[list[RawRow | RowError], bool]:
+        chunk, more = await super()._take(feed, n)
+        if chunk:
+            new = sorted({self.chunk_of(item.line) for item in chunk} - self._decided)
+            todo = [c for c in new if c not in self._tried and self._may_claim()]
+            if todo:
+                got = await asyncio.to_thread(self.group.claim, todo, time.time())
+                self._mine.update(got)
+                self._this_pass.update(got)
+                self._tried.update(got)  # a chunk held by a live worker may be tried again
+                if got:
+                    log.debug("chunks_claimed", chunks=sorted(got), run_id=self.run_id)
+            self._decided.update(new)
+            for item in chunk:
+                c = self.chunk_of(item.line)
+                if c in self._this_pass:
+                    self._started[c] += 1
+                if c > self._reached:
+                    self._reached = c
+        return chunk, more
+
+    def _may_claim(self) -> bool:
+        """Claim no more once the run stops (a signal, failed outputs)."""
+        return self.stop_reason is None
+
+    # -- outcomes, counted per chunk
+    def emit(self, outcome: Outcome, key: RowKey | None, lane: Lane | None = None) -> None:
+        c = self.chunk_of(outcome.line)
+        self._emitted[c] += 1
+        if outcome.status is Status.DEFERRED:
+            self._deferred.add(c)
+        super().emit(outcome, key, lane)
+
+    def _emit_skipped(self, lane: Lane, skips: list[Skip]) -> None:
+        for skip in skips:
+            self._emitted[self.chunk_of(skip[0].line)] += 1
+        super()._emit_skipped(lane, skips)
+
+    def _complete(self) -> list[int]:
+        """Our chunks whose rows have all been read and given an outcome."""
+        return [
+            c
+            for c in self._mine
+            if c not in self._settled
+            and (c < self._reached or self._pass_done)
+            and self._started[c] == self._emitted[c]
+        ]
+
+    async def _settle(self) -> None:
+        """Mark finished chunks done (after the store committed their outcomes); hand
+        those with deferred rows back (pending). Nothing once the run is stopping: its
+        last rows are deferred as interrupted, and its claims lapse with its lease."""
+        if self.stop_reason is not None or self.output_error is not None:
+            return
+        complete = self._complete()
+        if not complete:
+            return
+        await self.store.flush()
+        done = {c: self._mine[c] for c in complete if c not in self._deferred}
+        back = {c: self._mine[c] for c in complete if c in self._deferred}
+        marked = await asyncio.to_thread(
+            self.group.mark_done, done, back, self.run_id, time.time(), self.holder
+        )
+        self.chunks_done += marked
+        self._settled.update(complete)
+
+    async def _mark_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(MARK_EVERY_S)
+            await self._settle()
+
+    # -- the passes
+    async def read(self, manifest: Manifest) -> None:
+        marker = asyncio.create_task(self._mark_periodically())
+        try:
+            await self._passes(manifest)
+        finally:
+            marker.cancel()
+            await asyncio.gather(marker, return_exceptions=True)
+
+    async def _passes(self, manifest: Manifest) -> None:
+        await self._one_pass(manifest)
+        while self._stopped() is False and await self._more_to_do():
+            again = manifest_for(self.settings)
+            with again:
+                self.manifest = again
+                await self._one_pass(again)
+
+    async def _one_pass(self, manifest: Manifest) -> None:
+        self.passes += 1
+        self._decided, self._this_pass = set(self._mine), set()
+        self._reached, self._pass_done = -1, False
+        await super().read(manifest)
+        self._pass_done = True
+
+    def _stopped(self) -> bool:
+        return self.stop_reason is not None or self.drain_abandoned or not self.read_to_end
+
+    async def _more_to_do(self) -> bool:
+        """After a pass: wait while other workers hold live claims; True when a chunk has
+        become claimable (another pass), False when the group is done or nothing is left
+        that this worker could take."""
+        poll = min(POLL_MAX_S, self.group.location.lease_s / 3)
+        while True:
+            await self._settle()
+            if self.stop_reason is not None:
+                return False
+            idle = not self._complete() and all(c in self._settled for c in self._mine)
+            if idle:
+                for gate in self.gates:  # nothing of ours in flight: let others use them
+                    await asyncio.to_thread(gate.give_back, *gate.take_pool())
+            claimable = await asyncio.to_thread(self.group.claimable, self._tried)
+            progress = await asyncio.to_thread(self.group.progress)
+            if progress.finished or (idle and not claimable and not progress.live):
+                log.info(
+                    "group_worker_done", group=self.group.group, run_id=self.run_id,
+                    passes=self.passes, chunks_done=self.chunks_done,
+                    group_done=progress.done, group_chunks=progress.total,
+                )  # fmt: skip
+                return False
+            if claimable:
+                return True
+            await asyncio.sleep(poll)
+
+    def close(self) -> None:
+        for gate in self.gates:
+            try:
+                gate.give_back(*gate.take_pool())
+            except Exception as exc:  # the units come back at the window's end anyway
+                log.warning("quota_give_back_failed", error=f"{type(exc).__name__}: {exc}")
+        self.group.close()
+
+
+def make_run(
+    settings: Settings,
+    *,
+    store: RunStore,
+    lanes: dict[str, Lane],
+    run_id: str,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    **kw: Any,
+) -> Run:
+    """The run for ``settings``: a plain one, or with --group a worker of its group, which
+    joins the group first (UsageError, exit 2, before anything is sent, when the manifest
+    is not the group's)."""
+    if not settings.state_group:
+        return Run(settings, store=store, lanes=lanes, run_id=run_id, sleep=sleep, **kw)
+    from provisioner._state.postgres import connect
+
+    lease = getattr(store, "_lease", None)  # the store's lease row is this worker's
+    location = getattr(store, "location", None)
+    if lease is None or location is None:
+        raise UsageError("--group needs the PostgreSQL store opened for a run")
+    worker = lease.workspaces[0].rsplit(":", 1)[1]
+    fp = Fingerprint.of(settings.manifest)
+    handle = GroupHandle(
+        connect(location, "joining the group"),
+        location,
+        settings.state_group,
+        worker,
+        settings.state_group_chunk,
+    )
+    try:
+        made = handle.join(settings.manifest, fp, settings.state_group_chunk, time.time())
+        handle.register(run_id, socket.gethostname(), os.getpid(), time.time())
+        run = GroupRun(
+            settings, group=handle, holder=lease.holder, store=store, lanes=lanes,
+            run_id=run_id, sleep=sleep, **kw,
+        )  # fmt: skip
+    except BaseException:
+        handle.close()
+        raise
+    for lane in lanes.values():
+        gate = SharedQuota(handle, lane.label, min(RESERVE_UNITS, lane.concurrency))
+        lane.gate = gate
+        run.gates.append(gate)
+    log.info(
+        "group_joined", group=settings.state_group, worker=worker, made=made,
+        chunks=handle.chunks, chunk_rows=handle.chunk_rows, lines=fp.lines,
+    )  # fmt: skip
+    return run
