@@ -114,7 +114,8 @@ async def test_workers_split_the_manifest_within_one_quota(
     sandbox = await sandbox_factory(daily_quota=800, window_seconds=2)
     rows = 2000
     manifest = group_manifest(tmp_path / "m.csv", rows)
-    url = pg_url + "?lease_s=3"
+    # No worker dies here: a long lease keeps a CPU-starved heartbeat from losing it.
+    url = pg_url + "?lease_s=10"
     results = await run_group(sandbox, manifest, tmp_path, url, config(tmp_path, 100, 2), 3)
     for code, err in results:
         assert code == 1, err[-2000:]  # the invalid rows fail
@@ -221,7 +222,7 @@ async def test_a_late_worker_joins_and_a_foreign_manifest_is_refused(
     sandbox = await sandbox_factory(daily_quota=100_000, window_seconds=3600, latency_ms=50)
     rows = 1200
     manifest = group_manifest(tmp_path / "m.csv", rows)
-    url = pg_url + "?lease_s=3"
+    url = pg_url + "?lease_s=10"
     cfg = config(tmp_path, 100)
     slow = ("--concurrency", "2")  # the first worker alone would take ~30 s
     first = await start_cli(*worker_args(sandbox, manifest, tmp_path / "w0", url, cfg), *slow)
@@ -256,7 +257,7 @@ async def test_chunks_with_deferred_rows_go_back_to_pending(
     sandbox = await sandbox_factory(daily_quota=250, window_seconds=3600)
     rows = 600
     manifest = group_manifest(tmp_path / "m.csv", rows)
-    url = pg_url + "?lease_s=3"
+    url = pg_url + "?lease_s=10"
     args = worker_args(sandbox, manifest, tmp_path / "w0", url, config(tmp_path, 100))
     code, _out, err = await provisioner(*args, "--max-wait", "1")
     assert code == 1, err[-2000:]  # rows deferred, and line 402's invalid row failed
