@@ -79,6 +79,8 @@ class _Dialect:
 class PostgresStateStore(SqliteStateStore):
     """The PostgreSQL :class:`StateStore`; create it with :func:`open_postgres`."""
 
+    _compact = False  # skipped and deferred rows stay plain outcomes rows here
+
     def __init__(
         self,
         location: pg.Location,
