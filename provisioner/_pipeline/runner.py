@@ -44,6 +44,7 @@ from provisioner._pipeline.outcomes import (
 from provisioner._pipeline.sending import Sending
 from provisioner._pipeline.workspace_lane import Job, Lane
 from provisioner._state.interface import RunStore
+from provisioner._state.schema import Prior
 from provisioner.errors import (
     OutputError,
 )
@@ -255,35 +256,45 @@ class Run(Sending):
         return self.lanes[row.workspace] if row.workspace is not None else self.default
 
     async def _identify(self, seen: SeenIndex, rows: list[Row]) -> None:
-        """Give a batch of valid rows their identities; report repeats, dispatch the rest."""
-        if not self._scoped:  # one lane: no lane to look up per row
-            lane, kept = self.default, []
-            for a in seen.assign(rows):
-                if a.duplicate_of is not None and a.send_id is not None:
-                    self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
-                else:
-                    kept.append(a)
-            if kept:
-                await self.dispatch(lane, kept)
-            return
-        scopes = [self.lane_of(r).name for r in rows]
-        by_lane: dict[str, list[Assigned]] = {}
-        for a in seen.assign(rows, scopes):
-            lane = self.lane_of(a.row)
-            if a.duplicate_of is not None and a.send_id is not None:
-                self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
-            else:
-                by_lane.setdefault(lane.name, []).append(a)
-        for name, batch in by_lane.items():
-            await self.dispatch(self.lanes[name], batch)
+        """Give a batch of valid rows their identities; report repeats, dispatch the rest.
 
-    async def dispatch(self, lane: Lane, batch: list[Assigned]) -> None:
-        """Skip what earlier runs did, report what is in doubt, queue the rest (``decide``);
-        a row to send is deferred instead while its workspace is not sending."""
+        The seen index and the store's lookup (SQLite queries, a batch at a time) run in a
+        worker thread (``_resolve``): the loop's thread keeps parsing, sending and
+        timing meanwhile, and SQLite releases the GIL while it searches."""
         # Backpressure: a run that only skips can outpace the writer thread; keep its
         # queue (and so memory) bounded.
         await self.store.throttle()
-        priors = self.store.lookup_many(lane.label, [a.key for a in batch])
+        for lane, batch, priors in await asyncio.to_thread(self._resolve, seen, rows):
+            await self.dispatch(lane, batch, priors)
+
+    def _resolve(
+        self, seen: SeenIndex, rows: list[Row]
+    ) -> list[tuple[Lane, list[Assigned], dict[RowKey, Prior]]]:
+        """(in a worker thread) Identities for ``rows``, then, per workspace, the rows that
+        are not repeats with what earlier runs left for them. Repeats stay in the batch
+        (``dispatch`` reports them in order)."""
+        lanes = [self.lane_of(r) for r in rows] if self._scoped else None
+        scopes = None if lanes is None else [lane.name for lane in lanes]
+        assigned = seen.assign(rows, scopes)
+        by_lane: dict[str, tuple[Lane, list[Assigned]]] = {}
+        for i, a in enumerate(assigned):
+            lane = self.default if lanes is None else lanes[i]
+            entry = by_lane.get(lane.name)
+            if entry is None:
+                entry = by_lane[lane.name] = (lane, [])
+            entry[1].append(a)
+        out = []
+        for lane, batch in by_lane.values():
+            keys = [a.key for a in batch if a.duplicate_of is None or a.send_id is None]
+            out.append((lane, batch, self.store.lookup_many(lane.label, keys)))
+        return out
+
+    async def dispatch(
+        self, lane: Lane, batch: list[Assigned], priors: dict[RowKey, Prior]
+    ) -> None:
+        """Report repeats, skip what earlier runs did, report what is in doubt, queue the
+        rest (``decide``); a row to send is deferred instead while its workspace is not
+        sending. ``priors``: ``lookup_many`` of the batch's keys."""
         force, retry = self.settings.force, self.settings.retry_in_doubt
         # Listed once per workspace and run (the first batch waits for it): rows for
         # campaigns Braze does not have fail here, before they can spend quota.
@@ -293,6 +304,12 @@ class Run(Sending):
         # A Job is built only for a row that goes to the workers.
         skips: list[Skip] = []
         for a in batch:
+            if a.duplicate_of is not None and a.send_id is not None:
+                if skips:
+                    self._emit_skipped(lane, skips)
+                    skips = []
+                self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
+                continue
             prior = priors.get(a.key)
             decision = decide(a.send_id is not None, prior, force=force, retry_in_doubt=retry)
             if decision is SKIP:
