@@ -13,6 +13,7 @@ Run alone: ``.venv/bin/python bench/skip_scenario.py [--quick]``.
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -33,7 +34,10 @@ DEFER_GOAL_B = 30  # bytes a row: 300 MB at 10M deferred rows
 
 def baseline_tree(work: Path) -> Path | None:
     """main's code (the merge base of HEAD and ``main``) unpacked under ``work``, or None
-    outside a git checkout."""
+    outside a git checkout; ``BENCH_BASELINE_TREE`` names an unpacked tree instead."""
+    given = os.environ.get("BENCH_BASELINE_TREE")
+    if given:
+        return Path(given)
     try:
         base = subprocess.run(
             ["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True, text=True,
