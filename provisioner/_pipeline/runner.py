@@ -16,6 +16,7 @@ so every row still ends in exactly one output file.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -52,6 +53,8 @@ from provisioner.errors import (
 log = get_logger(__name__)
 
 _LOOKUP_BATCH = 512
+#: A workspace's share of a resolved batch: its rows and what earlier runs left for them.
+Resolved = tuple[Lane, list[Assigned], dict[RowKey, Prior]]
 #: Seconds a stop (SIGTERM, SIGINT, an output failure) lets requests in flight finish
 #: before it ends their waits: an answer normally takes well under a second.
 STOP_GRACE_S = 3.0
@@ -112,6 +115,10 @@ class Run(Sending):
         #: Set when the output files could not be written: the run stops taking rows and
         #: keeps recording outcomes in the store, from which ``export`` writes the files.
         self.output_error: OutputError | None = None
+        #: The batch being resolved in the worker thread (``_identify``), and the lock it
+        #: holds meanwhile, so that the seen index is never closed under it.
+        self._pending: asyncio.Future[list[Resolved]] | None = None
+        self._resolving = threading.Lock()
 
     # -- stopping ----------------------------------------------------------------------
     def request_stop(self, reason: str, exit_code: int | None = None) -> None:
@@ -217,15 +224,18 @@ class Run(Sending):
                         rows = []
                 self.rows_read = n
                 if rows and not more:  # a pipe gone quiet: send what has arrived
-                    await self._identify(seen, rows)
+                    await self._identify(seen, rows, wait=True)
                     rows = []
                 await self.store.throttle()
                 await asyncio.sleep(0)
             if rows:
                 await self._identify(seen, rows)
+            await self._dispatch_pending()
         finally:
             feed.close()
-            seen.close()
+            # A batch may still be in the worker thread (a stop, an error): it ends first.
+            with self._resolving:
+                seen.close()
 
     async def _take(self, feed: Feed, n: int) -> tuple[list[RawRow | RowError], bool]:
         """The next chunk; from a pipe, without waiting on a silent writer past a stop."""
@@ -255,24 +265,37 @@ class Run(Sending):
         """The lane (workspace) a valid row goes to."""
         return self.lanes[row.workspace] if row.workspace is not None else self.default
 
-    async def _identify(self, seen: SeenIndex, rows: list[Row]) -> None:
-        """Give a batch of valid rows their identities; report repeats, dispatch the rest.
+    async def _identify(self, seen: SeenIndex, rows: list[Row], *, wait: bool = False) -> None:
+        """Give a batch of valid rows their identities and dispatch it (repeats reported,
+        the rest decided), in manifest order.
 
         The seen index and the store's lookup (SQLite queries, a batch at a time) run in a
-        worker thread (``_resolve``): the loop's thread keeps parsing, sending and
-        timing meanwhile, and SQLite releases the GIL while it searches."""
+        worker thread (``_resolve``) while the reader parses and validates the next batch;
+        the previous batch is dispatched first, so batches keep their order, and SQLite
+        runs without the GIL meanwhile. ``wait``: dispatch this batch now (a quiet pipe)."""
+        await self._dispatch_pending()
         # Backpressure: a run that only skips can outpace the writer thread; keep its
         # queue (and so memory) bounded.
         await self.store.throttle()
-        for lane, batch, priors in await asyncio.to_thread(self._resolve, seen, rows):
-            await self.dispatch(lane, batch, priors)
+        self._pending = asyncio.ensure_future(asyncio.to_thread(self._resolve, seen, rows))
+        if wait:
+            await self._dispatch_pending()
 
-    def _resolve(
-        self, seen: SeenIndex, rows: list[Row]
-    ) -> list[tuple[Lane, list[Assigned], dict[RowKey, Prior]]]:
+    async def _dispatch_pending(self) -> None:
+        """Dispatch the batch the worker thread resolved (or is resolving), if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            for lane, batch, priors in await pending:
+                await self.dispatch(lane, batch, priors)
+
+    def _resolve(self, seen: SeenIndex, rows: list[Row]) -> list[Resolved]:
         """(in a worker thread) Identities for ``rows``, then, per workspace, the rows that
         are not repeats with what earlier runs left for them. Repeats stay in the batch
         (``dispatch`` reports them in order)."""
+        with self._resolving:
+            return self._resolve_locked(seen, rows)
+
+    def _resolve_locked(self, seen: SeenIndex, rows: list[Row]) -> list[Resolved]:
         lanes = [self.lane_of(r) for r in rows] if self._scoped else None
         scopes = None if lanes is None else [lane.name for lane in lanes]
         assigned = seen.assign(rows, scopes)
