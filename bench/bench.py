@@ -29,10 +29,10 @@ from scenarios import (
     Line,
     Sizes,
     capacity,
-    incremental_skip,
     latency_bound,
     quota_precision,
 )
+from skip_scenario import skip_at_scale
 from support import ROOT, has_uvloop
 from year_scenario import year_of_runs
 
@@ -121,7 +121,7 @@ def run_all(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> list[Line]:
     lines.append(latency_bound(sizes, work))
     lines.append(quota_precision(sizes, work))
     lines.append(memory(sizes, work, uvloop_installed=uvloop_installed))
-    lines.append(incremental_skip(sizes, work))
+    lines.extend(skip_at_scale(sizes, work))
     lines.append(year_of_runs(work, quick=sizes is QUICK))
     return lines
 

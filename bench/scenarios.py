@@ -1,5 +1,5 @@
-"""Scenarios 1, 2, 3 and 5 of issue 6 (4 is in ``memory_scenario.py``) and uvloop's
-effect, each returning table lines.
+"""Scenarios 1, 2 and 3 of issue 6 (4 is in ``memory_scenario.py``, 5 in
+``skip_scenario.py``) and uvloop's effect, each returning table lines.
 
 Every measured run gets a fresh sandbox process: the sandbox keeps every creation in its
 ledger and its set of combinations, so a client measured later would otherwise meet a
@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import baselines
-import stores
 from support import (
     KEY,
     Measure,
@@ -49,12 +48,14 @@ class Sizes:
     skip: int
     repeats: int  # scenario 1 keeps the best of this many runs of each client
     memory_repeats: int  # scenario 4 runs each size this many times
+    skip_scale: tuple[int, ...] = (1_000_000, 5_000_000)  # scenario 5, skip_scenario.py
+    defer_store: int = 1_000_000  # scenario 5d: a run deferring this many rows
 
 
 FULL = Sizes(100_000, 10_000, 10_000, 100, 4.5, (1_000_000, 5_000_000),
              (100_000, 250_000, 500_000), 1_000_000, 3, 2)  # fmt: skip
 QUICK = Sizes(20_000, 2_000, 2_000, 20, 2.5, (100_000, 300_000),
-              (50_000, 150_000), 100_000, 1, 1)  # fmt: skip
+              (50_000, 150_000), 100_000, 1, 1, (100_000, 300_000), 100_000)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -271,33 +272,4 @@ def quota_precision(sizes: Sizes, work: Path) -> Line:
         target=f"{QUOTA} per full window, 0 × 429",
         met=met,
         notes=notes,
-    )
-
-
-def incremental_skip(sizes: Sizes, work: Path) -> Line:
-    """Scenario 5: every row was created by an earlier run (the store is filled as
-    ``stores.prepopulate`` does); the run must skip them all and send nothing."""
-    n = sizes.skip
-    manifest = work / "skip.csv"
-    write_manifest(manifest, n, "")
-    state = work / "skip-state.sqlite3"
-    stores.prepopulate(state, n)
-    notes: list[str] = []
-    with SandboxProcess() as sb:
-        make = _provision(sb.url, manifest, work, "skip", state_path=str(state))
-        box: list[RunResult] = []
-        m = measured(sb, n, lambda: box.append(run_loop(make())))
-        sent = sb.requests_total()
-    skipped = box[0].counts.get("skipped", 0)
-    notes.append(f"skipped {skipped:,} of {n:,}: {m.describe()}")
-    return Line(
-        f"5. Incremental skip, {n:,} rows already created",
-        f"{rate(m)}, {sent} requests",
-        "— (no state: resends all)",
-        "— (no state: resends all)",
-        "— (no state: resends all)",
-        f"{m.rows_per_s / 200_000:.2f} × target",
-        "≥ 200,000 rows/s, 0 requests",
-        m.rows_per_s >= 200_000 and sent == 0 and skipped == n,
-        notes,
     )

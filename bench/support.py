@@ -211,7 +211,12 @@ def _vm_hwm_kb(pid: int) -> int:
 
 
 def run_child(
-    args: list[str], *, env: dict[str, str], stderr_path: Path, timeout: float
+    args: list[str],
+    *,
+    env: dict[str, str],
+    stderr_path: Path,
+    timeout: float,
+    cwd: Path = ROOT,
 ) -> ChildResult:
     """Run a child to the end, sampling its peak RSS (VmHWM) every 20 ms.
 
@@ -225,7 +230,7 @@ def run_child(
     peak_kb, peak_at = 0, 0.0
     with stderr_path.open("w") as err:
         proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=err, env=env, cwd=ROOT, text=True
+            args, stdout=subprocess.PIPE, stderr=err, env=env, cwd=cwd, text=True
         )
         # The children print one line at most: it waits in the pipe until they exit.
         while proc.poll() is None:

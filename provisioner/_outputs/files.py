@@ -286,6 +286,12 @@ class FileSink:
                 self._write_deferred(outcome.columns)
             elif status is Status.FAILED:
                 self._failures.write(_dumps(self._failure(outcome)))
+            elif status is Status.SKIPPED:
+                o = outcome
+                self._results.write(
+                    _skipped_line(o.line, o.campaign_id, o.send_id, o.created_run,
+                                  o.created_at, o.columns)
+                )  # fmt: skip
             else:
                 self._results.write(_dumps(self._result(outcome)))
         except OSError as exc:
@@ -303,19 +309,10 @@ class FileSink:
         write = self._results.write
         try:
             for row, _, send_id, created_run, created_at in skips:
-                record: dict[str, Any] = {
-                    "line": row.line,
-                    "campaign_id": row.campaign_id,
-                    "send_id": send_id,
-                    "status": "skipped",
-                    "attempts": 0,
-                    "http_status": None,
-                    "latency_ms": None,
-                    "created_run": created_run,
-                    "created_at": iso_or_none(created_at),
-                }
-                pass_through(record, row.columns, _RESULT_FIELDS, keep_odd_ids=False)
-                write(_dumps(record))
+                write(
+                    _skipped_line(row.line, row.campaign_id, send_id, created_run,
+                                  created_at, row.columns)
+                )  # fmt: skip
         except OSError as exc:
             raise self._fail(exc) from None
 
@@ -332,9 +329,6 @@ class FileSink:
         }
         if o.status is Status.DUPLICATE:
             record["duplicate_of"] = o.duplicate_of
-        elif o.status is Status.SKIPPED:
-            record["created_run"] = o.created_run
-            record["created_at"] = iso_or_none(o.created_at)
         pass_through(record, o.columns, _RESULT_FIELDS, keep_odd_ids=False)
         return record
 
@@ -438,6 +432,32 @@ class FileSink:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
         self._folder.release()
+
+
+def _skipped_line(
+    line: int,
+    campaign_id: str | None,
+    send_id: str | None,
+    created_run: str | None,
+    created_at: float | None,
+    columns: Columns,
+) -> bytes:
+    """The results line of a skipped row: the one way it is written, whether the run hands
+    a batch of ``Skip`` tuples (``write_skipped``) or export an Outcome (``write``).
+    Nothing was sent for it: no attempts, status or latency."""
+    record: dict[str, Any] = {
+        "line": line,
+        "campaign_id": campaign_id,
+        "send_id": send_id,
+        "status": "skipped",
+        "attempts": 0,
+        "http_status": None,
+        "latency_ms": None,
+        "created_run": created_run,
+        "created_at": iso_or_none(created_at),
+    }
+    pass_through(record, columns, _RESULT_FIELDS, keep_odd_ids=False)
+    return _dumps(record)
 
 
 def pass_through(

@@ -16,6 +16,7 @@ so every row still ends in exactly one output file.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -44,6 +45,7 @@ from provisioner._pipeline.outcomes import (
 from provisioner._pipeline.sending import Sending
 from provisioner._pipeline.workspace_lane import Job, Lane
 from provisioner._state.interface import RunStore
+from provisioner._state.schema import Prior
 from provisioner.errors import (
     OutputError,
 )
@@ -53,6 +55,8 @@ log = get_logger(__name__)
 #: Rows looked up in the store together; fewer once the chunks they came in held
 #: BUFFER_BYTES (wide rows: a few at a time).
 _LOOKUP_BATCH = 512
+#: A workspace's share of a resolved batch: its rows and what earlier runs left for them.
+Resolved = tuple[Lane, list[Assigned], dict[RowKey, Prior]]
 #: Seconds a stop (SIGTERM, SIGINT, an output failure) lets requests in flight finish
 #: before it ends their waits: an answer normally takes well under a second.
 STOP_GRACE_S = 3.0
@@ -113,6 +117,10 @@ class Run(Sending):
         #: Set when the output files could not be written: the run stops taking rows and
         #: keeps recording outcomes in the store, from which ``export`` writes the files.
         self.output_error: OutputError | None = None
+        #: The batch being resolved in the worker thread (``_identify``), and the lock it
+        #: holds meanwhile, so that the seen index is never closed under it.
+        self._pending: asyncio.Future[list[Resolved]] | None = None
+        self._resolving = threading.Lock()
 
     # -- stopping ----------------------------------------------------------------------
     def request_stop(self, reason: str, exit_code: int | None = None) -> None:
@@ -229,18 +237,21 @@ class Run(Sending):
                         rows, held = [], 0
                 self.rows_read = n
                 held = held + feed.taken_bytes if rows else 0
-                # A pipe gone quiet: send what has arrived. Wide rows: what the chunks
+                # A pipe gone quiet: send what has arrived, now. Wide rows: what the chunks
                 # held reached the byte budget.
                 if rows and (not more or held >= BUFFER_BYTES):
-                    await self._identify(seen, rows)
+                    await self._identify(seen, rows, wait=not more)
                     rows, held = [], 0
                 await self.store.throttle()
                 await asyncio.sleep(0)
             if rows:
                 await self._identify(seen, rows)
+            await self._dispatch_pending()
         finally:
             feed.close()
-            seen.close()
+            # A batch may still be in the worker thread (a stop, an error): it ends first.
+            with self._resolving:
+                seen.close()
 
     async def _take(self, feed: Feed, n: int) -> tuple[list[RawRow | RowError], bool]:
         """The next chunk; from a pipe, without waiting on a silent writer past a stop."""
@@ -281,40 +292,61 @@ class Run(Sending):
         """The lane (workspace) a valid row goes to."""
         return self.lanes[row.workspace] if row.workspace is not None else self.default
 
-    async def _identify(self, seen: SeenIndex, rows: list[Row]) -> None:
-        """Give a batch of valid rows their identities; report repeats, dispatch the rest."""
-        if not self._scoped:  # one lane: no lane to look up per row
-            lane, kept = self.default, []
-            for a in seen.assign(rows):
-                if not self.owns(a.row.line):
-                    continue
-                if a.duplicate_of is not None and a.send_id is not None:
-                    self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
-                else:
-                    kept.append(a)
-            if kept:
-                await self.dispatch(lane, kept)
-            return
-        scopes = [self.lane_of(r).name for r in rows]
-        by_lane: dict[str, list[Assigned]] = {}
-        for a in seen.assign(rows, scopes):
-            if not self.owns(a.row.line):
-                continue
-            lane = self.lane_of(a.row)
-            if a.duplicate_of is not None and a.send_id is not None:
-                self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
-            else:
-                by_lane.setdefault(lane.name, []).append(a)
-        for name, batch in by_lane.items():
-            await self.dispatch(self.lanes[name], batch)
+    async def _identify(self, seen: SeenIndex, rows: list[Row], *, wait: bool = False) -> None:
+        """Give a batch of valid rows their identities and dispatch it (repeats reported,
+        the rest decided), in manifest order.
 
-    async def dispatch(self, lane: Lane, batch: list[Assigned]) -> None:
-        """Skip what earlier runs did, report what is in doubt, queue the rest (``decide``);
-        a row to send is deferred instead while its workspace is not sending."""
+        The seen index and the store's lookup (SQLite queries, a batch at a time) run in a
+        worker thread (``_resolve``) while the reader parses and validates the next batch;
+        the previous batch is dispatched first, so batches keep their order, and SQLite
+        runs without the GIL meanwhile. ``wait``: dispatch this batch now (a quiet pipe)."""
+        await self._dispatch_pending()
         # Backpressure: a run that only skips can outpace the writer thread; keep its
         # queue (and so memory) bounded.
         await self.store.throttle()
-        priors = self.store.lookup_many(lane.label, [a.key for a in batch])
+        self._pending = asyncio.ensure_future(asyncio.to_thread(self._resolve, seen, rows))
+        if wait:
+            await self._dispatch_pending()
+
+    async def _dispatch_pending(self) -> None:
+        """Dispatch the batch the worker thread resolved (or is resolving), if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            for lane, batch, priors in await pending:
+                await self.dispatch(lane, batch, priors)
+
+    def _resolve(self, seen: SeenIndex, rows: list[Row]) -> list[Resolved]:
+        """(in a worker thread) Identities for ``rows``, then, per workspace, the rows that
+        are not repeats with what earlier runs left for them. Repeats stay in the batch
+        (``dispatch`` reports them in order)."""
+        with self._resolving:
+            return self._resolve_locked(seen, rows)
+
+    def _resolve_locked(self, seen: SeenIndex, rows: list[Row]) -> list[Resolved]:
+        lanes = [self.lane_of(r) for r in rows] if self._scoped else None
+        scopes = None if lanes is None else [lane.name for lane in lanes]
+        assigned = seen.assign(rows, scopes)
+        by_lane: dict[str, tuple[Lane, list[Assigned]]] = {}
+        for i, a in enumerate(assigned):
+            if not self.owns(a.row.line):
+                continue  # a group worker: identified (occurrences stay the same), not its row
+            lane = self.default if lanes is None else lanes[i]
+            entry = by_lane.get(lane.name)
+            if entry is None:
+                entry = by_lane[lane.name] = (lane, [])
+            entry[1].append(a)
+        out = []
+        for lane, batch in by_lane.values():
+            keys = [a.key for a in batch if a.duplicate_of is None or a.send_id is None]
+            out.append((lane, batch, self.store.lookup_many(lane.label, keys)))
+        return out
+
+    async def dispatch(
+        self, lane: Lane, batch: list[Assigned], priors: dict[RowKey, Prior]
+    ) -> None:
+        """Report repeats, skip what earlier runs did, report what is in doubt, queue the
+        rest (``decide``); a row to send is deferred instead while its workspace is not
+        sending. ``priors``: ``lookup_many`` of the batch's keys."""
         force, retry = self.settings.force, self.settings.retry_in_doubt
         # Listed once per workspace and run (the first batch waits for it): rows for
         # campaigns Braze does not have fail here, before they can spend quota.
@@ -324,6 +356,12 @@ class Run(Sending):
         # A Job is built only for a row that goes to the workers.
         skips: list[Skip] = []
         for a in batch:
+            if a.duplicate_of is not None and a.send_id is not None:
+                if skips:
+                    self._emit_skipped(lane, skips)
+                    skips = []
+                self.emit(duplicate(a.row, a.send_id, a.duplicate_of), a.key, lane)
+                continue
             prior = priors.get(a.key)
             decision = decide(a.send_id is not None, prior, force=force, retry_in_doubt=retry)
             if decision is SKIP:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from provisioner._state import schema
+from provisioner._state import blocks, schema
 from provisioner.errors import StateError
 
 # Operation kinds. Kinds below WAIT name the table a statement writes: the tables have
@@ -64,7 +64,9 @@ def sort_batch(batch: list[Op]) -> Batch:
 
 
 #: Inserts written as one statement of many rows rather than executemany (see commit).
-_MULTI_ROW = frozenset({schema.SQL_OUTCOME, schema.SQL_CREATED, schema.SQL_SKIPPED})
+_MULTI_ROW = frozenset(
+    {schema.SQL_OUTCOME, schema.SQL_CREATED, schema.SQL_CREATED_LINE, schema.SQL_SKIPPED}
+)
 _ROWS_PER_INSERT = 256
 
 
@@ -76,8 +78,9 @@ def _multi_row(sql: str, rows: int) -> str:
     return f"{head} VALUES {', '.join([f'({row})'] * rows)}{tail}"
 
 
-def commit(conn: sqlite3.Connection, tables: list[list[Op]]) -> None:
-    """Apply the sorted statements in one transaction.
+def commit(conn: sqlite3.Connection, tables: list[list[Op]], *, compact_rows: bool = False) -> None:
+    """Apply the sorted statements in one transaction; ``compact_rows``: skipped and
+    deferred outcomes go as blocks (:func:`compact`).
 
     The big inserts (outcomes, created) go as statements of up to 256 rows: executemany
     runs one step per row, and each step releases the GIL, so with the event loop's thread
@@ -85,6 +88,8 @@ def commit(conn: sqlite3.Connection, tables: list[list[Op]]) -> None:
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if compact_rows and tables[OUTCOMES]:
+            tables[OUTCOMES] = compact(conn, tables[OUTCOMES])
         for ops in tables:
             for sql, group in itertools.groupby(ops, itemgetter(1)):
                 params = [op[2] for op in group]
@@ -107,6 +112,38 @@ def commit(conn: sqlite3.Connection, tables: list[list[Op]]) -> None:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
+
+
+# A skipped row's plain fields (attempts .. reason) in an outcomes row: all alike.
+_SKIP_DEFAULTS = (0, None, None, None, None, 0, None, None, None)
+
+
+def compact(conn: sqlite3.Connection, ops: list[Op]) -> list[Op]:
+    """``ops`` (one batch's outcomes statements) with skipped and deferred rows replaced by
+    block inserts (``blocks.py``); rows that cannot be compacted stay as they are. Runs in
+    the writer's transaction, on its connection, so the loop's thread queues what it did."""
+    skips: list[tuple[Any, ...]] = []  # SQL_SKIPPED's parameters
+    deferred: list[tuple[Any, ...]] = []
+    kept: list[Op] = []
+    for op in ops:
+        sql, row = op[1], op[2]
+        if sql is schema.SQL_SKIPPED:
+            skips.append(row)
+        elif sql is not schema.SQL_OUTCOME or isinstance(row[5], bytes):
+            kept.append(op)  # stdlib-encoded columns (huge integers) stay plain
+        elif row[3] == blocks.DEFERRED:
+            deferred.append(row)
+        elif row[3] == blocks.SKIPPED and row[9:18] == _SKIP_DEFAULTS:
+            skips.append((*row[:3], row[4], row[5], row[6], row[7], row[8], row[18]))
+        else:
+            kept.append(op)
+    if not skips and not deferred:
+        return ops
+    refs, plain = blocks.resolve(conn, skips)
+    kept.extend((OUTCOMES, schema.SQL_SKIPPED, row) for row in plain)
+    kept.extend((OUTCOMES, blocks.SQL_BLOCK, p) for p in blocks.skip_blocks(refs))
+    kept.extend((OUTCOMES, blocks.SQL_BLOCK, p) for p in blocks.deferred_blocks(deferred))
+    return kept
 
 
 def settle(waiters: list[Waiter], error: str | None) -> None:

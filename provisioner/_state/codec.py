@@ -88,6 +88,10 @@ def decode_outcome(row: Sequence[Any], run_id_of: Callable[[int], str]) -> Outco
         pairs = json.loads(columns) if isinstance(columns, bytes) else ()
     plain = dict(zip(_PLAIN, row[LINE_INDEX:], strict=True))
     plain["retryable"] = bool(plain["retryable"])
+    if status == "created":
+        # The store's time of the creation, kept for the skipped rows that refer to this
+        # row (blocks.py); an Outcome has created_at for skipped rows only.
+        plain["created_at"] = None
     return Outcome(
         status=Status(status),
         columns=tuple((name, value) for name, value in pairs),

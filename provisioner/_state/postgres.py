@@ -82,6 +82,8 @@ class _Dialect:
 class PostgresStateStore(SqliteStateStore):
     """The PostgreSQL :class:`StateStore`; create it with :func:`open_postgres`."""
 
+    _compact = False  # skipped and deferred rows stay plain outcomes rows here
+
     def __init__(
         self,
         location: pg.Location,
@@ -301,6 +303,8 @@ def _schema_bytes(conn: Any, s: str) -> int:
 class _PgTarget:
     """retention.Target on PostgreSQL: the SQLite-dialect SQL translated, one
     transaction per step. Space is left to autovacuum (dead rows' space is reused)."""
+
+    per_run = retention.PER_RUN  # every outcome is kept whole here: nothing refers to one
 
     def __init__(self, conn: Any, s: str, own_holder: str | None) -> None:
         self._conn = conn

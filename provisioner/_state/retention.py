@@ -6,8 +6,10 @@ runs. ``keep_days = 0`` turns retention off (nothing is ever pruned): the safe r
 of a zero, since misreading it keeps data rather than deleting it.
 
 What goes: a pruned run's rows in the per-run tables (:data:`PER_RUN`: its outcomes,
-deferred rows' values included) and the details of its ``runs`` row (settings, summary,
-deferred header). What stays, always: the ``runs`` row itself (id, manifest, times, exit
+deferred rows' values included; on SQLite, :data:`SQLITE_PER_RUN`, its blocks and its
+outcomes except its creations', which later runs' skipped rows refer to) and the
+details of its ``runs`` row (settings, summary, deferred header). What stays, always: the
+``runs`` row itself (id, manifest, times, exit
 code, counts and ``pruned_at``: ``status`` lists it, ``export`` explains it, and its
 ``seq`` names the creator of ``created`` rows), every ``created`` combination (the skip
 depends on them), every intent (the in-doubt guarantee depends on them), the quota
@@ -44,7 +46,16 @@ from provisioner.errors import StateError
 DAY_S = 86400.0
 #: Tables holding one run's records, with the column that orders a run's rows (each
 #: step deletes the next ``step_rows`` of them). A new per-run table is added here.
-PER_RUN: tuple[tuple[str, str], ...] = (("outcomes", "line"),)
+#: (table, ordering column, the rows it keeps, how many manifest rows a set of its rows
+#: holds). SQLite keeps a pruned run's creations' outcomes, since later runs' skipped
+#: rows are compact references to them (blocks.py; ~150 bytes a created row, kept as
+#: long as its combination), and drops its blocks (each holds a batch of rows).
+PerRun = tuple[tuple[str, str, str, str], ...]
+PER_RUN: PerRun = (("outcomes", "line", "", "count(*)"),)
+SQLITE_PER_RUN: PerRun = (
+    ("outcomes", "line", " AND status <> 'created'", "count(*)"),
+    ("blocks", "first_line", "", "coalesce(sum(rows), 0)"),
+)
 STEP_ROWS = 20_000  # rows deleted per transaction: bounds a step's lock time and WAL
 VACUUM_PAGES = 2048  # pages given back per incremental_vacuum transaction (8 MiB at 4 KiB)
 
@@ -97,6 +108,7 @@ class Pruned:
 
 
 class Target(Protocol):
+    per_run: PerRun  # the per-run tables of this backend, what each keeps
     """A store's write connection as the pruner uses it; no one else writes meanwhile."""
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
@@ -130,8 +142,10 @@ def prune(
     rows = 0
     if dry_run:
         for seq, _run_id, _marked in chosen:
-            for table, _order in PER_RUN:
-                count = target.execute(f"SELECT count(*) FROM {table} WHERE run_seq = ?", (seq,))
+            for table, _order, keep, counted in target.per_run:
+                count = target.execute(
+                    f"SELECT {counted} FROM {table} WHERE run_seq = ?{keep}", (seq,)
+                )
                 rows += int(count.fetchone()[0])
         return Pruned(tuple(r for _, r, _ in chosen), rows, before, before, True)
     for seq, run_id, marked in chosen:
@@ -142,8 +156,8 @@ def prune(
                     " deferred_header = NULL WHERE seq = ? AND pruned_at IS NULL",
                     (now, seq),
                 )
-        for table, order in PER_RUN:
-            rows += _delete_in_steps(target, table, order, seq, step_rows, run_id, rows, progress)
+        for what in target.per_run:
+            rows += _delete_in_steps(target, what, seq, step_rows, run_id, rows, progress)
     note = target.reclaim(vacuum) if chosen or vacuum else None
     return Pruned(tuple(r for _, r, _ in chosen), rows, before, target.size(), False, note)
 
@@ -178,36 +192,37 @@ def _chosen(
 
 
 def _has_rows(target: Target, seq: int) -> bool:
-    for table, _order in PER_RUN:
-        if target.execute(f"SELECT 1 FROM {table} WHERE run_seq = ? LIMIT 1", (seq,)).fetchone():
+    for table, _order, keep, _counted in target.per_run:
+        found = target.execute(f"SELECT 1 FROM {table} WHERE run_seq = ?{keep} LIMIT 1", (seq,))
+        if found.fetchone():
             return True
     return False
 
 
 def _delete_in_steps(
     target: Target,
-    table: str,
-    order: str,
+    what: tuple[str, str, str, str],
     seq: int,
     step_rows: int,
     run_id: str,
     done: int,
     progress: Progress | None,
 ) -> int:
+    table, order, keep, counted = what
     deleted = 0
     while True:
         with target.transaction():
             bound = target.execute(
-                f"SELECT {order} FROM {table} WHERE run_seq = ? ORDER BY {order} LIMIT 1 OFFSET ?",
+                f"SELECT {order} FROM {table} WHERE run_seq = ?{keep}"
+                f" ORDER BY {order} LIMIT 1 OFFSET ?",
                 (seq, step_rows - 1),
             ).fetchone()
-            if bound is None:
-                cursor = target.execute(f"DELETE FROM {table} WHERE run_seq = ?", (seq,))
-            else:
-                cursor = target.execute(
-                    f"DELETE FROM {table} WHERE run_seq = ? AND {order} <= ?", (seq, bound[0])
-                )
-        deleted += max(0, int(cursor.rowcount))
+            where = f"WHERE run_seq = ?{keep}" + ("" if bound is None else f" AND {order} <= ?")
+            params = (seq,) if bound is None else (seq, bound[0])
+            # Manifest rows, not table rows: a block holds a batch of them.
+            found = target.execute(f"SELECT {counted} FROM {table} {where}", params).fetchone()
+            deleted += int(found[0])
+            target.execute(f"DELETE FROM {table} {where}", params)
         if progress is not None:
             progress(run_id, done + deleted)
         if bound is None:
@@ -228,6 +243,8 @@ def file_bytes(path: Path) -> int:
 
 class SqliteTarget:
     """The SQLite store's write connection, used while the run lock is held."""
+
+    per_run = SQLITE_PER_RUN
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn

@@ -23,6 +23,7 @@ import orjson
 
 from provisioner._core.identity import RowKey
 from provisioner._core.models import MAX_RESET_AHEAD, Outcome
+from provisioner._state import blocks
 from provisioner._state.codec import LINE_INDEX, OUTCOME_COLUMNS, decode_outcome
 from provisioner._state.lock import live_holder
 from provisioner.errors import StateError
@@ -79,8 +80,47 @@ def _v2_pruned_at(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE runs ADD COLUMN pruned_at REAL")
 
 
+_BLOCKS = (
+    # Compact outcome records (blocks.py): a batch of a run's skipped rows (references to
+    # their creations) or deferred rows (their values), zlib-compressed.
+    """CREATE TABLE blocks (
+        run_seq INTEGER NOT NULL, first_line INTEGER NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('skipped', 'deferred')),
+        last_line INTEGER NOT NULL, rows INTEGER NOT NULL, data BLOB NOT NULL,
+        PRIMARY KEY (run_seq, first_line, kind)) WITHOUT ROWID""",
+    # The line of the creation's outcome in its run (NULL: unknown), which a skipped
+    # row refers to.
+    "ALTER TABLE created ADD COLUMN line INTEGER",
+)
+
+
+def _v3_blocks(conn: sqlite3.Connection) -> None:
+    for statement in _BLOCKS:
+        conn.execute(statement)
+    # Existing creations: each finds its outcome's line, and that outcome its creation's
+    # time, which skipped rows show. A pass over each table in Python, a batch at a time
+    # (UPDATE ... FROM needs SQLite 3.33, and a correlated subquery would scan outcomes
+    # once per creation): ~1M rows in a few seconds, memory flat.
+    rows = conn.execute(
+        "SELECT line, workspace, campaign_id, key, run_seq FROM outcomes WHERE status = 'created'"
+    )
+    while batch := rows.fetchmany(10_000):
+        conn.executemany(
+            "UPDATE created SET line = ? WHERE workspace = ? AND campaign_id = ? AND key = ?"
+            " AND run_seq = ?",
+            batch,
+        )
+    rows = conn.execute("SELECT created_at, run_seq, line FROM created WHERE line IS NOT NULL")
+    while batch := rows.fetchmany(10_000):
+        conn.executemany(
+            "UPDATE outcomes SET created_at = ? WHERE run_seq = ? AND line = ?"
+            " AND status = 'created' AND created_at IS NULL",
+            batch,
+        )
+
+
 #: MIGRATIONS[i] upgrades a file from schema version i to i + 1 (0 is an empty file).
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2_pruned_at]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v1, _v2_pruned_at, _v3_blocks]
 
 
 def schema_version() -> int:
@@ -212,6 +252,13 @@ SQL_CREATED = (
     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (workspace, campaign_id, key) DO UPDATE SET"
     " send_id = excluded.send_id, run_seq = excluded.run_seq, created_at = excluded.created_at"
 )
+# The same with the creation's line (SQLite: skipped rows refer to it, blocks.py).
+SQL_CREATED_LINE = (
+    "INSERT INTO created (workspace, campaign_id, key, send_id, run_seq, created_at, line)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (workspace, campaign_id, key) DO UPDATE SET"
+    " send_id = excluded.send_id, run_seq = excluded.run_seq,"
+    " created_at = excluded.created_at, line = excluded.line"
+)
 _INTENT_INSERT = (
     "INSERT INTO intents (workspace, campaign_id, key, state, run_seq, at, send_id, line)"
     " VALUES (?, ?, ?, '{}', ?, ?, ?, ?) ON CONFLICT (workspace, campaign_id, key) DO UPDATE SET"
@@ -302,6 +349,9 @@ class SqliteReader:
     :class:`provisioner._state.store.SqliteStateStore` adds the writer on top of it.
     """
 
+    #: Skipped and deferred rows are stored as blocks (blocks.py); not in PostgreSQL.
+    _compact = True
+
     def __init__(self, path: Path, read: sqlite3.Connection) -> None:
         self.path = path
         self._read = read
@@ -361,7 +411,8 @@ class SqliteReader:
         return QuotaWindow(workspace, reset_at, limit, remaining, sum(row[3] for row in rows))
 
     def iter_outcomes(self, run_id: str) -> Iterator[Outcome]:
-        """Every outcome of ``run_id`` in line order (StateError at once if it is unknown)."""
+        """Every outcome of ``run_id`` in line order (StateError at once if it is unknown):
+        the plain rows merged with the blocks' (``blocks.py``)."""
         seq = self._seq_of(run_id)
         sql = (
             f"SELECT {OUTCOME_COLUMNS} FROM outcomes WHERE run_seq = ? AND line > ?"
@@ -379,7 +430,26 @@ class SqliteReader:
                     return
                 last = rows[-1][LINE_INDEX]
 
-        return pages()
+        return blocks.merge(pages(), self._blocks(seq, run_id))
+
+    def _blocks(self, seq: int, run_id: str) -> Iterator[list[Outcome]]:
+        """The run's blocks decoded, in order of their first line, a few at a time."""
+        sql = (
+            "SELECT first_line, kind, data FROM blocks WHERE run_seq = ?"
+            " AND (first_line, kind) > (?, ?) ORDER BY first_line, kind LIMIT 16"
+        )
+        after: tuple[int, str] = (-(2**63), "")
+        while True:
+            with self._reading() as conn:
+                rows = conn.execute(sql, (seq, *after)).fetchall()
+                decoded = [
+                    blocks.decode_block(conn, seq, kind, data, self._run_id_of, run_id)
+                    for _, kind, data in rows
+                ]
+            yield from decoded
+            if len(rows) < 16:
+                return
+            after = (rows[-1][0], rows[-1][1])
 
     def run_info(self, run_id: str) -> tuple[RunRecord, tuple[str, ...] | None, dict[str, object]]:
         """A run's record, its deferred.csv header, and its stored summary."""
@@ -423,6 +493,11 @@ class SqliteReader:
                 "SELECT count(*) FROM outcomes WHERE status = 'deferred'"
                 " AND run_seq = (SELECT max(seq) FROM runs)"
             ).fetchone()[0]
+            if self._compact:
+                deferred += conn.execute(
+                    "SELECT coalesce(sum(rows), 0) FROM blocks WHERE kind = 'deferred'"
+                    " AND run_seq = (SELECT max(seq) FROM runs)"
+                ).fetchone()[0]
         return {"in_doubt": in_doubt, "in_flight_stale": stale, "deferred_last_run": deferred}
 
     @contextlib.contextmanager

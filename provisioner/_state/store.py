@@ -304,7 +304,14 @@ class SqliteStateStore(schema.SqliteReader):
             ident = (workspace, key[0], key[1])
             if status is Status.CREATED:
                 at = time.time() if outcome.created_at is None else outcome.created_at
-                created = (CREATED, schema.SQL_CREATED, (*ident, outcome.send_id, seq, at))
+                # The outcome keeps its creation's time too: a later run's skipped rows
+                # refer to this outcome (blocks.py) and show that time.
+                op = (OUTCOMES, schema.SQL_OUTCOME, (*row[:-1], at))
+                if self._compact:
+                    params = (*ident, outcome.send_id, seq, at, outcome.line)
+                    created: Op = (CREATED, schema.SQL_CREATED_LINE, params)
+                else:
+                    created = (CREATED, schema.SQL_CREATED, (*ident, outcome.send_id, seq, at))
                 op = (GROUP, "", (op, created, (INTENTS, schema.SQL_SETTLE, ident)))
             elif status is Status.FAILED and outcome.error == IN_DOUBT:
                 doubt = (*ident, seq, time.time(), outcome.send_id, outcome.line)
@@ -524,7 +531,7 @@ class SqliteStateStore(schema.SqliteReader):
                 if durable != self._full_sync:
                     conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
                     self._full_sync = durable
-                commit(conn, sorted_.tables)
+                commit(conn, sorted_.tables, compact_rows=self._compact)
             except Exception as exc:  # surfaced to every waiter and every later call
                 detail = " ".join(str(exc).split()) or type(exc).__name__
                 self._error = (

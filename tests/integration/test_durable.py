@@ -29,6 +29,7 @@ from .helpers import (
     write_csv,
 )
 from .test_cli import provisioner, run_args
+from .test_compact_records import assert_export_matches
 
 
 async def test_second_run_sends_nothing(sandbox: Sandbox, tmp_path: Path) -> None:
@@ -364,6 +365,8 @@ async def test_kill_9_loop_loses_nothing_and_creates_nothing_twice(
     ledger = {e.campaign_id: e.send_id for e in sandbox.ledger.created}
     assert all(ledger[c] == s for c, s in ok.items())  # reported ids are the created ones
     assert summary["rows_total"] == len(rows)
+    # The store's compact records of that run (skipped rows, blocks) export its files.
+    await assert_export_matches(tmp_path, tmp_path / "out", summary["run_id"])
 
 
 async def test_validate_forecasts_without_sending(sandbox: Sandbox, tmp_path: Path) -> None:

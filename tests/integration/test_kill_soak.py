@@ -16,6 +16,7 @@ from tests.conftest import SandboxFactory
 
 from .helpers import assert_invariant, campaigns, outputs, start_cli, write_csv
 from .test_cli import provisioner, run_args
+from .test_compact_records import assert_export_matches
 
 pytestmark = pytest.mark.slow
 
@@ -79,3 +80,5 @@ async def test_kills_faults_and_quota_together_lose_nothing(
     http_429 = sum(w.http_429 for w in sandbox.ledger.window_figures())
     assert http_429 <= starts, (http_429, starts)
     assert summary["rows_total"] == len(rows)
+    # The store's compact records of that run (skipped rows, blocks) export its files.
+    await assert_export_matches(tmp_path, tmp_path / "out", summary["run_id"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,11 @@ import orjson
 import pytest
 
 from provisioner._core.models import Skip
+from provisioner._manifest.seen import SeenIndex
 from provisioner._pipeline.outcomes import skipped
 from provisioner._pipeline.runner import Run
 from provisioner._pipeline.workspace_lane import Lane
+from provisioner._state.schema import SqliteReader
 from provisioner._state.store import Prior
 from provisioner.api import run_pipeline
 from provisioner.sandbox.server import FaultRule
@@ -166,3 +169,30 @@ async def test_output_failure_in_a_skipped_batch_loses_nothing(
     assert [r["note"] for r in results] == [note] * rows
     assert not failures
     assert not deferred
+
+
+async def test_identities_and_lookups_run_off_the_loop_thread(
+    sandbox_factory: SandboxFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seen index and the store's lookup of a run's batches run in a worker thread,
+    never on the event loop's thread, and the re-run still skips every row."""
+    sandbox = await sandbox_factory(daily_quota=10_000)
+    manifest = write_csv(tmp_path / "m.csv", campaigns(1200))
+    assert (await run_pipeline(settings_for(sandbox.url, tmp_path, manifest))).exit_code == 0
+    threads: list[int] = []
+    real_assign, real_lookup = SeenIndex.assign, SqliteReader.lookup_many
+
+    def assign(self: SeenIndex, *args: Any) -> Any:
+        threads.append(threading.get_ident())
+        return real_assign(self, *args)
+
+    def lookup(self: SqliteReader, *args: Any) -> Any:
+        threads.append(threading.get_ident())
+        return real_lookup(self, *args)
+
+    monkeypatch.setattr(SeenIndex, "assign", assign)
+    monkeypatch.setattr(SqliteReader, "lookup_many", lookup)
+    result = await run_pipeline(settings_for(sandbox.url, tmp_path, manifest))
+    assert result.counts["skipped"] == 1200
+    assert len(threads) >= 6  # three batches of 512 rows, two calls each
+    assert threading.get_ident() not in threads

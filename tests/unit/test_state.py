@@ -11,6 +11,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -170,10 +171,10 @@ async def test_concurrent_intents_share_commits(
     commits = 0
     real_commit = state_batch.commit
 
-    def counting(conn: sqlite3.Connection, tables: list[list[state_batch.Op]]) -> None:
+    def counting(conn: sqlite3.Connection, tables: list[list[state_batch.Op]], **kw: Any) -> None:
         nonlocal commits
         commits += 1
-        real_commit(conn, tables)
+        real_commit(conn, tables, **kw)
 
     monkeypatch.setattr(state, "commit", counting)
     await asyncio.gather(
@@ -190,9 +191,9 @@ async def test_one_records_statements_share_a_transaction(
     seen: list[list[int]] = []
     real_commit = state_batch.commit
 
-    def spying(conn: sqlite3.Connection, tables: list[list[state_batch.Op]]) -> None:
+    def spying(conn: sqlite3.Connection, tables: list[list[state_batch.Op]], **kw: Any) -> None:
         seen.append([len(ops) for ops in tables])
-        real_commit(conn, tables)
+        real_commit(conn, tables, **kw)
 
     monkeypatch.setattr(state, "commit", spying)
     sqlite_store.record("run-1", WS, ("c", "s:a"), created(1, "c", "a"))
@@ -375,29 +376,30 @@ def test_read_only_folder_is_a_state_error(tmp_path: Path) -> None:
 def test_missing_migration_steps_run_in_one_transaction(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A file is upgraded by the new steps; a failing step leaves it at its version, untouched."""
+    """A file of the current version is upgraded by new steps; a failing step leaves it
+    at its version, untouched."""
     open_store(path).close()
-    base = state_schema.schema_version()
+    version, real = state_schema.schema_version(), list(state_schema.MIGRATIONS)
 
     def broken(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE TABLE half_done (x)")
         conn.execute("SELECT * FROM no_such_table")
 
-    monkeypatch.setattr(state_schema, "MIGRATIONS", [*state_schema.MIGRATIONS, broken])
+    monkeypatch.setattr(state_schema, "MIGRATIONS", [*real, broken])
     with pytest.raises(StateError, match="no such table"):
         open_store(path)
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone() == (base,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (version,)
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'half_done'").fetchall() == []
     conn.close()
 
     def add_index(conn: sqlite3.Connection) -> None:
         conn.execute("CREATE INDEX created_by_run ON created (run_seq)")
 
-    monkeypatch.setattr(state_schema, "MIGRATIONS", [*state_schema.MIGRATIONS[:base], add_index])
+    monkeypatch.setattr(state_schema, "MIGRATIONS", [*real, add_index])
     open_store(path).close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone() == (base + 1,)
+    assert conn.execute("PRAGMA user_version").fetchone() == (version + 1,)
     assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'created_by_run'").fetchone()
     conn.close()
 
@@ -450,7 +452,7 @@ async def test_unsurfaced_writer_error_is_raised_by_close(path: Path) -> None:
         "CREATE TRIGGER boom BEFORE INSERT ON outcomes BEGIN SELECT RAISE(ABORT, 'x'); END"
     )
     other.commit()
-    s.record("run-1", WS, None, Outcome(1, Status.DEFERRED, None, None))
+    s.record("run-1", WS, None, Outcome(1, Status.FAILED, None, None, error="e"))
     with pytest.raises(StateError, match="a write failed"):
         s.close()
 
