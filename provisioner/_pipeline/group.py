@@ -33,9 +33,10 @@ from provisioner._braze.quota import QuotaBudget, RateLimit
 from provisioner._config.settings import Settings
 from provisioner._core.identity import RowKey
 from provisioner._core.logs import get_logger
-from provisioner._core.models import Outcome, RawRow, RowError, Skip, Status
+from provisioner._core.models import Outcome, RawRow, Row, RowError, Skip, Status
 from provisioner._manifest.feed import Feed
 from provisioner._manifest.reader import Manifest, manifest_for
+from provisioner._manifest.seen import SeenIndex
 from provisioner._pipeline.runner import Run
 from provisioner._pipeline.workspace_lane import Lane
 from provisioner._state.interface import RunStore
@@ -235,6 +236,12 @@ class GroupRun(Run):
                 if c > self._reached:
                     self._reached = c
         return chunk, more
+
+    async def _identify(self, seen: SeenIndex, rows: list[Row], *, wait: bool = False) -> None:
+        # Each batch dispatched before the next is read: the reader claims chunks as it
+        # reads, so reading a batch ahead (the lone run's overlap) would claim chunks this
+        # worker cannot start yet, which late workers could have taken.
+        await super()._identify(seen, rows, wait=True)
 
     def _may_claim(self) -> bool:
         """Claim no more once the run stops (a signal, failed outputs)."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from provisioner._state import schema
+from provisioner._state import blocks, codec, schema
 from provisioner._state.interface import (
     COLUMNS,
     ORDER,
@@ -121,9 +121,12 @@ class SqliteTables:
 
     def counts(self) -> dict[str, int]:
         with self._translated():
-            return {
+            counts = {
                 t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES
             }
+            held = self._conn.execute("SELECT coalesce(sum(rows), 0) FROM blocks").fetchone()
+        counts["outcomes"] += held[0]  # a block holds a batch of outcomes
+        return counts
 
     def workspaces(self) -> list[str]:
         union = " UNION ".join(
@@ -145,6 +148,8 @@ class SqliteTables:
                 )
                 while page := cursor.fetchmany(_PAGE):
                     yield from page
+            if table == "outcomes":
+                yield from self._block_rows()
 
         with self._translated():
             self._conn.execute("BEGIN")  # deferred: one WAL snapshot from the first read on
@@ -153,6 +158,24 @@ class SqliteTables:
         finally:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
+
+    def _block_rows(self) -> Rows:
+        """The outcomes held in compact blocks (``blocks.py``: skipped rows as references to
+        their creations, deferred rows compressed), as plain outcome rows: the shape every
+        store loads (a copy into SQLite keeps them plain, which export reads alike)."""
+        run_ids = dict(self._conn.execute("SELECT seq, run_id FROM runs").fetchall())
+        seq_of = {run_id: seq for seq, run_id in run_ids.items()}
+        cursor = self._conn.execute(
+            "SELECT run_seq, kind, data FROM blocks ORDER BY run_seq, first_line, kind"
+        )
+        while page := cursor.fetchmany(16):
+            for seq, kind, data in page:
+                decoded = blocks.decode_block(
+                    self._conn, seq, kind, data, run_ids.__getitem__, run_ids[seq]
+                )
+                for outcome in decoded:
+                    # A block keeps no workspace or key: nothing reads them for such rows.
+                    yield codec.encode_outcome(seq, None, None, outcome, seq_of)  # type: ignore[arg-type]
 
     def load(self, rows_of: Callable[[str], Rows]) -> dict[str, int]:
         conn = self._conn
