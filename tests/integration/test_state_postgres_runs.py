@@ -3,17 +3,22 @@ derived send_ids, two workspaces' runs at once, and the database lost mid-run an
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from pathlib import Path
 
 import orjson
 import psycopg
 import pytest
 
+from provisioner._core.redact import redact_url
 from provisioner._state import postgres_schema as pg_schema
 from provisioner._state.opening import open_store
 from provisioner.sandbox.server import Sandbox
+from tests.conftest import SandboxFactory
+from tests.pg_server import PgServer
 
-from .helpers import campaigns, read_jsonl, write_csv
+from .helpers import campaigns, cli_env, read_jsonl, start_cli, wait_for_created, write_csv
 from .test_cli import provisioner
 from .test_state_postgres import no_password, run_args
 
@@ -105,3 +110,82 @@ def test_the_expected_columns_are_those_a_fresh_schema_has(pg_url: str) -> None:
     for table, column in rows:
         found.setdefault(table, set()).add(column)
     assert found == {t: set(c) for t, c in pg_schema._EXPECTED.items()}
+
+
+def created_twice(sandbox: Sandbox) -> list[tuple[str, str]]:
+    """The (campaign_id, send_id) pairs the sandbox created more than once."""
+    pairs = Counter((e.campaign_id, e.send_id) for e in sandbox.ledger.created)
+    return [pair for pair, n in pairs.items() if n > 1]
+
+
+async def test_derived_send_ids_on_postgresql(
+    sandbox: Sandbox, tmp_path: Path, pg_url: str
+) -> None:
+    """--derive-send-ids on PostgreSQL: a run creates each row under its derived id, a
+    rerun skips them all (the database remembers the derived keys), nothing twice."""
+    manifest = write_csv(tmp_path / "m.csv", campaigns(6, with_send_id=False))
+    derive = ("--derive-send-ids", "mig")
+    code, _, err = await provisioner(*run_args(sandbox, tmp_path / "o1", manifest, pg_url, *derive))
+    assert code == 0, err
+    first = {r["campaign_id"]: r["send_id"] for r in read_jsonl(tmp_path / "o1" / "results.jsonl")}
+    assert len(first) == 6
+    assert all(first.values())
+    code, _, err = await provisioner(*run_args(sandbox, tmp_path / "o2", manifest, pg_url, *derive))
+    assert code == 0, err
+    again = read_jsonl(tmp_path / "o2" / "results.jsonl")
+    assert {r["campaign_id"]: r["send_id"] for r in again} == first
+    assert {r["status"] for r in again} == {"skipped"}
+    assert len(sandbox.ledger.created) == 6
+    assert created_twice(sandbox) == []
+
+
+async def test_two_workspaces_run_at_once_on_one_database(
+    sandbox_factory: SandboxFactory, tmp_path: Path, pg_url: str
+) -> None:
+    """Two `provisioner run`s of two workspaces (two API keys) on one database at the
+    same time: each holds only its own workspace's lease, so both finish (exit 0)."""
+    sandbox = await sandbox_factory(api_keys=("key-one", "key-two"))
+    runs = []
+    for n, key in enumerate(("key-one", "key-two")):
+        manifest = write_csv(tmp_path / f"m{n}.csv", campaigns(40, prefix=f"w{n}-"))
+        args = run_args(sandbox, tmp_path / f"o{n}", manifest, pg_url, "--rate", "200")
+        runs.append(await start_cli(*args, env=cli_env({"BRAZE_API_KEY": key})))
+    results = [await proc.communicate() for proc in runs]
+    for proc, (_, err) in zip(runs, results, strict=True):
+        assert proc.returncode == 0, err.decode()
+    assert len(sandbox.ledger.created) == 80
+    code, out, err = await provisioner("status", "--state", pg_url, "--json")
+    assert code == 0, err
+    assert len(orjson.loads(out)["runs"]) == 2
+
+
+async def test_database_stopped_during_a_run_then_back(
+    sandbox_factory: SandboxFactory, tmp_path: Path, pg_server: PgServer
+) -> None:
+    """The server stopping under a real run: the run exits 2 with one line naming the
+    database without its password; once the server is back, the same command finishes
+    the work and nothing is created twice."""
+    sandbox = await sandbox_factory(daily_quota=10_000)
+    # A short lease: the stopped run could not release its own, it must expire.
+    url = pg_server.create_database("stopped_mid_run") + "?lease_s=2"
+    manifest = write_csv(tmp_path / "m.csv", campaigns(300))
+    args = run_args(sandbox, tmp_path / "o1", manifest, url, "--rate", "100")
+    proc = await start_cli(*args)
+    try:
+        assert await wait_for_created(sandbox, 20)
+        pg_server.stop()
+        _, err_bytes = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        pg_server.start()  # the session's server: other tests use it
+    err = err_bytes.decode()
+    assert proc.returncode == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("provisioner: error")]
+    assert len(errors) == 1, err
+    assert redact_url(url) in errors[0]
+    no_password(err)
+    assert len(sandbox.ledger.created) < 300
+    again = run_args(sandbox, tmp_path / "o2", manifest, url, "--lock-wait", "30")
+    code, _, err = await provisioner(*again)
+    assert code == 0, err
+    assert {(e.campaign_id, e.send_id) for e in sandbox.ledger.created} == set(campaigns(300))
+    assert created_twice(sandbox) == []
