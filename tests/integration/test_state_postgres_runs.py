@@ -5,22 +5,26 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
 import pytest
 
+from provisioner._core.models import Outcome, Status
 from provisioner._core.redact import redact_url
 from provisioner._state import postgres_schema as pg_schema
 from provisioner._state.opening import open_store
+from provisioner.errors import StateError
 from provisioner.sandbox.server import Sandbox
 from tests.conftest import SandboxFactory
 from tests.pg_server import PgServer
 
 from .helpers import campaigns, cli_env, read_jsonl, start_cli, wait_for_created, write_csv
 from .test_cli import provisioner
-from .test_state_postgres import no_password, run_args
+from .test_state_postgres import WS, no_password, run_args
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -191,3 +195,43 @@ async def test_database_stopped_during_a_run_then_back(
     assert code == 0, err
     assert {(e.campaign_id, e.send_id) for e in sandbox.ledger.created} == set(campaigns(300))
     assert created_twice(sandbox) == []
+
+
+def _stolen(url: str, store: Any) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE provisioner.leases SET holder = 'thief', expires_at = expires_at + 600"
+        )
+
+
+def _connection_killed(url: str, store: Any) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (store._lease.conn.info.backend_pid,))
+
+
+@pytest.mark.parametrize(
+    ("lose", "reason"),
+    [(_stolen, "taken over by another run"), (_connection_killed, "could not be renewed")],
+)
+async def test_a_lease_the_heartbeat_cannot_renew_stops_sending(
+    pg_url: str, lose: Callable[[str, Any], None], reason: str
+) -> None:
+    """The heartbeat failing to renew the lease (another holder took it by SQL, or its
+    connection was killed) fail-stops the store by itself, before any commit: the next
+    intent (the step before a request leaves) is refused with that reason."""
+    store = open_store(pg_url + "?lease_s=1.5", workspaces=[WS])  # a beat every 0.5 s
+    store.begin_run("run-1", "m", 1.0, None, {})
+    await store.intent("run-1", WS, ("c", "s:a"), "a", 1)
+    lose(pg_url, store)
+    for _ in range(200):  # a bound for a busy machine, not a time the test asserts
+        if store._error is not None:
+            break
+        await asyncio.sleep(0.05)
+    with pytest.raises(StateError, match=reason):
+        await store.intent("run-1", WS, ("c", "s:b"), "b", 2)
+    with pytest.raises(StateError):
+        store.record("run-1", WS, None, Outcome(3, Status.DEFERRED, None, None))
+    store.close()
+    reader = open_store(pg_url, lock=False)
+    assert list(reader.lookup_many(WS, [("c", "s:b")])) == []  # never recorded as sent
+    reader.close()
