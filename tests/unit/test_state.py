@@ -290,6 +290,7 @@ async def test_outcomes_settle_intents_as_documented(location: Path | str) -> No
 async def test_kill_9_keeps_committed_intent_and_lock_is_taken_over(path: Path) -> None:
     """A process killed after `await intent` leaves the intent readable as in_flight, and
     its lock is taken over with took_over_from naming it."""
+    # SQLite only: its run lock file (PostgreSQL's lease takeover: test_state_postgres.py).
     child = spawn(
         """
         async def main():
@@ -324,6 +325,7 @@ async def test_kill_9_keeps_committed_intent_and_lock_is_taken_over(path: Path) 
 def test_second_run_is_refused_while_a_live_process_holds_the_store(path: Path) -> None:
     """Opening a store another live process holds raises StateLockedError (exit 75) naming
     its pid and start time; once it exits cleanly the store opens with no takeover."""
+    # SQLite only: its run lock file (PostgreSQL's lease: test_state_postgres.py).
     child = spawn(
         """
         s = open_store(Path(os.environ["STATE"]))
@@ -395,6 +397,7 @@ def test_unusable_files_are_one_line_state_errors(
 
 def test_unwritable_location_is_a_state_error(tmp_path: Path) -> None:
     """A state path whose folder cannot be created raises StateError naming it."""
+    # SQLite only: a file path; PostgreSQL's unreachable database is in test_state_postgres.py.
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(StateError, match=r"cannot create the folder .*--state PATH"):
         open_store(tmp_path / "file" / "sub" / "state.sqlite3")
@@ -403,6 +406,7 @@ def test_unwritable_location_is_a_state_error(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
 def test_read_only_folder_is_a_state_error(tmp_path: Path) -> None:
     """A folder without write permission raises StateError, not a traceback."""
+    # SQLite only: a file path.
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o500)
@@ -467,15 +471,15 @@ def test_missing_postgresql_migration_steps_run_in_one_transaction(
     assert fresh_rows(pg_url, index) == [(1,)]
 
 
-def test_settings_never_store_secret_looking_names(path: Path) -> None:
+def test_settings_never_store_secret_looking_names(location: Path | str) -> None:
     """Settings named like *key*, *secret*, *token*, *password* (at any depth) are dropped."""
     settings = {"api_key": "K", "API_KEY": "K", "client_secret": "S", "rate": 5,
                 "auth": {"token": "T", "base_url": "https://x"}, "keys": ["K"]}  # fmt: skip
     assert scrub_settings(settings) == {"rate": 5, "auth": {"base_url": "https://x"}}
-    s = open_store(path)
+    s = open_store(location)
     s.begin_run("run-1", "m", 1.0, None, settings)
     s.close()
-    stored = sqlite3.connect(path).execute("SELECT settings FROM runs").fetchone()[0]
+    stored = str(fresh_rows(location, "SELECT settings FROM runs")[0][0])
     assert "K" not in stored
     assert "S" not in stored
     assert "T" not in stored
