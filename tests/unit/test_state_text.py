@@ -58,3 +58,17 @@ async def test_nul_in_every_stored_text_round_trips(store: SqliteStateStore) -> 
     assert found[key].send_id == "send\x00" + ESCAPE
     assert (odd, "s:\x00") not in found
     assert [run.run_id for run in store.recent_runs(5)] == [run]
+
+
+async def test_postgresql_holds_the_escaped_form(pg_url: str) -> None:
+    """What a hand-written query sees on PostgreSQL: U+0000 as U+FDD0 '0', as documented."""
+    import psycopg
+
+    s = open_store(pg_url)
+    s.begin_run("r", "m", 1.0, None, {})
+    s.record("r", WS, ("c\x00", "s:a"), Outcome(1, Status.CREATED, "c\x00", "a"))
+    await s.flush()
+    s.close()
+    with psycopg.connect(pg_url) as conn:
+        rows = conn.execute("SELECT campaign_id FROM provisioner.created").fetchall()
+    assert rows == [("c" + ESCAPE + "0",)]
