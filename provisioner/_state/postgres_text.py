@@ -57,18 +57,25 @@ def _adapters() -> tuple[type, type, type, type]:
     overridden), built on first use: psycopg is imported only for PostgreSQL."""
     from psycopg.types import string
 
+    # The checks are inlined: these run once per text value sent or read.
     class Dumper(string.StrDumperUnknown):  # psycopg's default for str parameters
         def dump(self, obj: str) -> bytes:
-            return escape(obj).encode(self._encoding)
+            if "\x00" in obj or ESCAPE in obj:
+                obj = escape(obj)
+            return obj.encode(self._encoding)
 
     class BinaryDumper(string.StrBinaryDumper):
         def dump(self, obj: str) -> bytes:
-            return escape(obj).encode(self._encoding)
+            if "\x00" in obj or ESCAPE in obj:
+                obj = escape(obj)
+            return obj.encode(self._encoding)
 
     class Loader(string.TextLoader):
         def load(self, data: Any) -> Any:
-            value = super().load(data)
-            return unescape(value) if isinstance(value, str) else value
+            if not self._encoding:  # SQL_ASCII: psycopg gives bytes, nothing to undo
+                return super().load(data)
+            text = str(data, self._encoding)
+            return unescape(text) if ESCAPE in text else text
 
     class BinaryLoader(Loader):
         format = string.TextBinaryLoader.format
