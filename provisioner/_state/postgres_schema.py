@@ -209,6 +209,7 @@ def prepare(conn: Any, location: Location) -> None:
                 " another --state"
             )
         if version == schema_version():
+            _check_tables(conn, location)
             return
         exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (s,)).fetchone()
         if not exists:
@@ -220,6 +221,49 @@ def prepare(conn: Any, location: Location) -> None:
             f"INSERT INTO {s}.meta (name, value) VALUES ('application', %s), ('version', %s)"
             " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             (APPLICATION, str(schema_version())),
+        )
+
+
+#: Each table's columns at schema_version(): a store lacking one was damaged by hand.
+_EXPECTED = {
+    "meta": ("name", "value"),
+    "runs": (
+        "seq", "run_id", "manifest", "pid", "started_at", "finished_at", "exit_code", "counts",
+        "summary", "deferred_header", "settings", "pruned_at",
+    ),
+    "created": ("workspace", "campaign_id", "key", "send_id", "run_seq", "created_at"),
+    "intents": ("workspace", "campaign_id", "key", "state", "run_seq", "at", "send_id", "line"),
+    "outcomes": (
+        "run_seq", "workspace", "key", "status", "created_seq", "created_text", "columns",
+        "columns_bin", "line", "campaign_id", "send_id", "attempts", "http_status",
+        "latency_ms", "error", "message", "retryable", "field", "duplicate_of", "reason",
+        "created_at",
+    ),
+    "quota_windows": ("workspace", "reset_at", "quota_limit", "remaining", "spent"),
+    "leases": ("workspace", "holder", "host", "pid", "started", "epoch", "expires_at"),
+}  # fmt: skip
+
+
+def _check_tables(conn: Any, location: Location) -> None:
+    """Refuse a store whose tables or columns are not all there (one query per open):
+    otherwise the first read or write would fail mid-run on a missing relation."""
+    found: dict[str, set[str]] = {}
+    for table, column in conn.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = %s",
+        (location.schema,),
+    ):
+        found.setdefault(table, set()).add(column)
+    missing = [
+        f"table {table}" if table not in found else f"column {table}.{column}"
+        for table, columns in _EXPECTED.items()
+        for column in (columns if table in found else columns[:1])
+        if table not in found or column not in found[table]
+    ]
+    if missing:
+        raise StateError(
+            f"state store {location.shown}: schema {location.schema!r} is damaged (missing"
+            f" {', '.join(missing[:5])}); restore it from a backup (or `provisioner state"
+            " copy` one in), or pass ?schema=NAME of another schema"
         )
 
 

@@ -1,4 +1,5 @@
-"""The SQLite state store: round trips, intents, crash safety, refusals, writer errors."""
+"""The state store on both backends (the `location`/`store` fixtures) unless a test says
+why it is SQLite's: round trips, intents, crash safety, refusals, writer errors."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ import pytest
 from provisioner._core.models import Outcome, Row, Skip, Status
 from provisioner._pipeline.outcomes import skipped
 from provisioner._state import batch as state_batch
+from provisioner._state import postgres_schema as pg_schema
 from provisioner._state import schema as state_schema
 from provisioner._state import store as state
 from provisioner._state.opening import open_store
+from provisioner._state.postgres_schema import parse_location
 from provisioner._state.store import SqliteStateStore, default_state_path, scrub_settings
 from provisioner.errors import StateError, StateLockedError
 
@@ -64,6 +67,45 @@ def created(line: int, campaign_id: str, send_id: str) -> Outcome:
 
 def failed(line: int, campaign_id: str, error: str, send_id: str | None = None) -> Outcome:
     return Outcome(line, Status.FAILED, campaign_id, send_id, error=error, message="m")
+
+
+def fresh_rows(location: Path | str, sql: str) -> list[tuple[object, ...]]:
+    """``sql`` (SQLite's dialect, bare table names) on a brand-new connection to the
+    store at ``location``, of either backend: what another process would read."""
+    if isinstance(location, Path):
+        conn = sqlite3.connect(location)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+    import psycopg
+
+    where = parse_location(location)
+    with psycopg.connect(where.conninfo) as pg_conn:
+        rows = pg_conn.execute(pg_schema.translate(sql, where.schema)).fetchall()
+    return [tuple(row) for row in rows]
+
+
+def add_failing_trigger(location: Path | str, message: str) -> None:
+    """Make every later insert into outcomes fail with ``message``, from outside the store."""
+    if isinstance(location, Path):
+        with sqlite3.connect(location) as conn:
+            conn.execute(
+                "CREATE TRIGGER boom BEFORE INSERT ON outcomes"
+                f" BEGIN SELECT RAISE(ABORT, '{message}'); END"
+            )
+        return
+    import psycopg
+
+    with psycopg.connect(location, autocommit=True) as pg_conn:
+        pg_conn.execute(
+            "CREATE FUNCTION provisioner.boom() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN RAISE EXCEPTION '{message}'; END $$"
+        )
+        pg_conn.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON provisioner.outcomes"
+            " FOR EACH ROW EXECUTE FUNCTION provisioner.boom()"
+        )
 
 
 def spawn(code: str, path: Path) -> subprocess.Popen[str]:
@@ -133,52 +175,49 @@ async def test_lookup_many_spans_several_chunks(store: SqliteStateStore) -> None
 
 
 async def test_intent_is_committed_when_its_await_returns(
-    sqlite_store: SqliteStateStore, path: Path
+    store: SqliteStateStore, location: Path | str
 ) -> None:
     """After `await intent(...)` the intent is readable from a brand-new connection."""
-    await sqlite_store.intent("run-1", WS, ("c1", "s:a"), "a", 7)
-    row = sqlite3.connect(path).execute("SELECT state, send_id, line FROM intents").fetchall()
-    assert row == [("in_flight", "a", 7)]
+    await store.intent("run-1", WS, ("c1", "s:a"), "a", 7)
+    rows = fresh_rows(location, "SELECT state, send_id, line FROM intents")
+    assert rows == [("in_flight", "a", 7)]
 
 
 async def test_lazy_intent_is_queued_not_awaited(
-    sqlite_store: SqliteStateStore, path: Path
+    store: SqliteStateStore, location: Path | str
 ) -> None:
     """wait=False returns at once; the intent is on disk after the next flush."""
-    await sqlite_store.intent("run-1", WS, ("c1", "s:b"), "b", 8, wait=False)
-    await sqlite_store.flush()
-    row = sqlite3.connect(path).execute("SELECT state, send_id, line FROM intents").fetchall()
-    assert row == [("in_flight", "b", 8)]
+    await store.intent("run-1", WS, ("c1", "s:b"), "b", 8, wait=False)
+    await store.flush()
+    rows = fresh_rows(location, "SELECT state, send_id, line FROM intents")
+    assert rows == [("in_flight", "b", 8)]
 
 
 async def test_unwaited_records_reach_the_disk_without_a_flush(
-    sqlite_store: SqliteStateStore, path: Path
+    store: SqliteStateStore, location: Path | str
 ) -> None:
     """A record nobody waits for is committed by the writer's own poll, not only by flush()."""
-    sqlite_store.record("run-1", WS, ("c9", "s:z"), created(9, "c9", "z"))
-    conn = sqlite3.connect(path)
+    store.record("run-1", WS, ("c9", "s:z"), created(9, "c9", "z"))
     for _ in range(500):  # the writer polls every 10 ms; give it up to 5 s on a busy machine
-        if conn.execute("SELECT count(*) FROM created").fetchone()[0]:
+        if fresh_rows(location, "SELECT count(*) FROM created")[0][0]:
             break
         await asyncio.sleep(0.01)
-    assert conn.execute("SELECT campaign_id, send_id FROM created").fetchall() == [("c9", "z")]
+    assert fresh_rows(location, "SELECT campaign_id, send_id FROM created") == [("c9", "z")]
 
 
-async def test_concurrent_intents_share_commits(
-    sqlite_store: SqliteStateStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_concurrent_intents_share_commits(store: SqliteStateStore) -> None:
     """Many workers awaiting intents at once are committed in far fewer transactions."""
     commits = 0
-    real_commit = state_batch.commit
+    real_apply = store._apply
 
-    def counting(conn: sqlite3.Connection, tables: list[list[state_batch.Op]], **kw: Any) -> None:
+    def counting(batch: list[state_batch.Op]) -> bool:  # the writer's one call per batch
         nonlocal commits
         commits += 1
-        real_commit(conn, tables, **kw)
+        return real_apply(batch)
 
-    monkeypatch.setattr(state, "commit", counting)
+    store._apply = counting  # type: ignore[method-assign]
     await asyncio.gather(
-        *(sqlite_store.intent("run-1", WS, ("c", f"s:{i}"), str(i), i) for i in range(64))
+        *(store.intent("run-1", WS, ("c", f"s:{i}"), str(i), i) for i in range(64))
     )
     assert 1 <= commits < 64
 
@@ -187,6 +226,8 @@ async def test_one_records_statements_share_a_transaction(
     sqlite_store: SqliteStateStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Even one operation per transaction never splits an outcome from its created row."""
+    # SQLite only: it spies on the SQLite commit function (PostgreSQL commits in its own
+    # PostgresStateStore._commit; both get their tables from the same batch.sort_batch).
     monkeypatch.setattr(state, "_BATCH", 1)
     seen: list[list[int]] = []
     real_commit = state_batch.commit
@@ -250,6 +291,7 @@ async def test_outcomes_settle_intents_as_documented(location: Path | str) -> No
 async def test_kill_9_keeps_committed_intent_and_lock_is_taken_over(path: Path) -> None:
     """A process killed after `await intent` leaves the intent readable as in_flight, and
     its lock is taken over with took_over_from naming it."""
+    # SQLite only: its run lock file (PostgreSQL's lease takeover: test_state_postgres.py).
     child = spawn(
         """
         async def main():
@@ -284,6 +326,7 @@ async def test_kill_9_keeps_committed_intent_and_lock_is_taken_over(path: Path) 
 def test_second_run_is_refused_while_a_live_process_holds_the_store(path: Path) -> None:
     """Opening a store another live process holds raises StateLockedError (exit 75) naming
     its pid and start time; once it exits cleanly the store opens with no takeover."""
+    # SQLite only: its run lock file (PostgreSQL's lease: test_state_postgres.py).
     child = spawn(
         """
         s = open_store(Path(os.environ["STATE"]))
@@ -355,6 +398,7 @@ def test_unusable_files_are_one_line_state_errors(
 
 def test_unwritable_location_is_a_state_error(tmp_path: Path) -> None:
     """A state path whose folder cannot be created raises StateError naming it."""
+    # SQLite only: a file path; PostgreSQL's unreachable database is in test_state_postgres.py.
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(StateError, match=r"cannot create the folder .*--state PATH"):
         open_store(tmp_path / "file" / "sub" / "state.sqlite3")
@@ -363,6 +407,7 @@ def test_unwritable_location_is_a_state_error(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
 def test_read_only_folder_is_a_state_error(tmp_path: Path) -> None:
     """A folder without write permission raises StateError, not a traceback."""
+    # SQLite only: a file path.
     folder = tmp_path / "ro"
     folder.mkdir()
     folder.chmod(0o500)
@@ -378,6 +423,7 @@ def test_missing_migration_steps_run_in_one_transaction(
 ) -> None:
     """A file of the current version is upgraded by new steps; a failing step leaves it
     at its version, untouched."""
+    # SQLite's steps are functions on a connection; the PostgreSQL twin is below.
     open_store(path).close()
     version, real = state_schema.schema_version(), list(state_schema.MIGRATIONS)
 
@@ -404,15 +450,38 @@ def test_missing_migration_steps_run_in_one_transaction(
     conn.close()
 
 
-def test_settings_never_store_secret_looking_names(path: Path) -> None:
+def test_missing_postgresql_migration_steps_run_in_one_transaction(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PostgreSQL schema is upgraded by the new steps; a failing step leaves it at its
+    version, untouched."""
+    open_store(pg_url).close()
+    base = pg_schema.schema_version()
+    broken = ("CREATE TABLE {s}.half_done (x INTEGER)", "SELECT * FROM {s}.no_such_table")
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", [*pg_schema.MIGRATIONS, broken])
+    with pytest.raises(StateError, match="no_such_table"):
+        open_store(pg_url)
+    version = "SELECT value FROM provisioner.meta WHERE name = 'version'"
+    assert fresh_rows(pg_url, version) == [(str(base),)]
+    tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'provisioner'"
+    assert ("half_done",) not in fresh_rows(pg_url, tables)
+    add_index = ("CREATE INDEX created_by_run ON {s}.created (run_seq)",)
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", [*pg_schema.MIGRATIONS[:base], add_index])
+    open_store(pg_url).close()
+    assert fresh_rows(pg_url, version) == [(str(base + 1),)]
+    index = "SELECT 1 FROM pg_indexes WHERE indexname = 'created_by_run'"
+    assert fresh_rows(pg_url, index) == [(1,)]
+
+
+def test_settings_never_store_secret_looking_names(location: Path | str) -> None:
     """Settings named like *key*, *secret*, *token*, *password* (at any depth) are dropped."""
     settings = {"api_key": "K", "API_KEY": "K", "client_secret": "S", "rate": 5,
                 "auth": {"token": "T", "base_url": "https://x"}, "keys": ["K"]}  # fmt: skip
     assert scrub_settings(settings) == {"rate": 5, "auth": {"base_url": "https://x"}}
-    s = open_store(path)
+    s = open_store(location)
     s.begin_run("run-1", "m", 1.0, None, settings)
     s.close()
-    stored = sqlite3.connect(path).execute("SELECT settings FROM runs").fetchone()[0]
+    stored = str(fresh_rows(location, "SELECT settings FROM runs")[0][0])
     assert "K" not in stored
     assert "S" not in stored
     assert "T" not in stored
@@ -420,38 +489,30 @@ def test_settings_never_store_secret_looking_names(path: Path) -> None:
 
 
 async def test_writer_errors_surface_on_every_later_call(
-    sqlite_store: SqliteStateStore, path: Path
+    store: SqliteStateStore, location: Path | str
 ) -> None:
     """A failed write raises StateError on flush, record, intent and finish_run; nothing later
     is committed."""
-    other = sqlite3.connect(path)
-    other.execute(
-        "CREATE TRIGGER boom BEFORE INSERT ON outcomes"
-        " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
-    )
-    other.commit()
-    sqlite_store.record("run-1", WS, ("c", "s:a"), created(1, "c", "a"))
+    add_failing_trigger(location, "disk on fire")
+    store.record("run-1", WS, ("c", "s:a"), created(1, "c", "a"))
     with pytest.raises(StateError, match=r"disk on fire.*run again"):
-        await sqlite_store.flush()
+        await store.flush()
     with pytest.raises(StateError):
-        sqlite_store.record("run-1", WS, None, Outcome(2, Status.DEFERRED, None, None))
+        store.record("run-1", WS, None, Outcome(2, Status.DEFERRED, None, None))
     with pytest.raises(StateError):
-        await sqlite_store.intent("run-1", WS, ("c", "s:b"), "b", 3)
+        await store.intent("run-1", WS, ("c", "s:b"), "b", 3)
     with pytest.raises(StateError):
-        sqlite_store.finish_run("run-1", 2.0, 0, {}, {})
-    assert other.execute("SELECT count(*) FROM created").fetchone() == (0,)
-    sqlite_store.close()  # the error was already surfaced: close does not raise it again
+        store.finish_run("run-1", 2.0, 0, {}, {})
+    assert fresh_rows(location, "SELECT count(*) FROM created") == [(0,)]
+    store.close()  # the error was already surfaced: close does not raise it again
 
 
-async def test_unsurfaced_writer_error_is_raised_by_close(path: Path) -> None:
+async def test_unsurfaced_writer_error_is_raised_by_close(location: Path | str) -> None:
     """An error nobody awaited is raised by close(), never swallowed."""
-    s = open_store(path)
+    s = open_store(location)
     s.begin_run("run-1", "m", 1.0, None, {})
-    other = sqlite3.connect(path)
-    other.execute(
-        "CREATE TRIGGER boom BEFORE INSERT ON outcomes BEGIN SELECT RAISE(ABORT, 'x'); END"
-    )
-    other.commit()
+    add_failing_trigger(location, "x")
+    # A failed row: SQLite keeps deferred ones in a compact block, not in outcomes.
     s.record("run-1", WS, None, Outcome(1, Status.FAILED, None, None, error="e"))
     with pytest.raises(StateError, match="a write failed"):
         s.close()
@@ -471,26 +532,30 @@ async def test_quota_windows_sum_spent_and_keep_lowest_remaining(store: SqliteSt
     assert store.quota_window(WS, now=2000.0) is None
 
 
-async def test_a_stored_absurd_window_is_never_read_and_is_dropped_on_open(path: Path) -> None:
+async def test_a_stored_absurd_window_is_never_read_and_is_dropped_on_open(
+    location: Path | str,
+) -> None:
     """A window whose reset no server meant (1e30, past year 9999), as an older version
-    stored it, is invisible to status and to the next run, and a run's open deletes it."""
+    stored it, is invisible to status and to the next run, and (SQLite) a run's open
+    deletes it."""
     from provisioner._outputs.report import status_report
 
-    s = open_store(path)
+    s = open_store(location)
     s.begin_run("run-1", "a.csv", 1.0, None, {})
     s.record_quota(WS, 1e30, 100, 40, 3)
     s.record_quota("ws-far", 253402300800.0 + 86400, 100, 40, 3)
     s.finish_run("run-1", 2.0, 0, {}, {})
     s.close()
-    reader = open_store(path, lock=False)
+    reader = open_store(location, lock=False)
     try:
         assert reader.quota_window(WS, now=1000.0) is None
         assert status_report(reader, now=1000.0)["quota"] == []
     finally:
         reader.close()
-    open_store(path).close()
-    with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT COUNT(*) FROM quota_windows").fetchone() == (0,)
+    if isinstance(location, str):
+        return  # the repair on open is SQLite's: no PostgreSQL store predates the bound
+    open_store(location).close()
+    assert fresh_rows(location, "SELECT COUNT(*) FROM quota_windows") == [(0,)]
 
 
 async def test_recent_runs_and_open_problems(location: Path | str) -> None:
@@ -601,7 +666,7 @@ async def test_throttle_returns_once_the_writer_is_down_to_half(
     assert store.pending == 0
 
 
-async def test_skipped_batch_stores_what_per_row_records_would(path: Path) -> None:
+async def test_skipped_batch_stores_what_per_row_records_would(location: Path | str) -> None:
     """record_skipped stores the outcomes rows record() stores for each row's
     outcomes.skipped Outcome (a known and an unknown creating run, odd column values), and
     touches neither created nor intents: export and status read them alike."""
@@ -617,7 +682,12 @@ async def test_skipped_batch_stores_what_per_row_records_would(path: Path) -> No
     ]
     dumps: list[list[tuple[object, ...]]] = []
     for batched in (True, False):
-        where = path.parent / ("batched" if batched else "per-row") / "state.sqlite3"
+        name = "batched" if batched else "per_row"
+        where: Path | str = (
+            f"{location}?schema={name}"
+            if isinstance(location, str)
+            else location.parent / name / "state.sqlite3"
+        )
         s = open_store(where)
         s.begin_run("run-0", "manifest.csv", 10.0, None, {})
         seed = Outcome(2, Status.CREATED, "c0", "s0", created_at=5.0)  # no clock: comparable
@@ -639,27 +709,25 @@ async def test_skipped_batch_stores_what_per_row_records_would(path: Path) -> No
         ]
         assert list(s.iter_outcomes("run-1")) == expected
         s.close()
-        conn = sqlite3.connect(where)
         dumps.append(
             [
-                *conn.execute("SELECT * FROM outcomes ORDER BY run_seq, line"),
-                *conn.execute("SELECT * FROM created ORDER BY campaign_id"),
-                *conn.execute("SELECT * FROM intents"),
+                *fresh_rows(where, "SELECT * FROM outcomes ORDER BY run_seq, line"),
+                *fresh_rows(where, "SELECT * FROM created ORDER BY campaign_id"),
+                *fresh_rows(where, "SELECT * FROM intents"),
             ]
         )
-        conn.close()
     assert dumps[0] == dumps[1]
     assert len(dumps[0]) == 5  # one outcome of run-0, three of run-1, one created row
 
 
-def test_the_sqlite_store_implements_the_two_seams(path: Path) -> None:
-    """SqliteStateStore is a RunStore and a StoreReader; the reader seam has no write."""
+def test_the_stores_implement_the_two_seams(location: Path | str) -> None:
+    """Each store is a RunStore and a StoreReader; the reader seam has no write."""
     from provisioner._state.interface import RunStore, StoreReader
 
     writes = {"begin_run", "intent", "record", "record_skipped", "record_quota", "finish_run"}
     assert writes <= set(dir(RunStore))
     assert not writes & set(dir(StoreReader))
-    run_store: RunStore = open_store(path)  # mypy checks the assignment
+    run_store: RunStore = open_store(location)  # mypy checks the assignment
     run_store.close()
-    reader: StoreReader = open_store(path, lock=False)
+    reader: StoreReader = open_store(location, lock=False)
     reader.close()
