@@ -27,7 +27,7 @@ def env_settings(path: Path) -> dict[str, str]:
 def installed_config_path() -> str:
     """Where docs/operations.md installs the config file (its `install ... .toml` line)."""
     text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
-    targets = re.findall(r"^install\b.*\s(/\S+\.toml)\b", text, re.M)
+    targets: list[str] = re.findall(r"^install\b.*\s(/\S+\.toml)\b", text, re.M)
     assert len(set(targets)) == 1, f"docs/operations.md installs configs at {targets}"
     return targets[0]
 
@@ -64,6 +64,6 @@ def test_one_textfile_collector_path_everywhere() -> None:
     assert len(folders) == 1, f"textfile collector folders differ: {folders}"
     assert len(proms) == 1, f"metrics file names differ: {proms}"
     # The env example (the cron wrapper) and the systemd unit both name the file.
-    ((name, where),) = proms.items()
-    assert name == "provisioner.prom"
-    assert {"deploy/provisioner.env.example", "deploy/systemd/provisioner.service"} <= set(where)
+    ((prom, named_in),) = proms.items()
+    assert prom == "provisioner.prom"
+    assert {"deploy/provisioner.env.example", "deploy/systemd/provisioner.service"} <= set(named_in)
