@@ -40,6 +40,9 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
         print(f"provisioner {package_version()}")  # stdout, as argparse's "version" action
+        # Flushed here, so that a closed pipe (`provisioner --version | true`) raises where
+        # main() catches it rather than in the interpreter's flush at exit.
+        sys.stdout.flush()
         parser.exit()
 
 

@@ -330,18 +330,17 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``provisioner`` and ``python -m provisioner``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except BrokenPipeError:  # `provisioner --version | true`
+        return _reader_left()
     _import_structlog_without_rich()
     try:
         code = _COMMANDS[args.command](args)
         sys.stdout.flush()  # here, so that a closed pipe is caught below, not at exit
         return code
     except BrokenPipeError:
-        # `provisioner status | head -1`: the reader left. No traceback, and no second
-        # error when the interpreter flushes stdout at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return ExitCode.BROKEN_PIPE  # 128 + SIGPIPE, what a killed program reports
+        return _reader_left()
     except ProvisionerError as exc:
         from provisioner._outputs.report import printable
 
@@ -350,6 +349,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _fatal(args, "interrupted", "provisioner: interrupted", ExitCode.INTERRUPTED)
         return ExitCode.INTERRUPTED
+
+
+def _reader_left() -> int:
+    """`provisioner status | head -1`: the reader left. No traceback, and no second error
+    when the interpreter flushes stdout at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return ExitCode.BROKEN_PIPE  # 128 + SIGPIPE, what a killed program reports
 
 
 def _fatal(args: argparse.Namespace, event: str, text: str, exit_code: int) -> None:

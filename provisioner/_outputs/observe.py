@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Protocol
 from provisioner._core.logs import get_logger
 from provisioner._core.models import Status
 from provisioner._core.times import iso
-from provisioner._outputs.summary import rows_sent
 
 if TYPE_CHECKING:
     from provisioner._pipeline.runner import Run
@@ -57,7 +56,7 @@ class Snapshot:
     retries: int
     http_429: int
     http_by_class: dict[str, int]  # "2xx", "4xx", "5xx"
-    rows_per_s: float | None  # rows sent (created or failed) per second of the run
+    rows_per_s: float | None  # rows sent (created, or failed after a request) per second of the run
     fraction_read: float | None  # how far through the manifest by bytes (None for stdin)
     eta_s: float | None  # None here: each observer's ``Eta`` measures it over time
     quota_limit: int | None
@@ -111,7 +110,7 @@ def snapshot(run: Run, *, exit_code: int | None = None) -> Snapshot:
         retries=run.stats.retries,
         http_429=run.stats.http_429,
         http_by_class=dict(run.stats.http_by_class),
-        rows_per_s=round(rows_sent(run.stats.counts) / elapsed, 1) if elapsed > 0 else None,
+        rows_per_s=round(run.stats.sent / elapsed, 1) if elapsed > 0 else None,
         fraction_read=read,
         eta_s=None,
         quota_limit=b.limit,
@@ -144,7 +143,7 @@ def _figures(lane: Lane, elapsed: float) -> WorkspaceFigures:
         retries=st.retries,
         http_429=st.http_429,
         http_by_class=dict(st.http_by_class),
-        rows_per_s=round(rows_sent(st.counts) / elapsed, 1) if elapsed > 0 else None,
+        rows_per_s=round(st.sent / elapsed, 1) if elapsed > 0 else None,
         quota_limit=b.limit,
         quota_remaining=b.remaining,
         quota_reset_at=b.reset_at,

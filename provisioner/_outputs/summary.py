@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from provisioner._core.models import Status
+from provisioner._core.models import Outcome, Status
 from provisioner._core.times import iso
 
 _GROWTH = math.log(1.01)
@@ -51,6 +50,8 @@ class WorkspaceStats:
     metrics file can give each workspace its own figures)."""
 
     counts: Counter[str] = field(default_factory=Counter)
+    #: rows whose request was sent (see ``RunStats.sent``)
+    sent: int = 0
     requests: int = 0
     retries: int = 0
     http_429: int = 0
@@ -68,6 +69,10 @@ class RunStats:
     started_at: float = field(default_factory=time.time)
     started_mono: float = field(default_factory=time.monotonic)
     counts: Counter[str] = field(default_factory=Counter)
+    #: Rows whose request was sent: created rows, and failed rows after at least one
+    #: attempt. Invalid rows, rows the campaign check refused and in-doubt rows of an
+    #: earlier run failed without a request; deferred, skipped and duplicate rows cost none.
+    sent: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     deferred_reasons: Counter[str] = field(default_factory=Counter)
     http_by_class: Counter[str] = field(default_factory=Counter)
@@ -111,15 +116,16 @@ class RunStats:
                 "p95": self.latency.percentile(95),
                 "p99": self.latency.percentile(99),
             },
-            # Rows that cost requests: deferred, skipped and duplicate rows are none sent.
-            "rows_per_s": round(rows_sent(counts) / duration, 1) if duration > 0 else None,
+            "rows_per_s": round(self.sent / duration, 1) if duration > 0 else None,
             "errors": dict(self.errors.most_common()),
             "deferred_reasons": dict(self.deferred_reasons.most_common()),
             "exit_code": exit_code,
         }
 
 
-def rows_sent(counts: Mapping[str, int]) -> int:
-    """The rows a rate counts: created or failed (deferred rows were not sent, skipped
-    ones were done by an earlier run, duplicates are copies of a row sent once)."""
-    return counts.get(Status.CREATED.value, 0) + counts.get(Status.FAILED.value, 0)
+def was_sent(outcome: Outcome) -> bool:
+    """Whether a row's request was sent, so that it counts in rows_per_s: created, or
+    failed after at least one attempt."""
+    return outcome.status is Status.CREATED or (
+        outcome.status is Status.FAILED and outcome.attempts > 0
+    )

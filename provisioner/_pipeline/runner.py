@@ -32,7 +32,7 @@ from provisioner._manifest.reader import Manifest
 from provisioner._manifest.rules import validate
 from provisioner._manifest.seen import Assigned, SeenIndex
 from provisioner._outputs.files import ResultSink
-from provisioner._outputs.summary import RunStats
+from provisioner._outputs.summary import RunStats, was_sent
 from provisioner._pipeline.campaign_check import CampaignCheck, refused
 from provisioner._pipeline.decide import IN_DOUBT, SKIP, decide
 from provisioner._pipeline.outcomes import (
@@ -170,6 +170,9 @@ class Run(Sending):
         # property: this runs for every row.
         self.stats.counts[status._value_] += 1
         lane.stats.counts[status._value_] += 1
+        if was_sent(outcome):
+            self.stats.sent += 1
+            lane.stats.sent += 1
         if status is Status.FAILED:
             self.stats.errors[outcome.error or "unknown"] += 1
             failed = self.stats.counts[status._value_]

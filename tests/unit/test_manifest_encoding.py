@@ -118,3 +118,20 @@ def test_jsonl_line_of_form_feed_or_vertical_tab_is_a_row_error(control: bytes) 
     error = got[1]
     assert isinstance(error, RowError)
     assert (error.line, error.error) == (2, "malformed_json")
+
+
+@pytest.mark.parametrize("control", [b"\x0c", b"\x0b"])
+def test_csv_line_of_form_feed_or_vertical_tab_is_a_row_error(control: bytes) -> None:
+    """A CSV line holding only a form feed or a vertical tab is a wrong_column_count row
+    (it must end in an output file), not a blank line; inside a value such a character
+    splits no line, so the line numbers after it stay right."""
+    data = b"campaign_id,send_id\nc1,s1\n" + control + b"\n\nc2,s2" + control + b"x\nc3,s3\n"
+    with Manifest("-", "csv", stdin=io.BytesIO(data)) as manifest:
+        got = list(manifest)
+    assert [(type(r).__name__, r.line) for r in got] == [
+        ("RawRow", 2), ("RowError", 3), ("RawRow", 5), ("RawRow", 6),
+    ]  # fmt: skip
+    error = got[1]
+    assert isinstance(error, RowError)
+    assert error.error == "wrong_column_count"
+    assert dict(got[2].columns)["send_id"] == "s2" + control.decode() + "x"

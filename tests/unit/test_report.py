@@ -132,4 +132,27 @@ def test_rows_per_s_counts_rows_sent_not_deferred_or_skipped() -> None:
     stats.started_mono -= 10.0
     assert stats.summary(run_id="r", manifest="m", exit_code=3)["rows_per_s"] == 0.0
     stats.counts["created"] = 100
+    stats.sent = 100
     assert stats.summary(run_id="r", manifest="m", exit_code=3)["rows_per_s"] == 10.0
+
+
+async def test_rows_per_s_counts_rows_whose_request_was_sent(tmp_path: Path) -> None:
+    """rows_per_s counts created rows and rows failed after a request (a 4xx), never an
+    invalid row that failed without one, for the run and for its workspace (issue 13)."""
+    from provisioner._core.models import RowError, Status
+    from provisioner._pipeline.outcomes import failed_from_error
+    from provisioner.testing import ScriptedSender, created, invalid
+    from tests.unit.pipeline_kit import pipeline, row
+
+    sender = ScriptedSender([created(), invalid()])
+    async with pipeline(tmp_path, sender) as kit:
+        for line in range(10, 1010):
+            bad = RowError(line, "invalid_campaign_id", "campaign_id is empty", "campaign_id")
+            kit.run.emit(failed_from_error(bad), None)
+        await kit.send([row(2, send_id="s-2"), row(3, send_id="s-3")])
+    stats = kit.run.stats
+    assert (stats.counts[Status.CREATED.value], stats.counts[Status.FAILED.value]) == (1, 1001)
+    assert (stats.sent, kit.lane.stats.sent) == (2, 2)
+    stats.started_mono -= 10.0
+    # 2 rows sent over a bit more than 10 s; the 1,000 invalid rows would make it ~100.
+    assert stats.summary(run_id="r", manifest="m", exit_code=1)["rows_per_s"] == 0.2
