@@ -1,6 +1,7 @@
 """A success naming another send_id than the one requested (``send_id_mismatch``): what the
 row's failure says, what the store keeps, and what the next run does, as README's error
-table documents ("not counted as created; a rerun sends it again")."""
+table documents ("not counted as created; a rerun sends it again"); and a row without a
+send_id, for which any id answered is Braze's own."""
 
 from __future__ import annotations
 
@@ -62,3 +63,19 @@ async def test_a_mismatched_send_id_fails_the_row_naming_both_ids_and_is_never_s
         ("c000001", "s000001")
     ) == 1
     assert ("c000001", "s000001") in _store(state, "SELECT campaign_id, send_id FROM created")
+
+
+async def test_a_row_without_a_send_id_is_created_with_the_id_braze_answered(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """Without a requested send_id there is nothing to mismatch: the id answered (the
+    sandbox's ``<generated>-other``) is the one reported and stored."""
+    sandbox.add_faults([FaultRule("other_send_id", campaign_id="n000000", times=1)])
+    manifest = write_csv(tmp_path / "m.csv", campaigns(1, with_send_id=False, prefix="n"))
+    result = await run_pipeline(settings_for(sandbox.url, tmp_path, manifest))
+    assert result.exit_code == 0
+    [result_row] = outputs(tmp_path / "out")[0]
+    [entry] = sandbox.ledger.created
+    assert result_row["send_id"] == f"{entry.send_id}-other"
+    stored = _store(tmp_path / "state.sqlite3", "SELECT campaign_id, send_id FROM created")
+    assert stored == [("n000000", f"{entry.send_id}-other")]
