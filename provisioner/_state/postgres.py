@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import Any, cast
 
-from provisioner._core.models import Outcome
+from provisioner._core.models import MAX_RESET_AHEAD, Outcome
 from provisioner._state import postgres_schema as pg
-from provisioner._state import postgres_text, retention
+from provisioner._state import postgres_text, retention, schema
 from provisioner._state.batch import Op, settle, sort_batch
 from provisioner._state.codec import decode_outcome
 from provisioner._state.lock import wait_for_lock
@@ -385,6 +386,15 @@ def open_postgres(
                 raise
             except Exception as exc:
                 raise pg.describe(location, exc, "taking the run's lease") from None
+            try:
+                # As the SQLite store does under its run lock: a window no server meant
+                # (an older version stored it) would otherwise stay the workspace's.
+                conns[1].execute(
+                    pg.statement(schema.SQL_REPAIR_QUOTA, location.schema),
+                    (time.time() + MAX_RESET_AHEAD,),
+                )
+            except Exception as exc:
+                raise pg.describe(location, exc, "repairing the quota windows") from None
         read = conns[0]
         write = conns[1] if lock else None
         return PostgresStateStore(location, read, write, lease, durable_intents=durable_intents)

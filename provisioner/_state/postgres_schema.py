@@ -310,6 +310,8 @@ _PG = {
     " LEAST({s}.quota_windows.remaining, excluded.remaining),"
     " spent = {s}.quota_windows.spent + excluded.spent",
     schema.SQL_PRUNE_QUOTA: "DELETE FROM {s}.quota_windows WHERE reset_at < %s",
+    # NaN sorts above every number in PostgreSQL, so NOT (NaN <= x) holds and it goes too.
+    schema.SQL_REPAIR_QUOTA: "DELETE FROM {s}.quota_windows WHERE NOT (reset_at <= %s)",
 }
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import io
 import resource
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,12 +29,22 @@ import pytest
 import structlog
 from aiohttp import web
 
+from provisioner._config.access import REDACTED
 from provisioner._core import logs
 from provisioner.api import build_settings, run, run_async
 from provisioner.errors import ProvisionerError
 from provisioner.sandbox.server import FaultRule, Sandbox, SandboxConfig
 
-from .helpers import PYTHON, ROOT, campaigns, cli_env, start_cli, wait_for_created, write_csv
+from .helpers import (
+    PYTHON,
+    ROOT,
+    campaigns,
+    cli_env,
+    read_jsonl,
+    start_cli,
+    wait_for_created,
+    write_csv,
+)
 from .test_cli import provisioner, run_args
 from .test_filesystem import results_on_dev_full
 
@@ -84,6 +95,7 @@ class Sighting:
     path: str
     bearer: str  # "A"/"B": Authorization was exactly "Bearer SECRET"/"Bearer SECRET_B"
     elsewhere: list[str] = field(default_factory=list)  # other places that held a form
+    echoed: bool = False  # the sandbox's answer held a form of the key (echo_auth)
 
 
 def recorder(sightings: list[Sighting]) -> Any:
@@ -105,7 +117,10 @@ def recorder(sightings: list[Sighting]) -> Any:
         if leaks(body):
             sighting.elsewhere.append("body")
         sightings.append(sighting)
-        return await handler(request)
+        response = await handler(request)
+        if isinstance(response, web.Response) and isinstance(response.body, bytes):
+            sighting.echoed = bool(leaks(response.body))
+        return response
 
     return record
 
@@ -161,6 +176,8 @@ class Ctx:
     exit_codes: list[int] = field(default_factory=list)
     #: host -> the keys ("A", "B") that may reach it; empty: only SECRET ("A") anywhere.
     expect_keys: dict[str, set[str]] = field(default_factory=dict)
+    #: What the sandboxes saw (and answered), request by request.
+    sightings: list[Sighting] = field(default_factory=list)
 
     def env(self, **extra: str) -> dict[str, str]:
         return cli_env({"BRAZE_API_KEY": SECRET, "TMPDIR": str(self.tmp), **extra})
@@ -252,6 +269,18 @@ async def server_echoes_the_key(ctx: Ctx) -> None:
     )
     rows = [*campaigns(3), *campaigns(1, with_send_id=False, prefix="n")]
     assert await ctx.run(sandbox.url, manifest(ctx, rows), "--config", str(fast_config(ctx))) == 1
+    # Not vacuous: the answers to the 400, the 503 and the 502 really held the key...
+    assert sum(s.echoed for s in ctx.sightings) == 3, ctx.sightings
+    # ... and what was written of them shows the marker where the key was.
+    failures = {f["campaign_id"]: f for f in read_jsonl(ctx.tmp / "out" / "failures.jsonl")}
+    assert sorted(failures) == ["c000001", "n000000"]
+    assert all(REDACTED in f["message"] for f in failures.values()), failures
+    stored = sqlite3.connect(ctx.tmp / "state.sqlite3")
+    try:
+        messages = dict(stored.execute("SELECT campaign_id, message FROM outcomes"))
+    finally:
+        stored.close()
+    assert [c for c in ("c000001", "n000000") if REDACTED not in messages[c]] == [], messages
 
 
 async def validate_status_export(ctx: Ctx) -> None:
@@ -397,7 +426,7 @@ async def test_key_never_leaves_the_process(
     summary, metrics file, state store file or error text, and it travelled only as
     `Authorization: Bearer <key>` to the configured base URL."""
     start, sightings = recorded
-    ctx = Ctx(tmp_path, start)
+    ctx = Ctx(tmp_path, start, sightings=sightings)
     await SCENARIOS[name](ctx)
     assert not [leaks(text) for text in ctx.texts if leaks(text)]
     assert not scan_tree(tmp_path, except_files=ctx.key_files)

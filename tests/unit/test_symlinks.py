@@ -100,3 +100,38 @@ def test_links_beside_the_metrics_file_are_not_written_through(tmp_path: Path) -
     assert all(t.read_bytes() == SECRET for t in targets)
     assert not (folder / name).is_symlink()
     assert b"provisioner_retries" in (folder / name).read_bytes()
+
+
+#: What `export` writes: the four files, or results.csv with --format csv.
+EXPORTS = {"files": NAMES, "csv": ("results.csv",)}
+
+
+@pytest.mark.parametrize("export_format", sorted(EXPORTS))
+def test_export_never_writes_through_a_planted_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], export_format: str
+) -> None:
+    """`provisioner export` (the four files, or --format csv's results.csv) with links at the
+    final names and at the fixed temporary names: the links' targets stay untouched and the
+    exported files are new regular files."""
+    from provisioner._cli import main as cli
+    from provisioner._state.opening import open_store
+
+    state = tmp_path / "state.sqlite3"
+    store = open_store(state)
+    store.begin_run("run-1", "m.csv", 1.0, ("campaign_id",), {})
+    store.record("run-1", "ws", ("c1", "s:s1"), Outcome(2, Status.CREATED, "c1", "s1",
+                 (("campaign_id", "c1"),), 1, 201, 1.0))  # fmt: skip
+    store.finish_run("run-1", 2.0, 0, {"created": 1}, {"run_id": "run-1"})
+    store.close()
+    names = EXPORTS[export_format]
+    out = tmp_path / "exported"
+    targets = plant(out, (*names, *(f".{name}.tmp" for name in names)), tmp_path)
+    args = ["export", "--run", "run-1", "--out", str(out), "--state", str(state)]
+    if export_format == "csv":
+        args += ["--format", "csv"]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    assert all(t.read_bytes() == SECRET for t in targets)
+    for name in names:
+        assert (out / name).is_file()
+        assert not (out / name).is_symlink()
+    assert b"c1" in (out / names[0]).read_bytes()
