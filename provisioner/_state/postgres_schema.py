@@ -160,7 +160,7 @@ _V1 = (
     LEASE_DDL,
 )
 
-#: Version 2 mirrors schema._v2_pruned_at: the time retention pruned a run.
+#: Version 2 mirrors migrations.v2_pruned_at: the time retention pruned a run.
 _V2_PRUNED_AT = ("ALTER TABLE {s}.runs ADD COLUMN pruned_at DOUBLE PRECISION",)
 
 #: MIGRATIONS[i] takes a schema from version i to i + 1 (0: no tables yet).
