@@ -215,7 +215,7 @@ class Run(Sending):
                     if rows:
                         # Rows read before a long run of blank lines go now, not once
                         # the blank lines end (a .gz of a billion of them: 18 minutes).
-                        await self._identify(seen, rows)
+                        await self._identify(seen, rows, wait=True)
                         rows, held = [], 0
                     await asyncio.sleep(0)
                     continue

@@ -149,7 +149,8 @@ async def test_a_target_holding_anything_is_refused(tmp_path: Path, table: str) 
     open_store(target, lock=False).close()
     row = {
         "runs": "INSERT INTO runs (run_id, manifest, pid, started_at) VALUES ('r', 'm', 1, 0)",
-        "created": "INSERT INTO created VALUES ('w', 'c', 's:a', 'a', 1, 0)",
+        "created": "INSERT INTO created (workspace, campaign_id, key, send_id, run_seq,"
+        " created_at) VALUES ('w', 'c', 's:a', 'a', 1, 0)",
         "intents": "INSERT INTO intents VALUES ('w', 'c', 's:a', 'in_doubt', 1, 0, 'a', 1)",
         "outcomes": "INSERT INTO outcomes (run_seq, status, line, attempts, retryable)"
         " VALUES (1, 'created', 1, 1, 0)",

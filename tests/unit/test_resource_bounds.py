@@ -172,9 +172,9 @@ async def test_the_store_writers_queue_is_throttled_by_bytes(
     release = threading.Event()
     real_commit = batch.commit
 
-    def stalled_commit(*args: object) -> None:
+    def stalled_commit(*args: object, **kw: object) -> None:
         release.wait(30)
-        real_commit(*args)  # type: ignore[arg-type]
+        real_commit(*args, **kw)  # type: ignore[arg-type]
 
     # store.py calls the commit it imported from batch.py.
 
