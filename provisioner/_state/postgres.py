@@ -45,6 +45,13 @@ _COPIED = {
     OUTCOMES: frozenset({schema.SQL_OUTCOME, schema.SQL_SKIPPED}),
     CREATED: frozenset({schema.SQL_CREATED}),
 }
+#: The writer's per-transaction settings (see _commit); a batch without an intent does
+#: not wait for the WAL flush (a server crash may lose it, never an intent).
+_DURABLE = (
+    "SELECT set_config('idle_in_transaction_session_timeout', %s, true),"
+    " set_config('statement_timeout', %s, true)"
+)
+_LAZY = _DURABLE + ", set_config('synchronous_commit', 'off', true)"
 _SETTLES = frozenset({schema.SQL_SETTLE, schema.SQL_SETTLE_OWN})
 _UNIQUE_VIOLATION = "23505"
 _OUTCOME_SELECT = (
@@ -112,6 +119,7 @@ class PostgresStateStore(SqliteStateStore):
         self._dialect = _Dialect(read, location.schema)
         self._pg_write = write
         self._lease = lease
+        self._lease_ms = 1000 * location.lease_s
         self._init_writer(write is not None, durable_intents)
         if lease is not None:
             self.took_over_from = lease.took_over_from
@@ -125,6 +133,50 @@ class PostgresStateStore(SqliteStateStore):
                 " recorded nothing more, since another run may own these rows now:"
                 " `provisioner status` shows the runs"
             )
+
+    def _check_writable(self) -> None:
+        """SqliteStateStore's check, and first the lease's (:meth:`_check_lease`)."""
+        self._check_lease()
+        super()._check_writable()
+
+    def _check_lease(self) -> None:
+        """Fail-stop, without asking the database, once the lease may have lapsed (its
+        heartbeat late, or the process frozen past its expiry): nothing more is sent."""
+        lease = self._lease
+        if lease is not None and self._error is None and not lease.live():
+            self._lease_lost(self._lapsed())
+        if self._error is not None:
+            self._error_seen = True
+            raise StateError(self._error)
+
+    def _lapsed(self) -> str:
+        assert self._lease is not None
+        return (
+            f"the run's lease on {', '.join(self._lease.workspaces)} expired or was taken"
+            " over: it was not renewed in time (was this process paused?)"
+        )
+
+    async def intent(
+        self,
+        run_id: str,
+        workspace: str,
+        key: RowKey,
+        send_id: str | None,
+        line: int,
+        *,
+        wait: bool = True,
+    ) -> None:
+        """SqliteStateStore.intent; after the commit it waited for, the lease is checked
+        again: the process may have been frozen while it waited."""
+        await super().intent(run_id, workspace, key, send_id, line, wait=wait)
+        if wait:
+            self._check_lease()
+
+    async def throttle(self) -> None:
+        """SqliteStateStore.throttle, raising first once the store has stopped (the lease
+        lapsed): the runner calls it before a retry, which records nothing else."""
+        self._check_lease()
+        await super().throttle()
 
     def _init_writer(self, writable: bool, durable_intents: bool) -> None:
         import threading
@@ -233,8 +285,12 @@ class PostgresStateStore(SqliteStateStore):
             except LeaseLostError:
                 pass  # _lease_lost set the error
             except Exception as exc:  # surfaced to every waiter and every later call
+                if self._lease is not None and not self._lease.live():
+                    # Frozen mid-transaction: the server ended it (its idle timeout), and
+                    # the lapsed lease, not the closed connection, is the news.
+                    self._lease_lost(self._lapsed())
                 detail = pg.scrub(str(exc), self.location.secrets) or type(exc).__name__
-                self._error = (
+                self._error = self._error or (
                     f"state store {self.location.shown}: a write failed ({detail}); the run"
                     " stopped so that nothing is sent unrecorded: check the database, then"
                     " run again"
@@ -246,10 +302,14 @@ class PostgresStateStore(SqliteStateStore):
         conn = self._pg_write
         assert conn is not None  # the writer thread exists only with a write connection
         with conn.transaction(), conn.cursor() as cur:
+            # A writer frozen mid-transaction (SIGSTOP, a VM freeze) would hold the lease
+            # rows' share lock (the fence's) for as long as it stays frozen, and the run
+            # taking over would wait on it for ever: the server ends such a transaction
+            # after the lease's length. Both settings last this transaction only.
+            limit = f"{int(self._lease_ms)}ms"
+            cur.execute(_DURABLE if durable else _LAZY, (limit, limit))
             if self._lease is not None:
                 self._lease.fence(cur)  # before any write: a fenced holder changes nothing
-            if not durable:
-                cur.execute("SET LOCAL synchronous_commit TO off")
             for kind, ops in enumerate(tables):
                 if len(ops) >= _COPY_AT and kind in _COPIED and self._copy(conn, cur, kind, ops):
                     continue
@@ -282,7 +342,11 @@ class PostgresStateStore(SqliteStateStore):
 
     def _statements(self, cur: Any, ops: list[Op]) -> None:
         """A table's operations in queue order: runs of one statement go as one statement
-        of many rows where they can, else executemany."""
+        of many rows where they can, else one by one.
+
+        Never executemany: psycopg sends it as a pipeline, after which the server does
+        not arm idle_in_transaction_session_timeout (measured, PostgreSQL 18), so a
+        writer frozen right after one would hold its locks for ever."""
         for sql, group in itertools.groupby(ops, itemgetter(1)):
             params = [op[2] for op in group]
             if len(params) > 1 and sql in _SETTLES:
@@ -293,7 +357,9 @@ class PostgresStateStore(SqliteStateStore):
                 params = [fix(p) for p in params]
             key = pg.MULTI_ROW.get(sql)
             if key is None or len(params) < 2 or len({key(p) for p in params}) < len(params):
-                cur.executemany(pg.statement(sql, self._schema), params)
+                statement = pg.statement(sql, self._schema)
+                for p in params:  # rare: most batches are a few rows of quota or runs
+                    cur.execute(statement, p)
                 continue
             for start in range(0, len(params), pg.ROWS_PER_INSERT):
                 chunk = params[start : start + pg.ROWS_PER_INSERT]
