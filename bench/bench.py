@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
+from bench_pg import side_by_side
 from memory_scenario import memory
 from own_overhead import own_overhead
 from scenarios import (
@@ -121,6 +122,7 @@ def run_all(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> list[Line]:
     lines.append(quota_precision(sizes, work))
     lines.append(memory(sizes, work, uvloop_installed=uvloop_installed))
     lines.append(incremental_skip(sizes, work))
+    lines.extend(side_by_side(sizes, work))  # 1p and 5p: the store in PostgreSQL
     return lines
 
 

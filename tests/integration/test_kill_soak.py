@@ -115,9 +115,11 @@ async def kill_loop(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("backend", "kills"), [("sqlite", 80), ("postgresql", 24)])
+@pytest.mark.parametrize(
+    ("backend", "kills", "rows"), [("sqlite", 80, 3200), ("postgresql", 32, 4800)]
+)
 async def test_kills_faults_and_quota_together_lose_nothing(
-    backend: str, kills: int, request: pytest.FixtureRequest,
+    backend: str, kills: int, rows: int, request: pytest.FixtureRequest,
     sandbox_factory: SandboxFactory, tmp_path: Path,
 ) -> None:  # fmt: skip
     """Dozens of SIGKILL/SIGTERM at random moments under 5xx, dropped connections and a
@@ -125,7 +127,7 @@ async def test_kills_faults_and_quota_together_lose_nothing(
     combination created again beyond what was in flight, every creation reported, and
     at most one 429 per process start."""
     state = state_of(backend, request, tmp_path)
-    await kill_loop(sandbox_factory, tmp_path, state, kills, 3200)
+    await kill_loop(sandbox_factory, tmp_path, state, kills, rows)
 
 
 async def test_a_few_kills_with_the_store_in_postgresql_lose_nothing(
