@@ -84,9 +84,11 @@ async def kill_loop(
     results, failures, deferred, summary = outputs(tmp_path / "out")
     assert_invariant(tmp_path / "out", len(manifest_rows))
     assert not deferred
-    # Only send_id-less rows may end in doubt (a dropped answer or a kill mid-request).
-    assert {f["error"] for f in failures} <= {"in_doubt"}
-    assert all(f["campaign_id"].startswith("n") for f in failures)
+    # Only send_id-less rows may end in doubt (a dropped answer or a kill mid-request);
+    # a row may also fail retryably when 503s outlast its retries (they created nothing).
+    assert {f["error"] for f in failures} <= {"in_doubt", "server_error"}
+    doubt = {f["campaign_id"] for f in failures if f["error"] == "in_doubt"}
+    assert all(c.startswith("n") for c in doubt)
     created = sandbox.ledger.created
     per_campaign = Counter(e.campaign_id for e in created)
     # Never a second id for a row without one.
@@ -99,7 +101,7 @@ async def kill_loop(
     ledger = {e.campaign_id: e.send_id for e in created}
     reported = {r["campaign_id"]: r["send_id"] for r in results}
     assert all(ledger[c] == s for c, s in reported.items())
-    assert set(ledger) <= set(reported) | {f["campaign_id"] for f in failures}
+    assert set(ledger) <= set(reported) | doubt
     # The quota: the sandbox refuses past it, so the count of 429s is what the tool spent
     # blind. Spend is recorded across runs; only a start after a kill can meet one.
     http_429 = sum(w.http_429 for w in sandbox.ledger.window_figures())
@@ -107,7 +109,8 @@ async def kill_loop(
     assert summary["rows_total"] == len(manifest_rows)
     counts = {
         "kills": kills, "terms": terms, "starts": starts, "held_off": held_off,
-        "lease_stops": stopped, "rows": len(manifest_rows), "in_doubt": len(failures),
+        "lease_stops": stopped, "rows": len(manifest_rows), "in_doubt": len(doubt),
+        "failed_retryable": len(failures) - len(doubt),
         "ledger_repeats": repeats, "ledger_creations": len(created),
     }  # fmt: skip
     print(f"kill loop ({state.split('?')[0].split(':')[0]}): {counts}")
