@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable without installing
 
+from bench_pg import side_by_side
 from memory_scenario import memory
 from own_overhead import own_overhead
 from scenarios import (
@@ -123,6 +124,7 @@ def run_all(sizes: Sizes, work: Path, *, uvloop_installed: bool) -> list[Line]:
     lines.append(memory(sizes, work, uvloop_installed=uvloop_installed))
     lines.extend(skip_at_scale(sizes, work))
     lines.append(year_of_runs(work, quick=sizes is QUICK))
+    lines.extend(side_by_side(sizes, work))  # 1p and 5p: the store in PostgreSQL
     return lines
 
 

@@ -17,7 +17,7 @@ import gc
 import shlex
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict, cast
@@ -323,10 +323,8 @@ async def _run(
         ]
         reader = asyncio.create_task(run.read(manifest))
         try:
-            await _read_unless_a_worker_fails(reader, workers)
-            for lane in lanes.values():
-                for _ in range(lane.concurrency):
-                    await lane.queue.put(None)
+            await _unless_a_worker_fails(reader, workers)
+            await _unless_a_worker_fails(asyncio.ensure_future(_end_workers(lanes)), workers)
             await asyncio.gather(*workers)
         except BaseException:
             reader.cancel()
@@ -397,19 +395,34 @@ async def _run(
         return RunResult(run_id, exit_code, cast(RunSummary, summary))
 
 
-async def _read_unless_a_worker_fails(
-    reader: asyncio.Task[None], workers: Sequence[asyncio.Task[None]]
-) -> None:
-    """Wait for the reader to finish; re-raise the error of a worker that dies first.
+async def _end_workers(lanes: Mapping[str, Lane]) -> None:
+    """Queue each worker's sentinel (after the reader is done)."""
+    for lane in lanes.values():
+        for _ in range(lane.concurrency):
+            await lane.queue.put(None)
 
-    Workers end only at the sentinel, queued after the reader is done, so a worker that
-    ends before is one that failed (say the state store could not write): without this
-    the reader would wait forever for room in that worker's full queue."""
-    done, _ = await asyncio.wait([reader, *workers], return_when=asyncio.FIRST_COMPLETED)
-    if reader not in done:
-        for task in done:
-            task.result()
-    await reader
+
+async def _unless_a_worker_fails(
+    task: asyncio.Future[None], workers: Sequence[asyncio.Task[None]]
+) -> None:
+    """Wait for ``task`` (the reader, or the sentinels' queueing); re-raise the error of
+    a worker that fails before it is done.
+
+    A worker that fails (say the state store refused a write) leaves its queue full:
+    without this the reader, or the sentinel for a worker, would wait for room in it
+    forever; all workers fail at once when a PostgreSQL lease was lost, often after the
+    reader is done. ``task`` is cancelled if a worker fails first."""
+    pending: set[asyncio.Future[None]] = {task, *workers}
+    try:
+        while not task.done():
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                if finished is not task:
+                    finished.result()  # raises for a failed worker; None at its sentinel
+    finally:
+        if not task.done():
+            task.cancel()
+    await task
 
 
 def _nothing_lost(

@@ -148,6 +148,11 @@ class Sending:
                     self.run_id, lane.label, job.key, job.send_id, job.row.line,
                     wait=job.send_id is None,
                 )  # fmt: skip
+            else:
+                # A retry (or a resend after a 429) records no intent, but must not leave
+                # from a run whose store has stopped: say a PostgreSQL lease that lapsed
+                # while this row waited out its backoff (throttle raises then).
+                await self.store.throttle()
             attempts[0] += 1
             self.stats.requests += 1
             lane.stats.requests += 1

@@ -23,18 +23,40 @@ from collections.abc import Iterator, Sequence
 from operator import itemgetter
 from typing import Any, cast
 
+from provisioner._core.identity import RowKey
 from provisioner._core.models import MAX_RESET_AHEAD, Outcome
+from provisioner._state import postgres_bulk as bulk
 from provisioner._state import postgres_schema as pg
 from provisioner._state import postgres_text, retention, schema
-from provisioner._state.batch import Op, settle, sort_batch
+from provisioner._state.batch import CREATED, OUTCOMES, Op, settle, sort_batch
 from provisioner._state.codec import decode_outcome
 from provisioner._state.lock import wait_for_lock
 from provisioner._state.postgres_lease import Lease, LeaseLostError
 from provisioner._state.retention import Policy, Pruned
+from provisioner._state.schema import IN_DOUBT, Prior
 from provisioner._state.store import SqliteStateStore
 from provisioner.errors import StateError
 
 _PAGE = 2000
+#: Keys per lookup statement: the runner asks 512 at a time; validate may ask more.
+_LOOKUP_CHUNK = 4096
+#: Rows from which a table's inserts go as COPY: the savepoint around it costs two round
+#: trips, which a handful of rows would not repay.
+_COPY_AT = 16
+#: The statements each COPY-able table may hold; anything else takes the upsert path.
+_COPIED = {
+    OUTCOMES: frozenset({schema.SQL_OUTCOME, schema.SQL_SKIPPED}),
+    CREATED: frozenset({schema.SQL_CREATED}),
+}
+#: The writer's per-transaction settings (see _commit); a batch without an intent does
+#: not wait for the WAL flush (a server crash may lose it, never an intent).
+_DURABLE = (
+    "SELECT set_config('idle_in_transaction_session_timeout', %s, true),"
+    " set_config('statement_timeout', %s, true)"
+)
+_LAZY = _DURABLE + ", set_config('synchronous_commit', 'off', true)"
+_SETTLES = frozenset({schema.SQL_SETTLE, schema.SQL_SETTLE_OWN})
+_UNIQUE_VIOLATION = "23505"
 _OUTCOME_SELECT = (
     "SELECT run_seq, workspace, key, status, created_seq, created_text, columns, columns_bin,"
     " line, campaign_id, send_id, attempts, http_status, latency_ms, error, message,"
@@ -104,6 +126,7 @@ class PostgresStateStore(SqliteStateStore):
         self._dialect = _Dialect(read, location.schema)
         self._pg_write = write
         self._lease = lease
+        self._lease_ms = 1000 * location.lease_s
         self._init_writer(write is not None, durable_intents)
         if lease is not None:
             self.took_over_from = lease.took_over_from
@@ -117,6 +140,50 @@ class PostgresStateStore(SqliteStateStore):
                 " recorded nothing more, since another run may own these rows now:"
                 " `provisioner status` shows the runs"
             )
+
+    def _check_writable(self) -> None:
+        """SqliteStateStore's check, and first the lease's (:meth:`_check_lease`)."""
+        self._check_lease()
+        super()._check_writable()
+
+    def _check_lease(self) -> None:
+        """Fail-stop, without asking the database, once the lease may have lapsed (its
+        heartbeat late, or the process frozen past its expiry): nothing more is sent."""
+        lease = self._lease
+        if lease is not None and self._error is None and not lease.live():
+            self._lease_lost(self._lapsed())
+        if self._error is not None:
+            self._error_seen = True
+            raise StateError(self._error)
+
+    def _lapsed(self) -> str:
+        assert self._lease is not None
+        return (
+            f"the run's lease on {', '.join(self._lease.workspaces)} expired or was taken"
+            " over: it was not renewed in time (was this process paused?)"
+        )
+
+    async def intent(
+        self,
+        run_id: str,
+        workspace: str,
+        key: RowKey,
+        send_id: str | None,
+        line: int,
+        *,
+        wait: bool = True,
+    ) -> None:
+        """SqliteStateStore.intent; after the commit it waited for, the lease is checked
+        again: the process may have been frozen while it waited."""
+        await super().intent(run_id, workspace, key, send_id, line, wait=wait)
+        if wait:
+            self._check_lease()
+
+    async def throttle(self) -> None:
+        """SqliteStateStore.throttle, raising first once the store has stopped (the lease
+        lapsed): the runner calls it before a retry, which records nothing else."""
+        self._check_lease()
+        await super().throttle()
 
     def _init_writer(self, writable: bool, durable_intents: bool) -> None:
         import threading
@@ -161,6 +228,33 @@ class PostgresStateStore(SqliteStateStore):
                 if _is_psycopg_error(exc):
                     raise pg.describe(self.location, exc, "a read") from None
                 raise
+
+    def lookup_many(self, workspace: str, keys: Sequence[RowKey]) -> dict[RowKey, Prior]:
+        """SqliteReader.lookup_many's answer, one statement (one round trip) per 4,096
+        keys (postgres_bulk.lookup)."""
+        found: dict[RowKey, Prior] = {}
+        if not keys:
+            return found
+        with self._reading():
+            for start in range(0, len(keys), _LOOKUP_CHUNK):
+                chunk = keys[start : start + _LOOKUP_CHUNK]
+                run_ids: dict[int, str] = {}  # a run's id once per batch, not once per row
+                intents = []
+                for i, state, send_id, seq, at in bulk.lookup(
+                    self._read, self._schema, workspace, chunk
+                ):
+                    if state is not None:
+                        intents.append((chunk[i - 1], state, send_id, seq, at))
+                        continue
+                    run_id = run_ids.get(seq)
+                    if run_id is None:
+                        run_id = run_ids[seq] = self._run_id_of(seq)
+                    found[chunk[i - 1]] = Prior("created", run_id, at, send_id)
+                for key, state, send_id, seq, at in intents:
+                    if key in found or (state != IN_DOUBT and seq == self._run_seq):
+                        continue
+                    found[key] = Prior(state, self._run_id_of(seq), at, send_id)
+        return found
 
     def iter_outcomes(self, run_id: str) -> Iterator[Outcome]:
         """Every outcome of ``run_id`` in line order (StateError at once if it is unknown)."""
@@ -230,8 +324,12 @@ class PostgresStateStore(SqliteStateStore):
             except LeaseLostError:
                 pass  # _lease_lost set the error
             except Exception as exc:  # surfaced to every waiter and every later call
+                if self._lease is not None and not self._lease.live():
+                    # Frozen mid-transaction: the server ended it (its idle timeout), and
+                    # the lapsed lease, not the closed connection, is the news.
+                    self._lease_lost(self._lapsed())
                 detail = pg.scrub(str(exc), self.location.secrets) or type(exc).__name__
-                self._error = (
+                self._error = self._error or (
                     f"state store {self.location.shown}: a write failed ({detail}); the run"
                     " stopped so that nothing is sent unrecorded: check the database, then"
                     " run again"
@@ -243,30 +341,71 @@ class PostgresStateStore(SqliteStateStore):
         conn = self._pg_write
         assert conn is not None  # the writer thread exists only with a write connection
         with conn.transaction(), conn.cursor() as cur:
+            # A writer frozen mid-transaction (SIGSTOP, a VM freeze) would hold the lease
+            # rows' share lock (the fence's) for as long as it stays frozen, and the run
+            # taking over would wait on it for ever: the server ends such a transaction
+            # after the lease's length. Both settings last this transaction only.
+            limit = f"{int(self._lease_ms)}ms"
+            cur.execute(_DURABLE if durable else _LAZY, (limit, limit))
             if self._lease is not None:
                 self._lease.fence(cur)  # before any write: a fenced holder changes nothing
-            if not durable:
-                cur.execute("SET LOCAL synchronous_commit TO off")
-            for ops in tables:
-                for sql, group in itertools.groupby(ops, itemgetter(1)):
-                    fix = pg.FIXES.get(sql)
-                    params = [op[2] for op in group]
-                    if fix is not None:
-                        params = [fix(p) for p in params]
-                    key = pg.MULTI_ROW.get(sql)
-                    if (
-                        key is None
-                        or len(params) < 2
-                        or len({key(p) for p in params}) < len(params)
-                    ):
-                        cur.executemany(pg.statement(sql, self._schema), params)
-                        continue
-                    for start in range(0, len(params), pg.ROWS_PER_INSERT):
-                        chunk = params[start : start + pg.ROWS_PER_INSERT]
-                        cur.execute(
-                            pg.multi_row(sql, self._schema, len(chunk)),
-                            list(itertools.chain.from_iterable(chunk)),
-                        )
+            for kind, ops in enumerate(tables):
+                if len(ops) >= _COPY_AT and kind in _COPIED and self._copy(conn, cur, kind, ops):
+                    continue
+                self._statements(cur, ops)
+
+    def _copy(self, conn: Any, cur: Any, kind: int, ops: list[Op]) -> bool:
+        """The outcomes (or created) rows of a batch as one COPY, in a savepoint. False,
+        with nothing written, when a row is already stored or twice in the batch (a
+        replaced outcome, a --force re-creation): the upserts then apply them in order."""
+        known = _COPIED[kind]
+        if not all(op[1] in known for op in ops):
+            return False
+        try:
+            with conn.transaction():
+                if kind == OUTCOMES:
+                    rows = (
+                        bulk.skipped_row(pg.fix_skipped(p))
+                        if sql == schema.SQL_SKIPPED
+                        else pg.fix_outcome(p)
+                        for _, sql, p in ops
+                    )
+                    bulk.copy_outcomes(cur, self._schema, rows)
+                else:
+                    bulk.copy_created(cur, self._schema, (op[2] for op in ops))
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+                return False
+            raise
+        return True
+
+    def _statements(self, cur: Any, ops: list[Op]) -> None:
+        """A table's operations in queue order: runs of one statement go as one statement
+        of many rows where they can, else one by one.
+
+        Never executemany: psycopg sends it as a pipeline, after which the server does
+        not arm idle_in_transaction_session_timeout (measured, PostgreSQL 18), so a
+        writer frozen right after one would hold its locks for ever."""
+        for sql, group in itertools.groupby(ops, itemgetter(1)):
+            params = [op[2] for op in group]
+            if len(params) > 1 and sql in _SETTLES:
+                bulk.settle(cur, self._schema, params, own=sql == schema.SQL_SETTLE_OWN)
+                continue
+            fix = pg.FIXES.get(sql)
+            if fix is not None:
+                params = [fix(p) for p in params]
+            key = pg.MULTI_ROW.get(sql)
+            if key is None or len(params) < 2 or len({key(p) for p in params}) < len(params):
+                statement = pg.statement(sql, self._schema)
+                for p in params:  # rare: most batches are a few rows of quota or runs
+                    cur.execute(statement, p)
+                continue
+            for start in range(0, len(params), pg.ROWS_PER_INSERT):
+                chunk = params[start : start + pg.ROWS_PER_INSERT]
+                cur.execute(
+                    pg.multi_row(sql, self._schema, len(chunk)),
+                    list(itertools.chain.from_iterable(chunk)),
+                )
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close the connections."""

@@ -10,6 +10,11 @@ clock, so the hosts' clocks do not matter):
   expired one is taken over (its epoch goes up) and named in ``took_over_from``.
 * A heartbeat thread renews the rows every ``ttl / 3``; a renewal that finds a row no
   longer ours (or fails) marks the lease lost.
+* Locally, without a round trip: the lease is known to be ours until ``ttl`` after the
+  last successful renewal *was sent* (the database counts its expiry from later), on
+  the monotonic clock, which runs on while the process is frozen. Past that (a
+  heartbeat late, a SIGSTOP, a VM freeze) :meth:`live` is False and the store refuses
+  every call before the next request could leave (``PostgresStateStore._check_writable``).
 * Fencing: every commit of the writer first checks, in the same transaction and with
   the rows locked ``FOR SHARE``, that each row still carries our epoch and has not
   expired. A holder paused past its expiry (SIGSTOP, a VM freeze) therefore commits
@@ -22,6 +27,7 @@ import contextlib
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -52,6 +58,8 @@ class Lease:
         self.epochs: dict[str, int] = {}
         self.took_over_from: Holder | None = None
         self.lost: str | None = None
+        #: time.monotonic() until which no other run can have taken the lease over.
+        self.valid_until = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._on_lost: Callable[[str], None] | None = None
@@ -63,7 +71,14 @@ class Lease:
         lease = cls(conn, s, sorted(set(workspaces)) or ["default"], holder, ttl)
         host, pid = socket.gethostname(), os.getpid()
         started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        sent = time.monotonic()
         with conn.transaction():
+            # Frozen while it holds the rows (FOR UPDATE), this run would block every
+            # other for ever: the server ends the transaction after the lease's length.
+            conn.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, true)",
+                (f"{int(ttl * 1000)}ms",),
+            )
             for ws in lease.workspaces:  # sorted: two runs never wait on each other in a cycle
                 conn.execute(
                     f"INSERT INTO {s}.leases (workspace) VALUES (%s) ON CONFLICT DO NOTHING", (ws,)
@@ -92,6 +107,7 @@ class Lease:
                     (holder, host, pid, started, epoch + 1, ttl, ws),
                 )
                 lease.epochs[ws] = epoch + 1
+        lease.valid_until = sent + ttl
         return lease
 
     def start_heartbeat(self, on_lost: Callable[[str], None]) -> None:
@@ -103,6 +119,7 @@ class Lease:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.ttl / 3):
+            sent = time.monotonic()
             try:
                 cur = self.conn.execute(
                     f"UPDATE {self._s}.leases SET expires_at = {_NOW} + %s"
@@ -118,6 +135,11 @@ class Lease:
             if renewed != len(self.workspaces):
                 self._lost(f"the run's lease on {', '.join(self.workspaces)} {reason}")
                 return
+            self.valid_until = sent + self.ttl
+
+    def live(self) -> bool:
+        """Whether the lease is still surely ours (no round trip: see the module doc)."""
+        return time.monotonic() < self.valid_until
 
     def _lost(self, why: str) -> None:
         self.lost = why

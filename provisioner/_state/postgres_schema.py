@@ -328,6 +328,8 @@ MULTI_ROW: dict[str, Callable[[tuple[Any, ...]], object]] = {
     schema.SQL_OUTCOME: lambda row: (row[0], row[8]),
     schema.SQL_SKIPPED: lambda row: (row[0], row[7]),
     schema.SQL_CREATED: lambda row: row[:3],
+    schema.SQL_INTENT: lambda row: row[:3],  # a batch of concurrent intents: one statement
+    schema.SQL_DOUBT: lambda row: row[:3],
 }
 ROWS_PER_INSERT = 500
 

@@ -460,6 +460,27 @@ async def test_fault(case: Case, tmp_path: Path, stack: list[Sandbox]) -> None:
     await run_and_check(case, tmp_path, stack)
 
 
+# The same matrix with the state store in PostgreSQL: a representative case of each kind
+# by default (lost answers, in doubt, retries, 429 pauses, outages, a dead server), the
+# whole of it under `make test-slow`.
+PG_DEFAULT = frozenset({
+    "5xx_20_percent", "429_storm_within_max_wait", "drop_after_creating", "read_timeout",
+    "server_down_throughout", "outage_5xx_longer_than_max_wait", "success_with_another_send_id",
+})  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case",
+    [pytest.param(c, marks=() if c.id in PG_DEFAULT else (pytest.mark.slow,)) for c in CASES],
+    ids=str,
+)
+async def test_fault_with_the_store_in_postgresql(
+    case: Case, tmp_path: Path, stack: list[Sandbox], pg_url: str
+) -> None:
+    """Under the fault, with --state postgresql://: the same checks as on SQLite."""
+    await run_and_check(case, tmp_path, stack, state=pg_url)
+
+
 # Heavy variants: the same checks on thousands of rows (make test-slow).
 HEAVY_CASES = [
     # 20 % of requests fail: each needs 0.25 retries on average, about the budget's 20 %
@@ -519,8 +540,11 @@ async def test_fault_heavy(case: Case, tmp_path: Path, stack: list[Sandbox]) -> 
     await run_and_check(case, tmp_path, stack)
 
 
-async def run_and_check(case: Case, tmp_path: Path, stack: list[Sandbox]) -> None:
-    """Run the provisioner under the case's fault and check everything the module says."""
+async def run_and_check(
+    case: Case, tmp_path: Path, stack: list[Sandbox], state: str | None = None
+) -> None:
+    """Run the provisioner under the case's fault and check everything the module says
+    (``state``: the store's location, else a SQLite file in ``tmp_path``)."""
     recorder = Recorder()
     manifest = write_csv(
         tmp_path / "m.csv",
@@ -544,7 +568,8 @@ async def run_and_check(case: Case, tmp_path: Path, stack: list[Sandbox]) -> Non
                 stack.append(await start_sandbox(case, recorder, port))
 
             late = asyncio.create_task(start_late())
-    settings = settings_for(url, tmp_path, manifest, **case.settings)
+    store = {} if state is None else {"state_path": state}
+    settings = settings_for(url, tmp_path, manifest, **store, **case.settings)
     result = await run_pipeline(settings)
     if late is not None:
         await late
@@ -636,6 +661,11 @@ ISSUE_18_CASES = (
     "reset_1e30", "reset_past_year_9999", "retry_after_absurd", "retry_after_http_date",
     "trickle_body_past_request_timeout", "trickle_headers_past_request_timeout",
 )  # fmt: skip
+
+
+def test_the_postgresql_subset_names_real_cases() -> None:
+    """Every case run by default on PostgreSQL is a case of the matrix."""
+    assert {case.id for case in CASES} >= PG_DEFAULT
 
 
 def test_matrix_covers_the_issue_list() -> None:
