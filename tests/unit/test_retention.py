@@ -273,7 +273,7 @@ async def test_an_interrupted_prune_is_finished_by_the_next(location: Path | str
 async def test_a_new_sqlite_store_shrinks_its_file_after_pruning(path: Path) -> None:
     """New stores use auto_vacuum = INCREMENTAL: pruned pages go back to the disk."""
     for run in range(3):
-        await add_run(path, run, rows=3000)
+        await add_run(path, run, rows=3000, status=Status.FAILED)  # stored whole
     before = path.stat().st_size
     result = prune(path, Policy(keep_days=1, keep_runs=1))
     assert result.bytes_after < result.bytes_before
@@ -288,8 +288,8 @@ async def test_a_new_sqlite_store_shrinks_its_file_after_pruning(path: Path) -> 
 async def test_an_older_store_reuses_space_and_switches_once_with_vacuum(path: Path) -> None:
     """A store without incremental vacuum keeps its size (a note says how to switch);
     prune --vacuum switches it once and the file shrinks."""
-    for run in range(3):
-        await add_run(path, run, rows=3000)
+    for run in range(3):  # failed rows, stored whole (deferred ones compress to little)
+        await add_run(path, run, rows=3000, status=Status.FAILED)
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA auto_vacuum = NONE")
     conn.execute("VACUUM")  # as a store made before this version is
