@@ -21,7 +21,7 @@ import itertools
 import time
 from collections.abc import Iterator, Sequence
 from operator import itemgetter
-from typing import Any, cast
+from typing import Any
 
 from provisioner._core.identity import RowKey
 from provisioner._core.models import MAX_RESET_AHEAD, Outcome
@@ -32,6 +32,7 @@ from provisioner._state.batch import CREATED, OUTCOMES, Op, settle, sort_batch
 from provisioner._state.codec import decode_outcome
 from provisioner._state.lock import wait_for_lock
 from provisioner._state.postgres_lease import Lease, LeaseLostError
+from provisioner._state.postgres_retention import PgTarget, schema_bytes
 from provisioner._state.retention import Policy, Pruned
 from provisioner._state.schema import IN_DOUBT, Prior
 from provisioner._state.store import SqliteStateStore
@@ -296,7 +297,7 @@ class PostgresStateStore(SqliteStateStore):
         self._check_failed()
         holder = None if self._lease is None else self._lease.holder
         with self._read_lock:  # the read connection: autocommit, and idle once a run ends
-            target = _PgTarget(self._read, self._schema, holder)
+            target = PgTarget(self._read, self._schema, holder)
             try:
                 return retention.prune(
                     target, policy, own_seq=self._run_seq, dry_run=dry_run, **options
@@ -311,7 +312,7 @@ class PostgresStateStore(SqliteStateStore):
     def size_bytes(self) -> int:
         """The schema's tables with their indexes and TOAST, as the server counts them."""
         with self._reading():
-            return _schema_bytes(self._read, self._schema)
+            return schema_bytes(self._read, self._schema)
 
     # -- the writer thread
 
@@ -430,53 +431,6 @@ class PostgresStateStore(SqliteStateStore):
         if self._error is not None and not self._error_seen:
             self._error_seen = True
             raise StateError(self._error)
-
-
-def _schema_bytes(conn: Any, s: str) -> int:
-    row = conn.execute(
-        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s"
-        " AND c.relkind = 'r'",
-        (s,),
-    ).fetchone()
-    return int(row[0])
-
-
-class _PgTarget:
-    """retention.Target on PostgreSQL: the SQLite-dialect SQL translated, one
-    transaction per step. Space is left to autovacuum (dead rows' space is reused)."""
-
-    per_run = retention.PER_RUN  # every outcome is kept whole here: nothing refers to one
-
-    def __init__(self, conn: Any, s: str, own_holder: str | None) -> None:
-        self._conn = conn
-        self._s = s
-        self._own_holder = own_holder
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(pg.translate(sql, self._s), params)
-
-    def transaction(self) -> contextlib.AbstractContextManager[Any]:
-        return cast(contextlib.AbstractContextManager[Any], self._conn.transaction())
-
-    def size(self) -> int:
-        return _schema_bytes(self._conn, self._s)
-
-    def others_may_be_live(self) -> bool:
-        # Leases do not name runs: while any other lease is live, an unfinished run may
-        # be that holder's, so unfinished runs wait for a quiet moment.
-        row = self._conn.execute(
-            f"SELECT count(*) FROM {self._s}.leases WHERE holder IS NOT NULL"
-            " AND holder IS DISTINCT FROM %s AND expires_at > extract(epoch FROM"
-            " clock_timestamp())",
-            (self._own_holder,),
-        ).fetchone()
-        return bool(row[0])
-
-    def reclaim(self, switch: bool) -> str | None:
-        if switch:
-            return "PostgreSQL's autovacuum reuses the space: there is nothing to switch"
-        return None
 
 
 def _is_psycopg_error(exc: BaseException) -> bool:
