@@ -12,6 +12,7 @@ itself, never the link's target.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import stat
@@ -73,3 +74,24 @@ def remove_stale(folder: Path, names: tuple[str, ...]) -> None:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
                     break
+
+
+def describe_file(path: Path) -> dict[str, object]:
+    """A committed file's size and SHA-256, for a reader to check it has this run's file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:  # our own new file, not a name someone could plant
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def fsync_folder(path: Path) -> None:
+    """Make the renames durable; a platform that cannot fsync a folder just skips it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

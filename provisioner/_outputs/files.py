@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -382,11 +381,12 @@ class FileSink:
                 os.fsync(handle.fileno())
                 handle.close()
             files = {
-                name: _describe(self._temporaries[name]) for name in (RESULTS, FAILURES, DEFERRED)
+                name: safefile.describe_file(self._temporaries[name])
+                for name in (RESULTS, FAILURES, DEFERRED)
             }
             # No summary.json while the folder holds a mix of the old and the new files.
             folder.file(SUMMARY).unlink(missing_ok=True)
-            _fsync_folder(folder.path)
+            safefile.fsync_folder(folder.path)
             for name in (RESULTS, FAILURES, DEFERRED):
                 os.replace(self._temporaries[name], folder.file(name))
             data = orjson.dumps(
@@ -399,7 +399,7 @@ class FileSink:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(self._temporaries[SUMMARY], folder.file(SUMMARY))
-            _fsync_folder(folder.path)
+            safefile.fsync_folder(folder.path)
         except OSError as exc:
             self.abort()
             raise self._fail(exc) from None
@@ -481,24 +481,3 @@ def pass_through(
         while name in record or name in originals:
             name = "input." + name
         record[name] = value
-
-
-def _describe(path: Path) -> dict[str, object]:
-    """A committed file's size and SHA-256, for a reader to check it has this run's file."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:  # our own new file, not a name someone could plant
-        while chunk := handle.read(_BUFFER):
-            digest.update(chunk)
-            size += len(chunk)
-    return {"bytes": size, "sha256": digest.hexdigest()}
-
-
-def _fsync_folder(path: Path) -> None:
-    """Make the renames durable; a platform that cannot fsync a folder just skips it."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

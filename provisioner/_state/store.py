@@ -67,11 +67,12 @@ from provisioner._state.location import (
 from provisioner._state.lock import Holder, RunLock
 from provisioner._state.retention import Policy, Pruned
 from provisioner._state.schema import IN_DOUBT, Prior, QuotaWindow, RunRecord
+from provisioner._state.sqlite_reader import SqliteReader
 from provisioner.errors import StateError
 
 __all__ = [
     "IN_DOUBT", "Prior", "QuotaWindow", "RowKey", "RunRecord", "RunStore", "SqliteStateStore",
-    "StateStore", "StoreReader", "default_state_path", "open_sqlite", "scrub_settings",
+    "StateStore", "StoreReader", "default_state_path", "scrub_settings",
     "show_location", "state_location",
 ]  # fmt: skip
 
@@ -79,64 +80,6 @@ __all__ = [
 def _dumps(value: object) -> str:
     """JSON text for the runs table's json columns (non-JSON values become strings)."""
     return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-def open_sqlite(
-    path: Path | str,
-    *,
-    lock: bool = True,
-    durable_intents: bool = True,
-    workspaces: Sequence[str] = (),
-    lock_wait: float = 0.0,
-) -> SqliteStateStore:
-    """Open (creating or upgrading) the store at ``path``; parent folders are created.
-
-    The SQLite store; ``provisioner._state.opening.open_store`` is the entry point that
-    also opens a ``postgresql://`` URL. ``workspaces`` is accepted for that signature.
-
-    ``lock=True`` (runs) takes the run lock and starts the writer thread; ``lock=False``
-    (status, export) opens for reading only. ``durable_intents=False`` commits intents
-    with synchronous=NORMAL like the rest (kill -9 safe, not power-cut safe).
-    ``lock_wait``: seconds to wait for a held lock (``--lock-wait``) before refusing.
-    Raises StateError (StateLockedError: exit 75) with a one-line message naming the path.
-    """
-    if isinstance(path, str) and path.lower().startswith(("postgresql://", "postgres://")):
-        # The PostgreSQL store subclasses this one, so it cannot be imported from here
-        # (an import cycle): ``provisioner._state.opening.open_store`` chooses.
-        raise StateError("a postgresql:// state store is opened by _state.opening.open_store")
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise StateError(f"state store {path} is a directory; pass --state PATH naming a file")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StateError(
-            f"cannot create the folder of state store {path} ({exc.strerror});"
-            " pass --state PATH in a writable folder"
-        ) from None
-    run_lock = RunLock.acquire(path, lock_wait) if lock else None
-    conns: list[sqlite3.Connection] = []
-    try:
-        conns.append(schema.connect(path))
-        schema.prepare(conns[0], path)  # under the run lock: a migration never races a run
-        if lock:
-            # Under the run lock, like a migration; status and export only filter them.
-            schema.repair_quota_windows(conns[0], time.time())
-            conns[0].execute("PRAGMA synchronous = NORMAL")
-            conns.append(schema.connect(path))
-        read = conns[-1]
-        for pragma in ("query_only = ON", "temp_store = MEMORY", "cache_size = -32000"):
-            read.execute(f"PRAGMA {pragma}")
-        write = conns[0] if lock else None
-        return SqliteStateStore(path, read, write, run_lock, durable_intents=durable_intents)
-    except BaseException as exc:
-        for conn in conns:
-            conn.close()
-        if run_lock is not None:
-            run_lock.release()
-        if isinstance(exc, sqlite3.Error):
-            raise schema.describe(path, exc) from None
-        raise
 
 
 _BATCH = 4096  # operations per transaction: bounds one commit's latency and memory
@@ -158,7 +101,7 @@ _WAKE_AT = 1024
 _IDLE_POLL_S = 0.01
 
 
-class SqliteStateStore(schema.SqliteReader):
+class SqliteStateStore(SqliteReader):
     """The SQLite :class:`RunStore` and :class:`StoreReader`: the reads of SqliteReader plus
     the writer thread.
 

@@ -17,7 +17,7 @@ from provisioner._manifest.seen import SeenIndex
 from provisioner._pipeline.outcomes import skipped
 from provisioner._pipeline.runner import Run
 from provisioner._pipeline.workspace_lane import Lane
-from provisioner._state.schema import SqliteReader
+from provisioner._state.sqlite_reader import SqliteReader
 from provisioner._state.store import Prior
 from provisioner.api import run_pipeline
 from provisioner.sandbox.server import FaultRule
