@@ -152,17 +152,10 @@ class PostgresStateStore(SqliteStateStore):
         heartbeat late, or the process frozen past its expiry): nothing more is sent."""
         lease = self._lease
         if lease is not None and self._error is None and not lease.live():
-            self._lease_lost(self._lapsed())
+            self._lease_lost(lease.lapsed())
         if self._error is not None:
             self._error_seen = True
             raise StateError(self._error)
-
-    def _lapsed(self) -> str:
-        assert self._lease is not None
-        return (
-            f"the run's lease on {', '.join(self._lease.workspaces)} expired or was taken"
-            " over: it was not renewed in time (was this process paused?)"
-        )
 
     async def intent(
         self,
@@ -328,7 +321,7 @@ class PostgresStateStore(SqliteStateStore):
                 if self._lease is not None and not self._lease.live():
                     # Frozen mid-transaction: the server ended it (its idle timeout), and
                     # the lapsed lease, not the closed connection, is the news.
-                    self._lease_lost(self._lapsed())
+                    self._lease_lost(self._lease.lapsed())
                 detail = pg.scrub(str(exc), self.location.secrets) or type(exc).__name__
                 self._error = self._error or (
                     f"state store {self.location.shown}: a write failed ({detail}); the run"

@@ -131,11 +131,22 @@ class Lease:
                 renewed = -1
                 reason = f"could not be renewed ({type(exc).__name__})"
             else:
-                reason = "expired or was taken over by another run"
+                reason = ""
             if renewed != len(self.workspaces):
-                self._lost(f"the run's lease on {', '.join(self.workspaces)} {reason}")
+                self._lost(self.lapsed() if not reason else self._on(reason))
                 return
             self.valid_until = sent + self.ttl
+
+    def _on(self, what: str) -> str:
+        return f"the run's lease on {', '.join(self.workspaces)} {what}"
+
+    def lapsed(self) -> str:
+        """The one wording for a lease found no longer ours, wherever it is noticed (the
+        heartbeat, a fenced commit, or the check before a send after a freeze)."""
+        return self._on(
+            "expired or was taken over by another run: it was not renewed in time"
+            " (was this process paused?)"
+        )
 
     def live(self) -> bool:
         """Whether the lease is still surely ours (no round trip: see the module doc)."""
@@ -154,10 +165,7 @@ class Lease:
             (self.workspaces, self.holder),
         ).fetchone()[0]
         if rows != len(self.workspaces):
-            why = (
-                f"the run's lease on {', '.join(self.workspaces)} expired or was taken over"
-                " (was this process paused?)"
-            )
+            why = self.lapsed()
             self._lost(why)
             raise LeaseLostError(why)
 
