@@ -123,8 +123,13 @@ class Outcome:
     created_at: float | None = None
 
 
+#: Where a store holds the outcome of a creation, as its lookup found it: (run_seq, line,
+#: send_id, created_at, the stored columns). The SQLite store keeps a skipped row that
+#: equals that outcome as this reference alone (``_state/blocks.py``).
+CreationRef = tuple[int, int, str | None, float | None, str | bytes | None]
 #: A row an earlier run created, which this run skips, as the runner hands a batch of them to
 #: the state store and the sink without building an Outcome for each (a skip run handles
-#: every row so): (row, key, send_id, created_run, created_at). ``key`` is the row's
-#: ``identity.RowKey``; send_id is the created one (else the row's); created_at in epoch s.
-Skip = tuple[Row, tuple[str, str], str | None, str, float]
+#: every row so): (row, key, send_id, created_run, created_at, ref). ``key`` is the row's
+#: ``identity.RowKey``; send_id is the created one (else the row's); created_at in epoch s;
+#: ``ref`` the lookup's ``Prior.ref``.
+Skip = tuple[Row, tuple[str, str], str | None, str, float, CreationRef | None]

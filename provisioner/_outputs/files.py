@@ -307,7 +307,7 @@ class FileSink:
             raise RuntimeError("FileSink.write_skipped after commit or abort")
         write = self._results.write
         try:
-            for row, _, send_id, created_run, created_at in skips:
+            for row, _, send_id, created_run, created_at, _ in skips:
                 write(
                     _skipped_line(row.line, row.campaign_id, send_id, created_run,
                                   created_at, row.columns)

@@ -374,7 +374,9 @@ class Run(Sending):
             decision = decide(a.send_id is not None, prior, force=force, retry_in_doubt=retry)
             if decision is SKIP:
                 assert prior is not None
-                skips.append((a.row, a.key, prior.send_id or a.send_id, prior.run_id, prior.at))
+                skips.append(
+                    (a.row, a.key, prior.send_id or a.send_id, prior.run_id, prior.at, prior.ref)
+                )
                 continue
             if skips:
                 self._emit_skipped(lane, skips)

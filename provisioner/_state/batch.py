@@ -79,8 +79,8 @@ def _multi_row(sql: str, rows: int) -> str:
 
 
 def commit(conn: sqlite3.Connection, tables: list[list[Op]], *, compact_rows: bool = False) -> None:
-    """Apply the sorted statements in one transaction; ``compact_rows``: skipped and
-    deferred outcomes go as blocks (:func:`compact`).
+    """Apply the sorted statements in one transaction; ``compact_rows``: deferred
+    outcomes go as blocks (:func:`compact`).
 
     The big inserts (outcomes, created) go as statements of up to 256 rows: executemany
     runs one step per row, and each step releases the GIL, so with the event loop's thread
@@ -89,7 +89,7 @@ def commit(conn: sqlite3.Connection, tables: list[list[Op]], *, compact_rows: bo
     conn.execute("BEGIN IMMEDIATE")
     try:
         if compact_rows and tables[OUTCOMES]:
-            tables[OUTCOMES] = compact(conn, tables[OUTCOMES])
+            tables[OUTCOMES] = compact(tables[OUTCOMES])
         for ops in tables:
             for sql, group in itertools.groupby(ops, itemgetter(1)):
                 params = [op[2] for op in group]
@@ -114,34 +114,22 @@ def commit(conn: sqlite3.Connection, tables: list[list[Op]], *, compact_rows: bo
         raise
 
 
-# A skipped row's plain fields (attempts .. reason) in an outcomes row: all alike.
-_SKIP_DEFAULTS = (0, None, None, None, None, 0, None, None, None)
-
-
-def compact(conn: sqlite3.Connection, ops: list[Op]) -> list[Op]:
-    """``ops`` (one batch's outcomes statements) with skipped and deferred rows replaced by
-    block inserts (``blocks.py``); rows that cannot be compacted stay as they are. Runs in
-    the writer's transaction, on its connection, so the loop's thread queues what it did."""
-    skips: list[tuple[Any, ...]] = []  # SQL_SKIPPED's parameters
+def compact(ops: list[Op]) -> list[Op]:
+    """``ops`` (one batch's outcomes statements) with deferred rows replaced by block
+    inserts (``blocks.py``); the other rows stay as they are. (Skipped rows come as blocks
+    already, from ``record_skipped``.) Runs in the writer, so the loop's thread queues the
+    same records as ever."""
     deferred: list[tuple[Any, ...]] = []
     kept: list[Op] = []
     for op in ops:
         sql, row = op[1], op[2]
-        if sql is schema.SQL_SKIPPED:
-            skips.append(row)
-        elif sql is not schema.SQL_OUTCOME or isinstance(row[5], bytes):
-            kept.append(op)  # stdlib-encoded columns (huge integers) stay plain
-        elif row[3] == blocks.DEFERRED:
+        # Stdlib-encoded columns (huge integers, bytes) stay plain.
+        if sql is schema.SQL_OUTCOME and row[3] == blocks.DEFERRED and type(row[5]) is not bytes:
             deferred.append(row)
-        elif row[3] == blocks.SKIPPED and row[9:18] == _SKIP_DEFAULTS:
-            skips.append((*row[:3], row[4], row[5], row[6], row[7], row[8], row[18]))
         else:
             kept.append(op)
-    if not skips and not deferred:
+    if not deferred:
         return ops
-    refs, plain = blocks.resolve(conn, skips)
-    kept.extend((OUTCOMES, schema.SQL_SKIPPED, row) for row in plain)
-    kept.extend((OUTCOMES, blocks.SQL_BLOCK, p) for p in blocks.skip_blocks(refs))
     kept.extend((OUTCOMES, blocks.SQL_BLOCK, p) for p in blocks.deferred_blocks(deferred))
     return kept
 

@@ -15,9 +15,12 @@ held (~157 bytes each), and a run deferring ten million rows ~162 bytes a row. N
 * A **deferred** row's values are needed to write deferred.csv again: a batch of them is
   kept as one zlib-compressed JSON list (~10-25 bytes a row, measured in BENCHMARKS.md).
 
-The writer thread does this, inside the transaction that commits the batch
-(:func:`compact`): the loop's thread queues the same operations as ever. The reader
-merges the blocks with the plain rows in line order (:func:`merge`).
+A skipped row's reference comes from the store's lookup, which finds the creation's
+outcome in the search the skip needs anyway (``sqlite_reader.py``); ``record_skipped``
+queues a batch's references as blocks (:func:`references`, :func:`skip_blocks`). The
+writer thread compresses deferred rows inside the transaction that commits them
+(``batch.compact``). The reader merges the blocks with the plain rows in line order
+(:func:`merge`).
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from typing import Any
 
 import orjson
 
-from provisioner._core.models import Outcome, Status
-from provisioner._state.codec import LINE_INDEX, OUTCOME_COLUMNS, decode_outcome
+from provisioner._core.models import Outcome, Skip, Status
+from provisioner._state.codec import LINE_INDEX, OUTCOME_COLUMNS, decode_outcome, encode_columns
 from provisioner.errors import StateError
 
 SKIPPED, DEFERRED = "skipped", "deferred"
@@ -44,57 +47,29 @@ SQL_BLOCK = (
 #: Rows per block at most: bounds what export holds decoded at a time.
 BLOCK_ROWS = 4096
 _LEVEL = 6  # zlib's default: level 9 measured ~3% smaller and 2x slower
-# idx, workspace, campaign_id, key, created seq, send_id, created_at, columns.
-_RESOLVE_VALUES = 8
 
 
-def resolve(
-    conn: sqlite3.Connection, skips: list[tuple[Any, ...]]
-) -> tuple[list[tuple[int, int, int, int]], list[tuple[Any, ...]]]:
+def references(
+    run_seq: int, skips: Sequence[Skip]
+) -> tuple[list[tuple[int, int, int, int]], list[Skip]]:
     """Split skipped rows into references (run_seq, line, created seq, created line), one
-    per row whose creation's outcome equals it, and the rest (kept in full)."""
-    matched: dict[int, tuple[int, int]] = {}
-    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    chunk = max(1, min(2000, limit // _RESOLVE_VALUES))
-    for start in range(0, len(skips), chunk):
-        part = skips[start : start + chunk]
-        params: list[object] = []
-        for i, (_, ws, key, seq, columns, _, cid, send_id, at) in enumerate(part, start):
-            params += (i, ws, cid, key, seq, send_id, at, columns)
-        for i, seq, line in conn.execute(_resolve_sql(len(part)), params):
-            matched[i] = (seq, line)
+    per row equal to the creation's outcome its lookup found (``Skip``'s ref: the same
+    send_id, created_at and columns, pass-through values included), and the rest, which
+    are kept in full so that a reference never changes what export writes."""
     refs: list[tuple[int, int, int, int]] = []
-    plain: list[tuple[Any, ...]] = []
-    for i, row in enumerate(skips):
-        found = matched.get(i)
-        if found is None:
-            plain.append(row)
+    plain: list[Skip] = []
+    for skip in skips:
+        ref = skip[5]
+        if (
+            ref is not None
+            and ref[2] == skip[2]
+            and ref[3] == skip[4]
+            and ref[4] == encode_columns(skip[0].columns)
+        ):
+            refs.append((run_seq, skip[0].line, ref[0], ref[1]))
         else:
-            refs.append((row[0], row[5], *found))
+            plain.append(skip)
     return refs, plain
-
-
-_RESOLVE_CACHE: dict[int, str] = {}
-
-
-def _resolve_sql(n: int) -> str:
-    sql = _RESOLVE_CACHE.get(n)
-    if sql is None:
-        values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * n)
-        # The created row names the creation; its outcome must show exactly what this
-        # skipped row would (IS: NULL equals NULL).
-        sql = (
-            f"SELECT v.column1, c.run_seq, c.line FROM (VALUES {values}) AS v"
-            " JOIN created AS c ON c.workspace = v.column2 AND c.campaign_id = v.column3"
-            " AND c.key = v.column4"
-            " JOIN outcomes AS o ON o.run_seq = c.run_seq AND o.line = c.line"
-            " WHERE c.run_seq IS v.column5 AND o.status = 'created'"
-            " AND o.campaign_id = v.column3 AND o.send_id IS v.column6"
-            " AND o.created_at IS v.column7 AND o.columns IS v.column8"
-        )
-        if len(_RESOLVE_CACHE) < 16:
-            _RESOLVE_CACHE[n] = sql
-    return sql
 
 
 def _deltas(values: Iterable[int]) -> list[int]:

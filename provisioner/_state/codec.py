@@ -41,7 +41,7 @@ def encode_outcome(
     run_seq: int, workspace: str, key: str | None, outcome: Outcome, seq_of: Mapping[str, int]
 ) -> tuple[object, ...]:
     """The outcomes row for ``outcome`` (in OUTCOME_COLUMNS order); ``key`` is RowKey[1]."""
-    columns = _encode_columns(outcome.columns)
+    columns = encode_columns(outcome.columns)
     created_run: int | str | None = outcome.created_run
     if outcome.created_run is not None:
         created_run = seq_of.get(outcome.created_run, outcome.created_run)
@@ -49,7 +49,7 @@ def encode_outcome(
     return head + _plain_of(outcome)
 
 
-def _encode_columns(columns: Columns) -> str | bytes | None:
+def encode_columns(columns: Columns) -> str | bytes | None:
     if not columns:
         return None
     try:
@@ -68,12 +68,12 @@ def encode_skipped(
     skip run's every row)."""
     seqs: dict[str, int | str] = {}  # a batch's rows were mostly created by one run
     rows: list[tuple[object, ...]] = []
-    for row, key, send_id, created_run, created_at in skips:
+    for row, key, send_id, created_run, created_at, _ in skips:
         seq = seqs.get(created_run)
         if seq is None:
             seq = seqs[created_run] = seq_of.get(created_run, created_run)
         rows.append(
-            (run_seq, workspace, key[1], seq, _encode_columns(row.columns), row.line,
+            (run_seq, workspace, key[1], seq, encode_columns(row.columns), row.line,
              row.campaign_id, send_id, created_at)
         )  # fmt: skip
     return rows

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from provisioner._core.models import MAX_RESET_AHEAD
+from provisioner._core.models import MAX_RESET_AHEAD, CreationRef
 from provisioner._state import migrations
 from provisioner._state.codec import OUTCOME_COLUMNS
 from provisioner.errors import StateError
@@ -236,8 +236,9 @@ SQL_REPAIR_QUOTA = "DELETE FROM quota_windows WHERE NOT (reset_at <= ?)"
 
 
 @functools.lru_cache(maxsize=32)
-def lookup_sql(table: str, columns: str, n: int) -> str:
-    """SELECT campaign_id, key, <columns> FROM ``table`` for ``n`` keys, then a workspace.
+def lookup_sql(table: str, columns: str, n: int, join: str = "") -> str:
+    """SELECT campaign_id, key, <columns> FROM ``table`` (as ``t``) for ``n`` keys, then a
+    workspace; ``join`` adds a join after it.
 
     A VALUES list joined on the primary key does one index search per key: measured
     ~300k keys/s on 1M rows, against ~6k/s for ``(a, b) IN (VALUES ...)``, which scans.
@@ -246,7 +247,7 @@ def lookup_sql(table: str, columns: str, n: int) -> str:
     return (
         f"SELECT t.campaign_id, t.key, {columns} FROM (VALUES {values}) AS v"
         f" JOIN {table} AS t ON t.workspace = ? AND t.campaign_id = v.column1"
-        " AND t.key = v.column2"
+        f" AND t.key = v.column2{join}"
     )
 
 
@@ -264,6 +265,9 @@ class Prior:
     at: float
     #: The created send_id, or the one requested by the intent (None: Braze picks).
     send_id: str | None
+    #: SQLite, "created": the creation's outcome row, when it shows this creation (its
+    #: send_id and time); a skip of an equal row is stored as this reference.
+    ref: CreationRef | None = None
 
 
 @dataclass(frozen=True, slots=True)

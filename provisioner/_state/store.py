@@ -42,7 +42,7 @@ import orjson
 
 from provisioner._core.identity import RowKey
 from provisioner._core.models import BUFFER_BYTES, Outcome, Skip, Status
-from provisioner._state import codec, retention, schema
+from provisioner._state import blocks, codec, retention, schema
 from provisioner._state.batch import (
     CREATED,
     GROUP,
@@ -236,13 +236,15 @@ class SqliteStateStore(SqliteReader):
         each one's ``outcomes.skipped`` Outcome (one outcomes row, no created or intent
         change), in one call for a batch. Does not wait."""
         seq = self._current(run_id)
-        rows = codec.encode_skipped(seq, workspace, skips, self._seqs)
-        # One operation per row, as record() queues them: the writer's batch size and
-        # throttle() count rows, so a batch of skips weighs what its records would.
-        self._ops.extend([(OUTCOMES, schema.SQL_SKIPPED, row) for row in rows])
-        self._queued(
-            _ROW_BYTES * len(rows) + codec.columns_bytes(rows, codec.SKIPPED_COLUMNS_INDEX)
-        )
+        # Rows equal to their creation's outcome are references, queued as a few blocks
+        # (blocks.py); the others are stored in full, one operation per row as record()
+        # queues them (the writer's batch size and throttle() count operations).
+        refs, plain = blocks.references(seq, skips)
+        rows = codec.encode_skipped(seq, workspace, plain, self._seqs)
+        ops: list[Op] = [(OUTCOMES, schema.SQL_SKIPPED, row) for row in rows]
+        ops.extend((OUTCOMES, blocks.SQL_BLOCK, p) for p in blocks.skip_blocks(refs))
+        self._ops.extend(ops)
+        self._queued(_ROW_BYTES * len(ops) + codec.columns_bytes(rows, codec.SKIPPED_COLUMNS_INDEX))
 
     def _queued(self, size: int) -> None:
         """After records of ``size`` bytes were queued: wake the writer at _WAKE_AT

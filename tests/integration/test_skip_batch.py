@@ -12,11 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
-from provisioner._core.models import Skip
+from provisioner._core.models import Skip, Status
 from provisioner._manifest.seen import SeenIndex
 from provisioner._pipeline.outcomes import skipped
 from provisioner._pipeline.runner import Run
 from provisioner._pipeline.workspace_lane import Lane
+from provisioner._state.opening import open_store
 from provisioner._state.sqlite_reader import SqliteReader
 from provisioner._state.store import Prior
 from provisioner.api import run_pipeline
@@ -38,7 +39,7 @@ _CREATED = b'"status":"created"'
 
 def emit_each(self: Run, lane: Lane, skips: list[Skip]) -> None:
     """The per-row path the batch replaced: one emit() of outcomes.skipped per row."""
-    for row, key, send_id, run_id, at in skips:
+    for row, key, send_id, run_id, at, _ in skips:
         self.emit(skipped(row, send_id, Prior("created", run_id, at, send_id)), key, lane)
 
 
@@ -57,16 +58,21 @@ def mixed_rerun(created: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return rows
 
 
-def store_rows(path: Path) -> list[tuple[Any, ...]]:
-    """The second run's outcomes (all but created ones, whose latency differs per run) and
-    the created and intents tables (without the clock's created_at, and the send ids the
-    sandbox made up for the second run's rows), in a fixed order."""
+def store_rows(path: Path) -> list[Any]:
+    """The second run's outcomes as the store gives them back (all but created ones, whose
+    latency differs per run; skipped ones are stored as references on one path, whole on
+    the other) and the created and intents tables (without the clock's created_at, and the
+    send ids the sandbox made up for the second run's rows), in a fixed order."""
+    store = open_store(path, lock=False)
+    try:
+        (second, _) = store.recent_runs(2)
+        outcomes = [o for o in store.iter_outcomes(second.run_id) if o.status != Status.CREATED]
+    finally:
+        store.close()
     conn = sqlite3.connect(path)
     try:
         return [
-            *conn.execute(
-                "SELECT * FROM outcomes WHERE run_seq = 2 AND status != 'created' ORDER BY line"
-            ),
+            *outcomes,
             *conn.execute(
                 "SELECT workspace, campaign_id, key, run_seq, iif(run_seq = 1, send_id, NULL)"
                 " FROM created ORDER BY 1, 2, 3"

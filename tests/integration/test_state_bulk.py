@@ -100,12 +100,12 @@ async def test_skipped_rows_in_bulk_store_what_record_would(
     store = begin(location, "run-1")
     skips: list[Skip] = [
         (Row(i, f"c{i}", f"s{i}", (("campaign_id", f"c{i}"),)), (f"c{i}", f"s:s{i}"), f"s{i}",
-         "run-0" if i % 2 else "run-1", 99.25)
+         "run-0" if i % 2 else "run-1", 99.25, None)
         for i in range(2, 1002)
     ]  # fmt: skip
     store.record_skipped("run-1", WS, skips)
     await store.flush()
-    expected = [skipped(r, sid, Prior("created", run, at, sid)) for r, _, sid, run, at in skips]
+    expected = [skipped(r, sid, Prior("created", run, at, sid)) for r, _, sid, run, at, _ in skips]
     assert list(store.iter_outcomes("run-1")) == expected
     assert store.lookup_many(WS, [k for _, k, *_ in skips]) == {}  # skips create nothing
     store.close()

@@ -38,7 +38,7 @@ class ListSink:
         self.outcomes.append(outcome)
 
     def write_skipped(self, skips: Sequence[Skip]) -> None:
-        for r, _key, send_id, run_id, at in skips:
+        for r, _key, send_id, run_id, at, _ in skips:
             self.outcomes.append(
                 Outcome(r.line, Status.SKIPPED, r.campaign_id, send_id,
                         created_run=run_id, created_at=at)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from provisioner._core.models import Outcome, Row, Skip, Status
 from provisioner._pipeline.outcomes import deferred, skipped
+from provisioner._state.interface import StateStore
 from provisioner._state.opening import open_store
 from provisioner._state.schema import Prior
 
@@ -35,12 +36,14 @@ async def _seed(path: Path, n: int = N) -> None:
     s.close()
 
 
-def _created_at(path: Path) -> dict[str, float]:
-    conn = sqlite3.connect(path)
-    try:
-        return dict(conn.execute("SELECT campaign_id, created_at FROM created"))
-    finally:
-        conn.close()
+def _skips(s: StateStore, rows: list[Row]) -> list[Skip]:
+    """Each row's Skip as a run builds it, from the store's lookup of its key."""
+    keys = [(r.campaign_id, f"s:{r.send_id}") for r in rows]
+    priors = s.lookup_many(WS, keys)
+    return [
+        (r, k, priors[k].send_id, priors[k].run_id, priors[k].at, priors[k].ref)
+        for r, k in zip(rows, keys, strict=True)
+    ]
 
 
 def _sizes(path: Path, seq: int) -> tuple[int, int, int]:
@@ -63,17 +66,16 @@ async def test_skipped_rows_are_references_of_a_few_bytes(tmp_path: Path) -> Non
     block data and no outcomes row; iter_outcomes gives each skipped Outcome back."""
     path = tmp_path / "state.sqlite3"
     await _seed(path)
-    at = _created_at(path)
     s = open_store(path)
     s.begin_run("run-2", "m.csv", 3.0, None, {})
-    skips: list[Skip] = []
-    for i in range(N):
-        r = _row(i)
-        skips.append((r, (r.campaign_id, f"s:{r.send_id}"), r.send_id, "run-1", at[r.campaign_id]))
+    skips = _skips(s, [_row(i) for i in range(N)])
+    assert all(skip[5] is not None for skip in skips)
     for start in range(0, N, 512):
         s.record_skipped("run-2", WS, skips[start : start + 512])
     await s.flush()
-    expected = [skipped(r, sid, Prior("created", run, when, sid)) for r, _, sid, run, when in skips]
+    expected = [
+        skipped(r, sid, Prior("created", run, when, sid)) for r, _, sid, run, when, _ in skips
+    ]
     assert list(s.iter_outcomes("run-2")) == expected
     s.close()
     plain, rows, data = _sizes(path, 2)
@@ -86,18 +88,14 @@ async def test_a_skipped_row_unlike_its_creation_is_kept_whole(tmp_path: Path) -
     creation time or send_id differ) is stored in full: export shows this run's values."""
     path = tmp_path / "state.sqlite3"
     await _seed(path, 10)
-    at = _created_at(path)
     s = open_store(path)
     s.begin_run("run-2", "m.csv", 3.0, None, {})
-    rows = [_row(0), _row(1, note="changed"), _row(2), _row(3)]
-    skips: list[Skip] = [
-        (r, (r.campaign_id, f"s:{r.send_id}"), r.send_id, "run-1", at[r.campaign_id]) for r in rows
-    ]
-    skips[2] = (*skips[2][:4], 12.5)  # another creation time
+    skips = _skips(s, [_row(0), _row(1, note="changed"), _row(2), _row(3)])
+    skips[2] = (*skips[2][:4], 12.5, skips[2][5])  # another creation time
     skips[3] = (skips[3][0], skips[3][1], "other-id", *skips[3][3:])
     s.record_skipped("run-2", WS, skips)
     await s.flush()
-    expected = [skipped(r, sid, Prior("created", run, w, sid)) for r, _, sid, run, w in skips]
+    expected = [skipped(r, sid, Prior("created", run, w, sid)) for r, _, sid, run, w, _ in skips]
     assert list(s.iter_outcomes("run-2")) == expected
     s.close()
     assert _sizes(path, 2)[:2] == (3, 1)
@@ -135,12 +133,12 @@ async def test_a_skip_run_still_shows_its_creation_after_force(tmp_path: Path) -
     the creation they skipped for (its send_id and time), not the new one."""
     path = tmp_path / "state.sqlite3"
     await _seed(path, 3)
-    at = _created_at(path)
     s = open_store(path)
     s.begin_run("run-2", "m.csv", 3.0, None, {})
     r = _row(1)
     key = (r.campaign_id, f"s:{r.send_id}")
-    s.record_skipped("run-2", WS, [(r, key, r.send_id, "run-1", at[r.campaign_id])])
+    (skip,) = _skips(s, [r])
+    s.record_skipped("run-2", WS, [skip])
     await s.flush()
     s.finish_run("run-2", 4.0, 0, {}, {})
     s.close()
@@ -151,5 +149,5 @@ async def test_a_skip_run_still_shows_its_creation_after_force(tmp_path: Path) -
     await s.flush()
     (again,) = s.iter_outcomes("run-2")
     s.close()
-    assert (again.created_run, again.created_at) == ("run-1", at[r.campaign_id])
+    assert (again.created_run, again.created_at) == ("run-1", skip[4])
     assert _sizes(path, 2)[:2] == (0, 1)

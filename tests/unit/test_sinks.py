@@ -403,7 +403,7 @@ def test_skipped_batch_writes_what_per_row_writes_would(
     for line, (extra, send_id, run, at) in enumerate(rows, 2):
         columns: Columns = (("campaign_id", f"c{line}"), *extra)
         row = Row(line, f"c{line}", send_id, columns)
-        skips.append((row, (row.campaign_id, f"s:{send_id}"), send_id, run, at))
+        skips.append((row, (row.campaign_id, f"s:{send_id}"), send_id, run, at, None))
     written: list[bytes] = []
     for batched in (True, False):
         with tempfile.TemporaryDirectory() as tmp:
@@ -411,7 +411,7 @@ def test_skipped_batch_writes_what_per_row_writes_would(
             if batched:
                 sink.write_skipped(skips)
             else:
-                for row, _, send_id, run, at in skips:
+                for row, _, send_id, run, at, _ in skips:
                     sink.write(skipped(row, send_id, Prior("created", run, at, send_id)))
             sink.commit({})
             written.append((Path(tmp) / "results.jsonl").read_bytes())
@@ -431,7 +431,7 @@ def test_skipped_batch_write_failure_is_an_output_error(tmp_path: Path) -> None:
     sink._results = Full()  # type: ignore[assignment]
     row = Row(2, "c1", "s1", cols())
     with pytest.raises(OutputError, match=str(tmp_path)):
-        sink.write_skipped([(row, ("c1", "s:s1"), "s1", "run-0", 1.5)])
+        sink.write_skipped([(row, ("c1", "s:s1"), "s1", "run-0", 1.5, None)])
     sink.abort()
     with pytest.raises(RuntimeError):  # after abort, as for write()
         sink.write_skipped([])

@@ -676,9 +676,9 @@ async def test_skipped_batch_stores_what_per_row_records_would(location: Path | 
         (("campaign_id", "c3"), ("send_id", "s3"), ("list", [1, {"k": True}])),
     ]
     skips: list[Skip] = [
-        (Row(4, "c1", "s1", columns[0]), ("c1", "s:s1"), "s1", "run-0", 1234.5),
-        (Row(7, "c2", None, columns[1]), ("c2", "n:1"), "braze-made", "run-gone", 1.0),
-        (Row(9, "c3", "s3", columns[2]), ("c3", "s:s3"), "s3", "run-0", 99.25),
+        (Row(4, "c1", "s1", columns[0]), ("c1", "s:s1"), "s1", "run-0", 1234.5, None),
+        (Row(7, "c2", None, columns[1]), ("c2", "n:1"), "braze-made", "run-gone", 1.0, None),
+        (Row(9, "c3", "s3", columns[2]), ("c3", "s:s3"), "s3", "run-0", 99.25, None),
     ]
     dumps: list[list[tuple[object, ...]]] = []
     for batched in (True, False):
@@ -700,12 +700,12 @@ async def test_skipped_batch_stores_what_per_row_records_would(location: Path | 
         if batched:
             s.record_skipped("run-1", WS, skips)
         else:
-            for row, key, send_id, run, at in skips:
+            for row, key, send_id, run, at, _ in skips:
                 prior = state.Prior("created", run, at, send_id)
                 s.record("run-1", WS, key, skipped(row, send_id, prior))
         await s.flush()
         expected = [
-            skipped(r, sid, state.Prior("created", run, at, sid)) for r, _, sid, run, at in skips
+            skipped(r, sid, state.Prior("created", run, at, sid)) for r, _, sid, run, at, _ in skips
         ]
         assert list(s.iter_outcomes("run-1")) == expected
         s.close()
