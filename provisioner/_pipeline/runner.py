@@ -305,23 +305,34 @@ class Run(Sending):
         the rest decided), in manifest order.
 
         The seen index and the store's lookup (SQLite queries, a batch at a time) run in a
-        worker thread (``_resolve``) while the reader parses and validates the next batch;
-        the previous batch is dispatched first, so batches keep their order, and SQLite
-        runs without the GIL meanwhile. ``wait``: dispatch this batch now (a quiet pipe)."""
-        await self._dispatch_pending()
+        worker thread (``_resolve``) while the reader dispatches the previous batch and
+        parses and validates the next one: the previous batch's resolution is awaited
+        first, so batches keep their order, and SQLite runs without the GIL meanwhile.
+        ``wait``: dispatch this batch now (a quiet pipe)."""
         # Backpressure: a run that only skips can outpace the writer thread; keep its
         # queue (and so memory) bounded.
         await self.store.throttle()
+        previous = await self._take_pending()
+        # The next batch's resolution starts before this one is dispatched: a lookup
+        # depends on earlier runs only (this run's own intents are not priors), and the
+        # seen index on the batches before it, resolved by now.
         self._pending = asyncio.ensure_future(asyncio.to_thread(self._resolve, seen, rows))
+        await self._dispatch(previous)
         if wait:
             await self._dispatch_pending()
 
+    async def _take_pending(self) -> list[Resolved]:
+        """The batch the worker thread resolved (or is resolving), if any."""
+        pending, self._pending = self._pending, None
+        return [] if pending is None else await pending
+
+    async def _dispatch(self, resolved: list[Resolved]) -> None:
+        for lane, batch, priors in resolved:
+            await self.dispatch(lane, batch, priors)
+
     async def _dispatch_pending(self) -> None:
         """Dispatch the batch the worker thread resolved (or is resolving), if any."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            for lane, batch, priors in await pending:
-                await self.dispatch(lane, batch, priors)
+        await self._dispatch(await self._take_pending())
 
     def _resolve(self, seen: SeenIndex, rows: list[Row]) -> list[Resolved]:
         """(in a worker thread) Identities for ``rows``, then, per workspace, the rows that
