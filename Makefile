@@ -62,6 +62,7 @@ constraints:
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/bench_group.py
+	$(BIN)/python bench/startup.py --pairs 10 $(BIN)/provisioner
 
 ## The same scenarios at reduced sizes, under a minute.
 bench-quick: $(STAMP)
