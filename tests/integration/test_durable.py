@@ -315,6 +315,20 @@ async def test_garbage_wal_is_ignored_and_nothing_is_sent_twice(
     assert summary["counts"]["skipped"] == 4
 
 
+async def sending(sandbox: Sandbox, proc: asyncio.subprocess.Process, before: int) -> bool:
+    """Wait until the run ``proc`` has created a row (the ledger holds more than ``before``):
+    True once it is sending, False if it ended first or sent nothing for 20 s. A delay
+    counted from the start alone can end before the first request on a busy machine (the
+    start-up takes longer), and a kill then interrupts nothing."""
+    for _ in range(2000):
+        if proc.returncode is not None:
+            return False
+        if len(sandbox.ledger.created) > before:
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
 @pytest.mark.parametrize(
     ("target", "with_id", "without_id"),
     [(6, 400, 200), pytest.param(22, 1600, 800, marks=pytest.mark.slow)],
@@ -323,11 +337,14 @@ async def test_garbage_wal_is_ignored_and_nothing_is_sent_twice(
 async def test_kill_9_loop_loses_nothing_and_creates_nothing_twice(
     sandbox_factory: SandboxFactory, tmp_path: Path, target: int, with_id: int, without_id: int
 ) -> None:
-    """kill -9 at random moments (6 times; 22 in the slow variant), then finish: every row
-    accounted exactly once, no known combination created twice, rows in doubt reported and
-    never resent."""
+    """kill -9 at random moments of a run that is sending (6 times; 22 in the slow variant),
+    then finish: every row accounted exactly once, no known combination created twice, rows
+    in doubt reported and never resent."""
     sandbox = await sandbox_factory(latency_ms=3, daily_quota=1_000_000)
-    rows = [*campaigns(with_id), *campaigns(without_id, with_send_id=False, prefix="n")]
+    known, unknown = campaigns(with_id), campaigns(without_id, with_send_id=False, prefix="n")
+    # Two rows with a send_id, then one without, all along: the kills land while rows of
+    # both kinds are in flight (placed after the others, no kill reached the rows without).
+    rows = [row for three in zip(known[::2], known[1::2], unknown, strict=True) for row in three]
     manifest = write_csv(tmp_path / "m.csv", rows)
     rng = random.Random(20261126)
     # A pace slow enough that the kills land while work remains.
@@ -335,17 +352,24 @@ async def test_kill_9_loop_loses_nothing_and_creates_nothing_twice(
     # Retention by count alone: every run that gets to its end prunes the killed ones (their
     # intents, so the rows in doubt, must survive it).
     args += ["--keep-days", "0.000001", "--keep-runs", "1"]
-    kills = 0
+    kills = interrupted = 0
     while kills < target:
+        before = len(sandbox.ledger.created)
         proc = await start_cli(*args, quiet=True)
-        await asyncio.sleep(rng.uniform(0.35, 0.9))
+        # The kill comes at a random moment after this start's first creation, so it
+        # interrupts requests (the delay is not a time the test asserts).
+        interrupts = await sending(sandbox, proc, before)
+        await asyncio.sleep(rng.uniform(0.0, 0.4))
         if proc.returncode is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
+            interrupted += interrupts
         await proc.wait()
         if proc.returncode != -signal.SIGKILL:
             break  # the work finished before we could kill it
     assert kills >= target - 2
+    assert interrupted == kills  # every kill landed while its run was sending
+    created_by_killed = len(sandbox.ledger.created)
     code, _, err = await provisioner(*args)
     assert code in (0, 1), err
     results, failures, deferred, summary = outputs(tmp_path / "out")
@@ -361,6 +385,11 @@ async def test_kill_9_loop_loses_nothing_and_creates_nothing_twice(
     # Rows in doubt were never resent: at most one request for them ever reached the ledger.
     in_doubt = {f["campaign_id"] for f in failures}
     assert all(c.startswith("n") for c in in_doubt)
+    seen = {e.campaign_id for e in sandbox.ledger.created}
+    print(
+        f"kill loop: {kills} kills, {created_by_killed} rows created by the killed runs, "
+        f"{len(in_doubt)} in doubt, {len(in_doubt & seen)} of them seen by the server"
+    )
     ok = {r["campaign_id"]: r["send_id"] for r in results}
     ledger = {e.campaign_id: e.send_id for e in sandbox.ledger.created}
     assert all(ledger[c] == s for c, s in ok.items())  # reported ids are the created ones
