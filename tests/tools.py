@@ -78,11 +78,15 @@ def debian_tool(wanted: DebianTool, env: Mapping[str, str] = os.environ) -> str:
         missing(wanted, str(exc), env)
 
 
-def missing(wanted: DebianTool, why: str, env: Mapping[str, str] = os.environ) -> NoReturn:
-    """End a test that needs ``wanted``: a failure naming the fix, or a skip under its opt-out."""
-    fix = (
-        f"{why}; install it (apt-get install {wanted.package}) or let the tests fetch it"
-        f" (apt-get update, then rerun)"
+def missing(
+    wanted: DebianTool, why: str, env: Mapping[str, str] = os.environ, *, fix: str = ""
+) -> NoReturn:
+    """End a test that needs ``wanted``: a failure naming ``fix`` (by default: install
+    the package, or let the tests fetch it), or a skip under its opt-out."""
+    fix = f"{why}; " + (
+        fix
+        or f"install it (apt-get install {wanted.package}) or let the tests fetch it"
+        " (apt-get update, then rerun)"
     )
     if env.get(wanted.opt_out) == "1":
         pytest.skip(fix)

@@ -83,6 +83,9 @@ def test_missing_tool_fails_naming_the_fix() -> None:
     assert "PROVISIONER_TESTS_ALLOW_NO_GREETER=1" in str(info.value)
     with pytest.raises(pytest.fail.Exception):
         missing(TOOL, "no greeter", {TOOL.opt_out: "0"})
+    # What stops it may be other than the package: the fix given is named instead.
+    with pytest.raises(pytest.fail.Exception, match="not root; run them as root, or set"):
+        missing(TOOL, "not root", {}, fix="run them as root")
 
 
 def test_the_opt_out_makes_it_a_skip() -> None:
