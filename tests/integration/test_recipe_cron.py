@@ -22,7 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ mount --bind /usr/sbin "$root/sbin-real"
 for f in "$root"/sbin-real/*; do ln -s "$f" "$root/sbin/"; done
 ln -sf "$root/sendmail" "$root/sbin/sendmail"
 mount --bind "$root/sbin" /usr/sbin
+# Foreground; -L 15 logs every job's start, end and failure to syslog, where there is one.
 exec "$2" -f -L 15
 """
 
@@ -215,10 +216,9 @@ def processes_in(namespace: str) -> list[int]:
     return [pid for pid in pids if mount_namespace(pid) == namespace]
 
 
-async def poll(condition: object, what: str, seconds: float) -> None:
+async def poll(condition: Callable[[], bool], what: str, seconds: float) -> None:
     """Wait until ``condition()`` holds; fail naming ``what`` after ``seconds`` (a bound
     for a busy machine, not a time the test asserts)."""
-    assert callable(condition)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while not condition():
@@ -236,7 +236,8 @@ async def test_debian_cron_runs_the_shipped_job(
 ) -> None:
     """Debian's cron runs the shipped crontab line: the wrapper runs as the service user
     with the env file's key; exit 0 writes the outputs and metrics and mails nothing,
-    exit 1 is mailed by cron to the crontab's MAILTO as the wrapper's report."""
+    exit 1 is mailed by cron to the crontab's MAILTO as the wrapper's report; a copy
+    named provisioner.cron is ignored, as the crontab's comment warns."""
     program, user = cron_program, service_user
     for name in ("cron.d", "spool/cron/crontabs", "run", "sbin", "sbin-real", "mail"):
         (cron_root / name).mkdir(parents=True)
@@ -246,8 +247,12 @@ async def test_debian_cron_runs_the_shipped_job(
     write_csv(good.manifest, campaigns(20, prefix="g"))
     bad = Install(cron_root / "bad", sandbox.url, user)
     write_csv(bad.manifest, [*campaigns(3, prefix="b"), ("", "s-empty")])
+    # The mistake the crontab's comment warns of: the file copied under its own name.
+    dotted = Install(cron_root / "dotted", sandbox.url, user)
+    write_csv(dotted.manifest, campaigns(2, prefix="d"))
     # /etc/cron.d/provisioner as docs/operations.md installs it (root, 0644), and a second one.
-    for name, install in (("provisioner", good), ("provisioner-bad", bad)):
+    installed = (("provisioner", good), ("provisioner-bad", bad), (CRONTAB.name, dotted))
+    for name, install in installed:
         (cron_root / "cron.d" / name).write_text(install.crontab())
         (cron_root / "cron.d" / name).chmod(0o644)
 
@@ -278,6 +283,8 @@ async def test_debian_cron_runs_the_shipped_job(
             daemon.send_signal(signal.SIGTERM)
         await asyncio.wait_for(daemon.wait(), timeout=30)
     await poll(lambda: not processes_in(namespace), "the jobs and their mail to finish", 60)
+    # Cron forks every job of a minute at once: a dotted file's would have run by now.
+    assert not dotted.log.exists(), "cron ran a /etc/cron.d file whose name has a dot"
 
     # Exit 0: every row created, the outputs and the metrics file, nothing to mail.
     _, _, _, summary = outputs(good.out)
