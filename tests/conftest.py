@@ -16,6 +16,7 @@ import pytest
 
 from provisioner.sandbox.server import Sandbox, SandboxConfig
 from tests.pg_server import PgServer, find_binaries, start_server
+from tests.tools import PROMTOOL, debian_tool
 
 #: Set to 1 to let the PostgreSQL tests skip on a machine without PostgreSQL binaries.
 ALLOW_NO_POSTGRES = "PROVISIONER_TESTS_ALLOW_NO_POSTGRES"
@@ -108,3 +109,11 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """The URL (password included) of a fresh, empty database on the session's server."""
     return pg_server.create_database(f"t_{uuid.uuid4().hex[:16]}")
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus's promtool: installed, or fetched once from Debian's ``prometheus``
+    package (tests/tools.py). Without it its tests fail unless
+    PROVISIONER_TESTS_ALLOW_NO_PROMTOOL=1 is set."""
+    return debian_tool(PROMTOOL)

@@ -25,6 +25,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from provisioner._cli.args import build_parser
+from tests.tools import tool
 
 from .helpers import ROOT
 from .test_recipes import (
@@ -37,7 +38,6 @@ from .test_recipes import (
     Cron,
     _dockerfile,
     _unit,
-    tool,
 )
 
 OPERATIONS = ROOT / "docs" / "operations.md"

@@ -20,7 +20,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import tomllib
 import uuid
@@ -35,6 +34,7 @@ import yaml
 from provisioner._cli.args import build_parser
 from provisioner._config.settings import build_settings
 from provisioner.sandbox.server import Sandbox
+from tests.tools import tool
 
 from .helpers import KEY, PYTHON, ROOT, assert_invariant, campaigns, cli_env, outputs, write_csv
 
@@ -51,15 +51,6 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSW", re.IGNORECASE)
 #: What a Braze REST API key looks like (a UUID).
 KEY_LIKE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
-#: Where the checkers the dev extra installs live (this venv's bin), then PATH.
-TOOL_PATH = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-
-
-def tool(name: str) -> str | None:
-    """The checker ``name`` (shellcheck, hadolint, ...) from the venv or PATH, if any."""
-    return shutil.which(name, path=TOOL_PATH)
-
-
 # -- the cron wrapper --------------------------------------------------------------------
 
 
