@@ -135,3 +135,17 @@ async def wait_for_created(sandbox: Sandbox, count: int = 1) -> bool:
             return True
         await asyncio.sleep(0.01)
     return len(sandbox.ledger.created) >= count
+
+
+async def sending(sandbox: Sandbox, proc: asyncio.subprocess.Process, before: int) -> bool:
+    """Wait until the run ``proc`` has created a row (the ledger holds more than ``before``):
+    True once it is sending, False if it ended first or sent nothing for 20 s. A delay
+    counted from the start alone can end before the first request on a busy machine (the
+    start-up takes longer), and a kill then interrupts nothing."""
+    for _ in range(2000):
+        if proc.returncode is not None:
+            return False
+        if len(sandbox.ledger.created) > before:
+            return True
+        await asyncio.sleep(0.01)
+    return False

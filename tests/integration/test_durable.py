@@ -24,6 +24,7 @@ from .helpers import (
     assert_invariant,
     campaigns,
     outputs,
+    sending,
     settings_for,
     start_cli,
     write_csv,
@@ -313,20 +314,6 @@ async def test_garbage_wal_is_ignored_and_nothing_is_sent_twice(
     assert sandbox.ledger.total == total
     _, _, _, summary = outputs(tmp_path / "out")
     assert summary["counts"]["skipped"] == 4
-
-
-async def sending(sandbox: Sandbox, proc: asyncio.subprocess.Process, before: int) -> bool:
-    """Wait until the run ``proc`` has created a row (the ledger holds more than ``before``):
-    True once it is sending, False if it ended first or sent nothing for 20 s. A delay
-    counted from the start alone can end before the first request on a busy machine (the
-    start-up takes longer), and a kill then interrupts nothing."""
-    for _ in range(2000):
-        if proc.returncode is not None:
-            return False
-        if len(sandbox.ledger.created) > before:
-            return True
-        await asyncio.sleep(0.01)
-    return False
 
 
 @pytest.mark.parametrize(

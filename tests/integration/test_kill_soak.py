@@ -16,7 +16,7 @@ import pytest
 from provisioner.sandbox.server import FaultRule
 from tests.conftest import SandboxFactory
 
-from .helpers import assert_invariant, campaigns, outputs, start_cli, write_csv
+from .helpers import assert_invariant, campaigns, outputs, sending, start_cli, write_csv
 from .test_cli import provisioner, run_args
 from .test_compact_records import assert_export_matches
 
@@ -46,22 +46,34 @@ async def kill_loop(
         repeat_counts=True,
     )  # fmt: skip
     with_id, without_id = rows * 3 // 4, rows // 4
-    manifest_rows = [*campaigns(with_id), *campaigns(without_id, with_send_id=False, prefix="n")]
+    known, unknown = campaigns(with_id), campaigns(without_id, with_send_id=False, prefix="n")
+    # Three rows with a send_id, then one without, all along: a kill lands while rows of
+    # both kinds are in flight (placed after the others, the kills never reached them).
+    manifest_rows = [
+        row
+        for four in zip(known[::3], known[1::3], known[2::3], unknown, strict=True)
+        for row in four
+    ]
     manifest = write_csv(tmp_path / "m.csv", manifest_rows)
     rng = random.Random(20261126)
     args = [
         *run_args(sandbox.url, tmp_path, str(manifest)), "--state", state,
         "--concurrency", str(CONCURRENCY), "--rate", "250",
     ]  # fmt: skip
-    kills = terms = starts = held_off = stopped = 0
+    kills = terms = starts = held_off = stopped = interrupted = 0
     while kills + terms < kills_wanted:
+        before = len(sandbox.ledger.created)
         proc = await start_cli(*args, quiet=True)
         starts += 1
-        await asyncio.sleep(rng.uniform(0.3, 0.8))
+        # A random moment after this start's first creation: a delay from the start alone
+        # can end before the first request on a busy machine, and interrupt nothing.
+        interrupts = await sending(sandbox, proc, before)
+        await asyncio.sleep(rng.uniform(0.0, 0.5))
         if proc.returncode is None:
             graceful = rng.random() < 0.2
             proc.send_signal(signal.SIGTERM if graceful else signal.SIGKILL)
             terms, kills = terms + graceful, kills + (not graceful)
+            interrupted += interrupts
         code = await proc.wait()
         if code == 75:  # the killed run's lease had not expired yet (PostgreSQL)
             held_off += 1
@@ -75,6 +87,8 @@ async def kill_loop(
             assert code in (0, 1, 3), code
             break  # the work finished before the signal
     assert kills + terms >= kills_wanted // 2, (kills, terms)  # the work may end sooner
+    assert interrupted == kills + terms  # every signal landed while its run was sending
+    created_by_interrupted = len(sandbox.ledger.created)
     code = 3
     while code in (2, 3, 75):  # deferred by the quota, or held off: the next run goes on
         if code == 75:
@@ -115,6 +129,8 @@ async def kill_loop(
         "lease_stops": stopped, "rows": len(manifest_rows), "in_doubt": len(doubt),
         "failed_retryable": len(failures) - len(doubt),
         "ledger_repeats": repeats, "ledger_creations": len(created),
+        "signals_while_sending": interrupted, "created_before_the_last_run": created_by_interrupted,
+        "in_doubt_seen_by_server": len(doubt & {e.campaign_id for e in created}),
     }  # fmt: skip
     print(f"kill loop ({state.split('?')[0].split(':')[0]}): {counts}")
     return counts
