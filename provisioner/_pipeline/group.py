@@ -26,7 +26,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from provisioner._braze.quota import QuotaBudget, RateLimit
@@ -41,7 +41,7 @@ from provisioner._pipeline.runner import Run
 from provisioner._pipeline.workspace_lane import Lane
 from provisioner._state.interface import RunStore
 from provisioner._state.opening import is_database_url
-from provisioner._state.postgres_group import Fingerprint, GroupHandle, lease_name
+from provisioner._state.postgres_group import Fingerprint, GroupHandle, worker_leases
 from provisioner._state.store import state_location
 from provisioner.errors import UsageError
 
@@ -76,10 +76,11 @@ def check_group(settings: Settings) -> None:
         )
 
 
-def worker_lease(settings: Settings) -> str:
-    """The lease row a new worker of the group takes instead of its workspaces' leases."""
+def worker_lease(settings: Settings, workspaces: Sequence[str]) -> list[str]:
+    """The lease rows a new worker of the group takes instead of its workspaces' leases:
+    its own, and a marker on each workspace (``postgres_group.worker_leases``)."""
     assert settings.state_group is not None
-    return lease_name(settings.state_group, uuid.uuid4().hex[:12])
+    return worker_leases(settings.state_group, uuid.uuid4().hex[:12], workspaces)
 
 
 class SharedQuota:
@@ -375,7 +376,8 @@ def make_run(
     location = getattr(store, "location", None)
     if lease is None or location is None:
         raise UsageError("--group needs the PostgreSQL store opened for a run")
-    worker = lease.workspaces[0].rsplit(":", 1)[1]
+    own = next(w for w in lease.workspaces if w.startswith("group:"))
+    worker = own.rsplit(":", 1)[1]
     fp = Fingerprint.of(settings.manifest)
     handle = GroupHandle(
         connect(location, "joining the group"),

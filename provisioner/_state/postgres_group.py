@@ -35,6 +35,7 @@ from typing import Any
 from provisioner._core.models import Outcome
 from provisioner._state import postgres_schema as pg
 from provisioner._state.codec import decode_outcome
+from provisioner._state.postgres_lease import MEMBER
 from provisioner.errors import StateError, UsageError
 
 _NOW = "extract(epoch FROM clock_timestamp())"
@@ -62,6 +63,14 @@ _DDL = (
 def lease_name(group: str, worker: str) -> str:
     """The lease row a group worker holds (in the leases table's workspace column)."""
     return f"group:{group}:{worker}"
+
+
+def worker_leases(group: str, worker: str, workspaces: Sequence[str]) -> list[str]:
+    """The lease rows a group worker takes: its own, and a marker on each workspace it
+    works (``postgres_lease.MEMBER``), so that plain runs and the group exclude each
+    other on a workspace while the group's workers share it."""
+    own = lease_name(group, worker)
+    return [own, *(f"{ws}{MEMBER}{group}:{worker}" for ws in workspaces)]
 
 
 #: SQL true when the claim of ``group_chunks`` row ``c`` is live (its worker's lease is).
