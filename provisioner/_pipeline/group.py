@@ -3,10 +3,11 @@ across processes and hosts, within one quota.
 
 Every worker reads the whole manifest (so identities, occurrence numbers and duplicates
 come out the same everywhere) but acts only on the rows of the chunks it claimed
-(``_state/postgres_group.py``): a chunk is claimed when the reader reaches it, the rows of
-other workers' chunks are neither sent nor written. When the reader reaches the end, the
-worker waits while other workers hold live claims, and reads the manifest again for any
-chunk that became claimable (its worker died: its lease expired); it ends when every chunk
+(``_state/postgres_group.py``): a chunk is claimed when the reader reaches it (with several
+workspaces, in turn: ``group_fair.py``), the rows of other workers' chunks are neither
+sent nor written. When the reader reaches the end, the worker waits while other workers
+hold live claims, and reads the manifest again for any chunk that became claimable (its
+worker died: its lease expired; or it passed it by for fairness); it ends when every chunk
 is done, or none is left that it could still take. A chunk is done once every one of its
 rows has an outcome committed in the store and none was deferred; a chunk with deferred
 rows (quota spent past --max-wait, a refused key) goes back to pending for a later run of
@@ -37,6 +38,7 @@ from provisioner._core.models import Outcome, RawRow, Row, RowError, Skip, Statu
 from provisioner._manifest.feed import Feed
 from provisioner._manifest.reader import Manifest, manifest_for
 from provisioner._manifest.seen import SeenIndex
+from provisioner._pipeline.group_fair import Fairness, survey
 from provisioner._pipeline.runner import Run
 from provisioner._pipeline.workspace_lane import Lane
 from provisioner._state.interface import RunStore
@@ -208,6 +210,7 @@ class GroupRun(Run):
         self._settled: set[int] = set()  # marked done or released
         self.passes = 0
         self.chunks_done = 0
+        self.fair = Fairness({})  # no survey: one workspace, nothing to share out
 
     # -- which rows are ours
     def chunk_of(self, line: int) -> int:
@@ -222,6 +225,10 @@ class GroupRun(Run):
         if chunk:
             new = sorted({self.chunk_of(item.line) for item in chunk} - self._decided)
             todo = [c for c in new if c not in self._tried and self._may_claim()]
+            if todo and self.fair.active:
+                if self.fair.stale():
+                    self.fair.saw(await asyncio.to_thread(self.group.claimable, self._tried))
+                todo = self.fair.pick(todo, self._unfinished())
             if todo:
                 got = await asyncio.to_thread(self.group.claim, todo, time.time())
                 self._mine.update(got)
@@ -261,6 +268,9 @@ class GroupRun(Run):
             self._emitted[self.chunk_of(skip[0].line)] += 1
         super()._emit_skipped(lane, skips)
 
+    def _unfinished(self) -> list[int]:
+        return [c for c in self._mine if c not in self._settled]
+
     def _complete(self) -> list[int]:
         """Our chunks whose rows have all been read and given an outcome."""
         return [
@@ -296,6 +306,12 @@ class GroupRun(Run):
 
     # -- the passes
     async def read(self, manifest: Manifest) -> None:
+        if len(self.lanes) > 1:  # the chunks' workspaces, to claim them in turn
+            with manifest_for(self.settings) as surveyed:
+                lanes = await survey(surveyed, self._size, self._lane_name)
+            self.fair = Fairness(lanes)
+            self.fair.saw(await asyncio.to_thread(self.group.claimable, self._tried))
+            log.debug("group_survey", chunks=len(lanes), lanes=len(set(lanes.values())))
         marker = asyncio.create_task(self._mark_periodically())
         try:
             await self._passes(manifest)
@@ -317,6 +333,9 @@ class GroupRun(Run):
         self._reached, self._pass_done = -1, False
         await super().read(manifest)
         self._pass_done = True
+
+    def _lane_name(self, row: Row) -> str | None:
+        return self.lane_of(row).name if self._known_lane(row) else None
 
     def _stopped(self) -> bool:
         return self.stop_reason is not None or self.drain_abandoned or not self.read_to_end
@@ -344,7 +363,12 @@ class GroupRun(Run):
                 )  # fmt: skip
                 return False
             if claimable:
-                return True
+                self.fair.saw(claimable)
+                if not self.fair.active or self.fair.pick(claimable, self._unfinished()):
+                    return True
+                # Held back for fairness: a slot frees when one of ours is marked done.
+                await asyncio.sleep(MARK_EVERY_S)
+                continue
             await asyncio.sleep(poll)
 
     def close(self) -> None:
