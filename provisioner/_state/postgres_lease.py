@@ -91,7 +91,7 @@ class Lease:
             for ws in lease.workspaces:  # sorted: two runs never wait on each other in a cycle
                 plain, _, member = ws.partition(MEMBER)
                 if member:  # a group worker's marker: no plain run may hold the workspace
-                    _refuse_plain(conn, s, plain, shown)
+                    _refuse_plain(conn, s, plain, shown, holder)
                 conn.execute(
                     f"INSERT INTO {s}.leases (workspace) VALUES (%s) ON CONFLICT DO NOTHING", (ws,)
                 )
@@ -112,7 +112,7 @@ class Lease:
                          "run_id": run_id, "workspace": ws},
                     )  # fmt: skip
                 if not member and not ws.startswith("group:"):
-                    _refuse_group(conn, s, ws, shown)
+                    _refuse_group(conn, s, ws, shown, holder)
                 if old_holder is not None:  # expired without a release: its holder died
                     lease.took_over_from = (int(old_pid or 0), str(old_started))
                 conn.execute(
@@ -196,8 +196,9 @@ class Lease:
             )
 
 
-def _refuse_plain(conn: Any, s: str, ws: str, shown: str) -> None:
-    """(a group worker) StateLockedError if a plain run holds workspace ``ws``.
+def _refuse_plain(conn: Any, s: str, ws: str, shown: str, mine: str) -> None:
+    """(a group worker) StateLockedError if a plain run holds workspace ``ws`` (not this
+    acquisition itself: ``state copy`` takes every row a store names).
 
     The plain row is locked ``FOR SHARE``: group workers do not exclude each other, but a
     plain run taking the row (``FOR UPDATE``) waits for this transaction, and then sees
@@ -210,7 +211,7 @@ def _refuse_plain(conn: Any, s: str, ws: str, shown: str) -> None:
         (ws,),
     ).fetchone()
     holder, host, pid, started, live = row
-    if holder is None or not live:
+    if holder is None or not live or holder == mine:
         return
     run_id = _holder_run(conn, s, pid, started)
     shown_run = f", run {run_id}" if run_id else ""
@@ -222,13 +223,14 @@ def _refuse_plain(conn: Any, s: str, ws: str, shown: str) -> None:
     )
 
 
-def _refuse_group(conn: Any, s: str, ws: str, shown: str) -> None:
+def _refuse_group(conn: Any, s: str, ws: str, shown: str, mine: str) -> None:
     """(a plain run, holding row ``ws`` FOR UPDATE) StateLockedError if a group's worker
     holds a live marker on the workspace (``ws`` + MEMBER + group:worker)."""
     row = conn.execute(
         f"SELECT workspace, host, pid, started FROM {s}.leases WHERE starts_with(workspace,"
-        f" %s) AND holder IS NOT NULL AND expires_at > {_NOW} ORDER BY workspace LIMIT 1",
-        (ws + MEMBER,),
+        f" %s) AND holder IS NOT NULL AND holder <> %s AND expires_at > {_NOW}"
+        " ORDER BY workspace LIMIT 1",
+        (ws + MEMBER, mine),
     ).fetchone()
     if row is None:
         return

@@ -103,3 +103,14 @@ async def test_the_cli_refuses_either_way_with_exit_75(
     assert code == 75, err
     assert "in use by a run without --group" in err
     assert sandbox.ledger.total == 0
+
+
+def test_one_holder_may_take_a_workspace_and_its_markers(pg_url: str) -> None:
+    """One acquisition of a workspace's row and of group markers on it (``state copy``
+    takes every lease row a store names) does not refuse itself, and excludes both kinds."""
+    both = open_store(pg_url, workspaces=[WS, *worker_leases("g1", "w1", [WS])])
+    with pytest.raises(StateLockedError, match="in use by another run"):
+        open_store(pg_url, workspaces=[WS])
+    with pytest.raises(StateLockedError, match="in use by a run without --group"):
+        open_store(pg_url, workspaces=worker_leases("g1", "w2", [WS]))
+    both.close()
