@@ -38,10 +38,10 @@ from provisioner._core.models import Outcome, RawRow, Row, RowError, Skip, Statu
 from provisioner._manifest.feed import Feed
 from provisioner._manifest.reader import Manifest, manifest_for
 from provisioner._manifest.seen import SeenIndex
-from provisioner._pipeline.group_fair import Fairness, survey
+from provisioner._pipeline.group_fair import FAIR_CHUNKS, Fairness, survey
 from provisioner._pipeline.group_quota import RESERVE_UNITS, SharedQuota
 from provisioner._pipeline.runner import Run
-from provisioner._pipeline.workspace_lane import Lane
+from provisioner._pipeline.workspace_lane import JobQueue, Lane
 from provisioner._state.interface import RunStore
 from provisioner._state.opening import is_database_url
 from provisioner._state.postgres_group import Fingerprint, GroupHandle, worker_leases
@@ -200,6 +200,12 @@ class GroupRun(Run):
             with manifest_for(self.settings) as surveyed:
                 lanes = await survey(surveyed, self._size, self._lane_name)
             self.fair = Fairness(lanes)
+            for lane in self.lanes.values():
+                # Room for the chunks of its workspace a worker may hold: the reader then
+                # passes on to the next workspace's instead of waiting on this one's queue
+                # (its pace, its spent quota). At most BUFFER_BYTES a lane all the same.
+                if isinstance(lane.queue, JobQueue):
+                    lane.queue.widen(FAIR_CHUNKS * self._size)
             self.fair.saw(await asyncio.to_thread(self.group.claimable, self._tried))
             log.debug("group_survey", chunks=len(lanes), lanes=len(set(lanes.values())))
         marker = asyncio.create_task(self._mark_periodically())

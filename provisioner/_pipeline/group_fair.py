@@ -11,6 +11,9 @@ this one's next pass) and claims the next workspace's. Its lanes therefore work 
 side, and between workers the claims spread across workspaces. When no other workspace
 has chunks waiting, a worker claims as before: nothing is held back for nobody.
 
+A lane's queue is widened to hold those chunks (``group.py``), so the reader does not
+wait on one workspace's queue (its pace, a spent quota) before it reaches the next's.
+
 The chunks' workspaces come from a survey of the manifest when the worker starts (one
 more read, rows validated but not identified), made only by a worker with several
 workspaces; a chunk whose rows go to several workspaces is claimed as before.

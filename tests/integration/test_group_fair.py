@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import psycopg
 
-from provisioner.sandbox.server import workspace_label
+from provisioner.sandbox.server import FaultRule, workspace_label
 from tests.conftest import SandboxFactory
 
 from .helpers import cli_env, write_csv
@@ -19,11 +19,12 @@ from .test_group import assert_every_line_once, export_group
 ENV = {"KEY_US": "key-us", "KEY_EU": "key-eu"}
 
 
-def two_workspace_config(url: str, tmp_path: Path, chunk: int) -> Path:
+def two_workspace_config(url: str, tmp_path: Path, chunk: int, us: str = "") -> Path:
+    """Workspaces us (the default; ``us``: more of its keys) and eu, ``chunk`` lines a chunk."""
     path = tmp_path / "group.toml"
     path.write_text(
         f'[[workspaces]]\nname = "us"\nbase_url = "{url}"\napi_key_env = "KEY_US"\n'
-        "default = true\n\n"
+        f"default = true\n{us}\n"
         f'[[workspaces]]\nname = "eu"\nbase_url = "{url}"\napi_key_env = "KEY_EU"\n\n'
         f"[state]\ngroup_chunk = {chunk}\n"
         "[retry]\nbackoff_base = 0.01\nbackoff_cap = 0.05\nmax_time = 10\n",
@@ -73,3 +74,33 @@ async def test_a_workspace_sorted_manifest_is_claimed_in_turn(
     code, _out, err = await export_group(url, tmp_path / "all")
     assert code == 0, err
     assert_every_line_once(tmp_path / "all", 399)
+
+
+async def test_a_slow_workspace_does_not_hold_the_reader(
+    sandbox_factory: SandboxFactory, tmp_path: Path, pg_url: str
+) -> None:
+    """One worker, a chunk of workspace us whose every request takes 100 ms one at a time,
+    then four chunks of eu: eu's rows start while us has most of its chunk still to send
+    (its lane's queue holds the chunk, so the reader is not held until us's rows are
+    nearly all sent), and both finish."""
+    slow = FaultRule(action="delay", campaign_id="cus", delay_ms=100)
+    sandbox = await sandbox_factory(
+        api_keys=("key-us", "key-eu"), daily_quota=100_000, window_seconds=3600, faults=(slow,)
+    )
+    # Line 1 is the header: lines 2..50 (chunk 0) are us's, 51..250 (1-4) eu's.
+    rows = [("cus", f"s{i:04d}", "us") for i in range(49)]
+    rows += [(f"c{i:04d}", f"s{i:04d}", "eu") for i in range(49, 249)]
+    manifest = write_csv(tmp_path / "m.csv", rows, header=("campaign_id", "send_id", "workspace"))
+    cfg = two_workspace_config(sandbox.url, tmp_path, 50, us="concurrency = 1\n")
+    code, _out, err = await provisioner(
+        "run", str(manifest), "--out", str(tmp_path / "w0"), "--state", pg_url, "--group",
+        "g1", "--config", str(cfg), "--rate", "5000", "--log-format", "json",
+        env={**cli_env(), **ENV},
+    )  # fmt: skip
+    assert code == 0, err[-2000:]
+    us, eu = workspace_label("key-us"), workspace_label("key-eu")
+    created = [e.workspace for e in sandbox.ledger.created]
+    assert created.count(us) == 49
+    assert created.count(eu) == 200
+    first_eu = created.index(eu)
+    assert created[:first_eu].count(us) < 25  # us's chunk was far from sent
