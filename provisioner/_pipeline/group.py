@@ -3,19 +3,21 @@ across processes and hosts, within one quota.
 
 Every worker reads the whole manifest (so identities, occurrence numbers and duplicates
 come out the same everywhere) but acts only on the rows of the chunks it claimed
-(``_state/postgres_group.py``): a chunk is claimed when the reader reaches it, the rows of
-other workers' chunks are neither sent nor written. When the reader reaches the end, the
-worker waits while other workers hold live claims, and reads the manifest again for any
-chunk that became claimable (its worker died: its lease expired); it ends when every chunk
+(``_state/postgres_group.py``): a chunk is claimed when the reader reaches it (with several
+workspaces, in turn: ``group_fair.py``), the rows of other workers' chunks are neither
+sent nor written. When the reader reaches the end, the worker waits while other workers
+hold live claims, and reads the manifest again for any chunk that became claimable (its
+worker died: its lease expired; or it passed it by for fairness); it ends when every chunk
 is done, or none is left that it could still take. A chunk is done once every one of its
 rows has an outcome committed in the store and none was deferred; a chunk with deferred
 rows (quota spent past --max-wait, a refused key) goes back to pending for a later run of
 the group. A worker claims a chunk at most once per run, so workers that all defer a chunk
 do not pass it round for ever.
 
-The quota: each lane's ``SharedQuota`` reserves units of the workspace's window in small
-batches in the database before requests leave, so the workers together never exceed what
-the server said remains, nor --quota.
+The quota: each lane's ``SharedQuota`` (``group_quota.py``) reserves units of the
+workspace's window in small batches in the database, and arms them before requests leave,
+so the workers together never exceed what the server said remains, nor --quota, and a
+dead worker's unarmed units come back.
 """
 
 from __future__ import annotations
@@ -26,10 +28,9 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from provisioner._braze.quota import QuotaBudget, RateLimit
 from provisioner._config.settings import Settings
 from provisioner._core.identity import RowKey
 from provisioner._core.logs import get_logger
@@ -37,26 +38,21 @@ from provisioner._core.models import Outcome, RawRow, Row, RowError, Skip, Statu
 from provisioner._manifest.feed import Feed
 from provisioner._manifest.reader import Manifest, manifest_for
 from provisioner._manifest.seen import SeenIndex
+from provisioner._pipeline.group_fair import FAIR_CHUNKS, Fairness, survey
+from provisioner._pipeline.group_quota import RESERVE_UNITS, SharedQuota
 from provisioner._pipeline.runner import Run
-from provisioner._pipeline.workspace_lane import Lane
+from provisioner._pipeline.workspace_lane import JobQueue, Lane
 from provisioner._state.interface import RunStore
 from provisioner._state.opening import is_database_url
-from provisioner._state.postgres_group import Fingerprint, GroupHandle, lease_name
+from provisioner._state.postgres_group import Fingerprint, GroupHandle, worker_leases
 from provisioner._state.store import state_location
 from provisioner.errors import UsageError
 
 log = get_logger(__name__)
 
-#: Units a lane reserves at a time (at most its concurrency): a round trip per this many
-#: requests, refilled when half are used (so requests never queue behind the round trip);
-#: at most 1.5 times this many units are idle in one worker's hands at a window's end.
-RESERVE_UNITS = 16
 #: How often finished chunks are marked done, and the longest wait between two looks at
 #: the group while other workers hold claims.
 MARK_EVERY_S = 0.25
-#: No request leaves in a window's last quarter second (a tenth of a short window): it
-#: could arrive after the reset. The workers wait for the new window instead.
-END_GUARD_S = 0.25
 POLL_MAX_S = 1.0
 
 
@@ -76,114 +72,11 @@ def check_group(settings: Settings) -> None:
         )
 
 
-def worker_lease(settings: Settings) -> str:
-    """The lease row a new worker of the group takes instead of its workspaces' leases."""
+def worker_lease(settings: Settings, workspaces: Sequence[str]) -> list[str]:
+    """The lease rows a new worker of the group takes instead of its workspaces' leases:
+    its own, and a marker on each workspace (``postgres_group.worker_leases``)."""
     assert settings.state_group is not None
-    return lease_name(settings.state_group, uuid.uuid4().hex[:12])
-
-
-class SharedQuota:
-    """A lane's share of its workspace's window budget, reserved in the database."""
-
-    def __init__(self, group: GroupHandle, workspace: str, units: int) -> None:
-        self.group = group
-        self.workspace = workspace
-        self.units = max(1, units)
-        self._pool = 0  # units reserved for ``_key`` and not used yet
-        self._key: float | None = None
-        self._probes = 0  # requests sent to learn a window, not yet counted in the database
-        self._lock = asyncio.Lock()
-        self._refill: asyncio.Task[None] | None = None
-        self._spent: float | None = None  # the window the workers have spent together
-        self.reservations = 0
-
-    async def admit(self, budget: QuotaBudget) -> bool:
-        """A unit for one request the budget let through; False: the workers together
-        have spent the window (the caller waits for the next one, as for a spent quota)."""
-        if not budget.known:
-            row = await asyncio.to_thread(self.group.current_window, self.workspace, time.time())
-            if row is not None and not budget.known:
-                reset_at, limit, left = row
-                budget.seed(reset_at, limit, max(0, left), budget.spent)
-            if not budget.known:
-                self._probes += 1  # the probe that learns the window
-                return True
-        if budget.reset_at != self._key:
-            self._key, self._pool = budget.reset_at, 0  # a closed window's units are void
-        assert self._key is not None
-        if self._key - time.time() < min(END_GUARD_S, budget.default_window / 10):
-            # A request sent now could reach the server after the reset and spend the next
-            # window's quota, which the workers may have handed out in full by then.
-            return False
-        if self._pool > 0:
-            self._pool -= 1
-            if self._pool < self.units // 2 and self._refill is None and self._spent != self._key:
-                # Refill ahead, so that requests do not queue behind a round trip.
-                self._refill = asyncio.create_task(self._top_up(budget))
-            return True
-        async with self._lock:
-            if self._pool == 0 and self._spent != self._key:
-                await self._reserve(budget)
-            if self._pool == 0:
-                return False
-            self._pool -= 1
-            return True
-
-    async def _top_up(self, budget: QuotaBudget) -> None:
-        try:
-            async with self._lock:
-                if self._pool < self.units // 2 and self._spent != self._key:
-                    await self._reserve(budget)
-        finally:
-            self._refill = None
-
-    async def _reserve(self, budget: QuotaBudget) -> None:
-        """One round trip: up to ``units`` more for the current window (under the lock)."""
-        key = self._key
-        assert key is not None
-        assert budget.limit is not None
-        remaining = budget.remaining if budget.remaining is not None else budget.limit
-        ceiling = remaining + self._probes
-        if budget.cap is not None:
-            ceiling = min(ceiling, budget.cap - max(0, budget.spent - self._probes))
-        probes, self._probes = self._probes, 0
-        granted = await asyncio.to_thread(
-            self.group.reserve, self.workspace, key, budget.limit, ceiling, probes, self.units
-        )
-        self.reservations += 1
-        if key == self._key:
-            self._pool += granted
-            if granted == 0:
-                self._spent = key  # no more round trips for this window
-
-    async def landed(self, window: float, rate_limit: RateLimit | None) -> None:
-        """After an answer: a request whose unit came from ``window`` but that the server
-        counted in a later window (it arrived after the reset) is charged to that window's
-        row too, so the later window's budget still holds what the server has left."""
-        rl = rate_limit
-        if rl is None or not rl.complete or rl.reset is None or rl.reset <= window + 0.5:
-            return
-        if rl.reset <= time.time() or rl.limit is None or rl.remaining is None:
-            return
-        await asyncio.to_thread(
-            self.group.reserve, self.workspace, rl.reset, rl.limit, rl.remaining + 1, 1, 0
-        )
-
-    def unused(self, window: float | None) -> None:
-        """A unit of ``window`` admitted for a request that was never sent (or spent
-        nothing): back to the pool, unless it was a probe's (None) or the window closed."""
-        if window is not None and window == self._key:
-            self._pool += 1
-
-    def take_pool(self) -> tuple[float | None, int]:
-        """The units still held, and their window; the pool is empty afterwards."""
-        units, self._pool = self._pool, 0
-        return self._key, units
-
-    def give_back(self, key: float | None, units: int) -> None:
-        """Return units taken with ``take_pool`` (blocking: a round trip)."""
-        if units and key is not None and key > time.time():
-            self.group.give_back(self.workspace, key, units)
+    return worker_leases(settings.state_group, uuid.uuid4().hex[:12], workspaces)
 
 
 class GroupRun(Run):
@@ -207,6 +100,7 @@ class GroupRun(Run):
         self._settled: set[int] = set()  # marked done or released
         self.passes = 0
         self.chunks_done = 0
+        self.fair = Fairness({})  # no survey: one workspace, nothing to share out
 
     # -- which rows are ours
     def chunk_of(self, line: int) -> int:
@@ -221,6 +115,10 @@ class GroupRun(Run):
         if chunk:
             new = sorted({self.chunk_of(item.line) for item in chunk} - self._decided)
             todo = [c for c in new if c not in self._tried and self._may_claim()]
+            if todo and self.fair.active:
+                if self.fair.stale():
+                    self.fair.saw(await asyncio.to_thread(self.group.claimable, self._tried))
+                todo = self.fair.pick(todo, self._unfinished())
             if todo:
                 got = await asyncio.to_thread(self.group.claim, todo, time.time())
                 self._mine.update(got)
@@ -260,6 +158,9 @@ class GroupRun(Run):
             self._emitted[self.chunk_of(skip[0].line)] += 1
         super()._emit_skipped(lane, skips)
 
+    def _unfinished(self) -> list[int]:
+        return [c for c in self._mine if c not in self._settled]
+
     def _complete(self) -> list[int]:
         """Our chunks whose rows have all been read and given an outcome."""
         return [
@@ -295,6 +196,18 @@ class GroupRun(Run):
 
     # -- the passes
     async def read(self, manifest: Manifest) -> None:
+        if len(self.lanes) > 1:  # the chunks' workspaces, to claim them in turn
+            with manifest_for(self.settings) as surveyed:
+                lanes = await survey(surveyed, self._size, self._lane_name)
+            self.fair = Fairness(lanes)
+            for lane in self.lanes.values():
+                # Room for the chunks of its workspace a worker may hold: the reader then
+                # passes on to the next workspace's instead of waiting on this one's queue
+                # (its pace, its spent quota). At most BUFFER_BYTES a lane all the same.
+                if isinstance(lane.queue, JobQueue):
+                    lane.queue.widen(FAIR_CHUNKS * self._size)
+            self.fair.saw(await asyncio.to_thread(self.group.claimable, self._tried))
+            log.debug("group_survey", chunks=len(lanes), lanes=len(set(lanes.values())))
         marker = asyncio.create_task(self._mark_periodically())
         try:
             await self._passes(manifest)
@@ -316,6 +229,9 @@ class GroupRun(Run):
         self._reached, self._pass_done = -1, False
         await super().read(manifest)
         self._pass_done = True
+
+    def _lane_name(self, row: Row) -> str | None:
+        return self.lane_of(row).name if self._known_lane(row) else None
 
     def _stopped(self) -> bool:
         return self.stop_reason is not None or self.drain_abandoned or not self.read_to_end
@@ -343,7 +259,12 @@ class GroupRun(Run):
                 )  # fmt: skip
                 return False
             if claimable:
-                return True
+                self.fair.saw(claimable)
+                if not self.fair.active or self.fair.pick(claimable, self._unfinished()):
+                    return True
+                # Held back for fairness: a slot frees when one of ours is marked done.
+                await asyncio.sleep(MARK_EVERY_S)
+                continue
             await asyncio.sleep(poll)
 
     def close(self) -> None:
@@ -375,7 +296,8 @@ def make_run(
     location = getattr(store, "location", None)
     if lease is None or location is None:
         raise UsageError("--group needs the PostgreSQL store opened for a run")
-    worker = lease.workspaces[0].rsplit(":", 1)[1]
+    own = next(w for w in lease.workspaces if w.startswith("group:"))
+    worker = own.rsplit(":", 1)[1]
     fp = Fingerprint.of(settings.manifest)
     handle = GroupHandle(
         connect(location, "joining the group"),
@@ -384,6 +306,7 @@ def make_run(
         worker,
         settings.state_group_chunk,
     )
+    handle.quota.holder = lease.holder  # its arms are fenced by the worker's lease
     try:
         made = handle.join(settings.manifest, fp, settings.state_group_chunk, time.time())
         handle.register(run_id, socket.gethostname(), os.getpid(), time.time())

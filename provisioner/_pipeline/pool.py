@@ -252,7 +252,7 @@ def open_settings_store(settings: Settings) -> SqliteStateStore:
     labels = [w.api_key.label for w in settings.workspaces]
     if settings.state_group:
         check_group(settings)
-        labels = [worker_lease(settings)]  # a group's workers share their workspaces
+        labels = worker_lease(settings, labels)  # a group's workers share their workspaces
     return open_store(
         state_location(settings.state_path),
         workspaces=labels,

@@ -138,6 +138,13 @@ class Sending:
                 _unused(lane, window)
                 await lane.budget.cancel()
                 raise Deferred(lane.stop_reason or DeferReason.KEY_REFUSED, None)
+            if gate is not None and not await gate.spend(window, lane.budget):
+                # No unit could be armed (the worker's lease lapsed, its reservation was
+                # taken back): this request must not leave. Wait as for a spent window.
+                _unused(lane, window)
+                await lane.budget.cancel()
+                lane.budget.exhaust()
+                continue
             if not attempts[0]:
                 # The intent is recorded here, after every wait (breaker, quota, even pace,
                 # pacer), right before the request leaves: a kill while a row waits must
@@ -160,7 +167,7 @@ class Sending:
             try:
                 reply = await lane.client.create(job.row.campaign_id, job.send_id)
             except CertificateRejected:
-                _unused(lane, window)
+                _unused(lane, window, sent=True)
                 await lane.budget.cancel()  # never sent; not a server failure either
                 raise
             except TransportError as exc:
@@ -170,7 +177,7 @@ class Sending:
                     if job.send_id is None:
                         raise  # resending could create a second id
                 else:  # ConnectFailed: never reached the server, spent nothing
-                    _unused(lane, window)
+                    _unused(lane, window, sent=True)
                     await lane.budget.cancel()
                 message = lane.unreachable(exc)
                 if message is not None:
@@ -185,7 +192,7 @@ class Sending:
             self.stats.latency.add(reply.latency_ms)
             if reply.kind is ReplyKind.REDIRECTED:
                 # Not the API answering: its headers say nothing of the quota.
-                _unused(lane, window)
+                _unused(lane, window, sent=True)
                 await lane.budget.cancel()
                 breaker.success(probe)
                 return reply
@@ -214,16 +221,16 @@ class Sending:
             if limited:
                 self.stats.http_429 += 1
                 lane.stats.http_429 += 1
-                _unused(lane, window)  # a 429 created nothing
+                _unused(lane, window, sent=True)  # a 429 created nothing
                 continue
             return reply
 
 
-def _unused(lane: Lane, window: float | None) -> None:
+def _unused(lane: Lane, window: float | None, *, sent: bool = False) -> None:
     """Give a group's shared unit (of ``window``) back to the lane: this request spent no
-    quota."""
+    quota (``sent``: it left, on an armed unit, which the lane may use again)."""
     if lane.gate is not None:
-        lane.gate.unused(window)
+        lane.gate.unused(window, sent=sent)
 
 
 _KEY_HINTS = {

@@ -58,6 +58,12 @@ class JobQueue(asyncio.Queue[Job | None]):
         self.bytes = 0
         self._sizes: deque[int] = deque()
 
+    def widen(self, maxsize: int) -> None:
+        """Hold up to ``maxsize`` jobs from now on (never fewer than before; the bytes'
+        bound stays). Before anything is queued: no put is waiting to be woken."""
+        # asyncio.Queue keeps its bound in _maxsize (maxsize is a read-only property).
+        self._maxsize: int = max(self.maxsize, maxsize)
+
     def full(self) -> bool:
         """Full by count, or by bytes once anything is queued."""
         return super().full() or (self.bytes >= self.max_bytes and not self.empty())
@@ -77,8 +83,9 @@ class QuotaGate(Protocol):
     """A quota shared with other processes (``group.SharedQuota``): a unit per request."""
 
     async def admit(self, budget: QuotaBudget) -> bool: ...
+    async def spend(self, window: float | None, budget: QuotaBudget) -> bool: ...
     async def landed(self, window: float, rate_limit: RateLimit | None) -> None: ...
-    def unused(self, window: float | None) -> None: ...
+    def unused(self, window: float | None, *, sent: bool = False) -> None: ...
 
 
 class Lane:

@@ -12,9 +12,8 @@ workers' claims and the quota they share, all in the database they already use.
   fencing of every commit). A claim whose worker's lease has expired (or was released) can
   be taken over; claims and takeovers are one ``UPDATE`` over rows chosen ``FOR UPDATE SKIP
   LOCKED``, so a chunk is never claimed twice while its claim is live.
-* ``group_quota``: a row per workspace window (the server's reset time): ``ceiling`` (what
-  the workers together may create in it) and ``taken`` (units handed out). Workers reserve
-  small batches atomically and give back what they did not use.
+* ``group_quota`` and ``group_reservations``: the windows' budget the workers share, and
+  each worker's reservation in them (``postgres_group_quota.py``).
 
 The tables are created on first use (``CREATE TABLE IF NOT EXISTS`` under the store's
 advisory lock), apart from the store's numbered migrations: a store that never ran a group
@@ -35,6 +34,9 @@ from typing import Any
 from provisioner._core.models import Outcome
 from provisioner._state import postgres_schema as pg
 from provisioner._state.codec import decode_outcome
+from provisioner._state.postgres_group_quota import DDL as QUOTA_DDL
+from provisioner._state.postgres_group_quota import SharedWindows
+from provisioner._state.postgres_lease import MEMBER
 from provisioner.errors import StateError, UsageError
 
 _NOW = "extract(epoch FROM clock_timestamp())"
@@ -52,16 +54,20 @@ _DDL = (
     """CREATE TABLE IF NOT EXISTS {s}.group_workers (
         grp TEXT NOT NULL, worker TEXT NOT NULL, run_id TEXT, host TEXT, pid INTEGER,
         started_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (grp, worker))""",
-    """CREATE TABLE IF NOT EXISTS {s}.group_quota (
-        workspace TEXT NOT NULL, reset_at DOUBLE PRECISION NOT NULL,
-        quota_limit INTEGER NOT NULL, ceiling INTEGER NOT NULL, taken INTEGER NOT NULL,
-        PRIMARY KEY (workspace, reset_at))""",
 )
 
 
 def lease_name(group: str, worker: str) -> str:
     """The lease row a group worker holds (in the leases table's workspace column)."""
     return f"group:{group}:{worker}"
+
+
+def worker_leases(group: str, worker: str, workspaces: Sequence[str]) -> list[str]:
+    """The lease rows a group worker takes: its own, and a marker on each workspace it
+    works (``postgres_lease.MEMBER``), so that plain runs and the group exclude each
+    other on a workspace while the group's workers share it."""
+    own = lease_name(group, worker)
+    return [own, *(f"{ws}{MEMBER}{group}:{worker}" for ws in workspaces)]
 
 
 #: SQL true when the claim of ``group_chunks`` row ``c`` is live (its worker's lease is).
@@ -129,6 +135,8 @@ class GroupHandle:
         self.chunk_rows = chunk_rows
         self.chunks = 0
         self._lock = threading.Lock()
+        #: The quota the workers share (its own module), in this handle's transactions.
+        self.quota = SharedWindows(self._tx, self._s, group, worker, lease_name(group, worker))
 
     @contextlib.contextmanager
     def _tx(self, doing: str) -> Iterator[Any]:
@@ -154,7 +162,7 @@ class GroupHandle:
                 "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                 (f"{pg.APPLICATION}:{self._s}",),
             )
-            for ddl in _DDL:
+            for ddl in (*_DDL, *QUOTA_DDL):
                 conn.execute(ddl.format(s=self._s))
             chunks = max(1, -(-fp.lines // chunk_rows))
             made = conn.execute(
@@ -277,65 +285,6 @@ class GroupHandle:
                 (self.group,),
             ).fetchone()
         return Progress(*(int(v) for v in row))
-
-    # -- the shared quota
-
-    def current_window(self, workspace: str, now: float) -> tuple[float, int, int] | None:
-        """The group's row for the workspace's window open at ``now`` (the run's clock,
-        the one its quota budget uses): (reset_at, limit, units left), or None."""
-        with self._tx("reading the shared quota") as conn:
-            row = conn.execute(
-                f"SELECT reset_at, quota_limit, ceiling - taken FROM {self._s}.group_quota"
-                " WHERE workspace = %s AND reset_at > %s ORDER BY reset_at LIMIT 1",
-                (workspace, now),
-            ).fetchone()
-        return None if row is None else (float(row[0]), int(row[1]), int(row[2]))
-
-    def reserve(
-        self, workspace: str, reset_at: float, limit: int, ceiling: int, probes: int, units: int
-    ) -> int:
-        """Take up to ``units`` of the window's budget; how many were granted (0: spent).
-
-        The first worker to know a window makes its row with ``ceiling`` (what the server
-        said remains, capped by --quota); ``probes`` (requests sent to learn the window,
-        before any reservation) are counted as taken."""
-        with self._tx("reserving quota") as conn:
-            # Not flushed before the answer (a WAL flush per reservation cost the workers
-            # their pace on a busy disk): a database crash may forget the last reservations,
-            # so a window could be over-asked by what they held; the server's 429 and the
-            # budget's pause still hold then. Claims and marks stay durable.
-            conn.execute("SET LOCAL synchronous_commit TO off")
-            conn.execute(
-                f"INSERT INTO {self._s}.group_quota AS q (workspace, reset_at, quota_limit,"
-                " ceiling, taken) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (workspace, reset_at)"
-                " DO UPDATE SET taken = q.taken + excluded.taken",
-                (workspace, reset_at, limit, max(0, ceiling), probes),
-            )
-            row = conn.execute(
-                f"WITH r AS (SELECT workspace, reset_at, LEAST(%s, ceiling - taken) AS n"
-                f" FROM {self._s}.group_quota WHERE workspace = %s AND reset_at = %s"
-                f" AND taken < ceiling FOR UPDATE) UPDATE {self._s}.group_quota AS q"
-                " SET taken = q.taken + r.n FROM r WHERE q.workspace = r.workspace"
-                " AND q.reset_at = r.reset_at RETURNING r.n",
-                (units, workspace, reset_at),
-            ).fetchone()
-            # Old windows are of no use to anyone: the table stays a few rows long.
-            conn.execute(
-                f"DELETE FROM {self._s}.group_quota WHERE workspace = %s AND reset_at < %s",
-                (workspace, reset_at - 86400 * 2),
-            )
-        return 0 if row is None else int(row[0])
-
-    def give_back(self, workspace: str, reset_at: float, units: int) -> None:
-        """Return units reserved and not used (the run ends, or stops sending)."""
-        if units <= 0:
-            return
-        with self._tx("returning quota") as conn:
-            conn.execute(
-                f"UPDATE {self._s}.group_quota SET taken = GREATEST(0, taken - %s)"
-                " WHERE workspace = %s AND reset_at = %s",
-                (units, workspace, reset_at),
-            )
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

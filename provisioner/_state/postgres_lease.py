@@ -46,6 +46,13 @@ DDL = """CREATE TABLE {s}.leases (
         expires_at DOUBLE PRECISION NOT NULL DEFAULT 0)"""
 
 
+#: A group worker's marker on a workspace it works: ``WORKSPACE:group:NAME:WORKER``
+#: (``postgres_group.worker_leases``), held and renewed like any lease row. A plain run
+#: on the workspace is refused while a marker is live; a group worker is refused while
+#: the workspace's plain row is. Group workers do not refuse each other.
+MEMBER = ":group:"
+
+
 class Lease:
     """The leases of one run on its workspaces; create with :meth:`acquire`."""
 
@@ -66,7 +73,9 @@ class Lease:
 
     @classmethod
     def acquire(cls, conn: Any, s: str, workspaces: Sequence[str], shown: str, ttl: float) -> Lease:
-        """Take the lease of every workspace, or raise StateLockedError naming a holder."""
+        """Take the lease of every workspace, or raise StateLockedError naming a holder
+        (a group worker's markers, ``MEMBER``: also a plain run holding their workspace;
+        a plain run's rows: also a group worker's live marker on them)."""
         holder = uuid.uuid4().hex
         lease = cls(conn, s, sorted(set(workspaces)) or ["default"], holder, ttl)
         host, pid = socket.gethostname(), os.getpid()
@@ -80,6 +89,9 @@ class Lease:
                 (f"{int(ttl * 1000)}ms",),
             )
             for ws in lease.workspaces:  # sorted: two runs never wait on each other in a cycle
+                plain, _, member = ws.partition(MEMBER)
+                if member:  # a group worker's marker: no plain run may hold the workspace
+                    _refuse_plain(conn, s, plain, shown, holder)
                 conn.execute(
                     f"INSERT INTO {s}.leases (workspace) VALUES (%s) ON CONFLICT DO NOTHING", (ws,)
                 )
@@ -99,6 +111,8 @@ class Lease:
                         {"host": old_host, "pid": old_pid, "started": old_started,
                          "run_id": run_id, "workspace": ws},
                     )  # fmt: skip
+                if not member and not ws.startswith("group:"):
+                    _refuse_group(conn, s, ws, shown, holder)
                 if old_holder is not None:  # expired without a release: its holder died
                     lease.took_over_from = (int(old_pid or 0), str(old_started))
                 conn.execute(
@@ -180,6 +194,55 @@ class Lease:
                 " WHERE workspace = ANY(%s) AND holder = %s",
                 (self.workspaces, self.holder),
             )
+
+
+def _refuse_plain(conn: Any, s: str, ws: str, shown: str, mine: str) -> None:
+    """(a group worker) StateLockedError if a plain run holds workspace ``ws`` (not this
+    acquisition itself: ``state copy`` takes every row a store names).
+
+    The plain row is locked ``FOR SHARE``: group workers do not exclude each other, but a
+    plain run taking the row (``FOR UPDATE``) waits for this transaction, and then sees
+    the marker it commits; and this one, if the plain run got there first, waits for it
+    and reads the row it committed."""
+    conn.execute(f"INSERT INTO {s}.leases (workspace) VALUES (%s) ON CONFLICT DO NOTHING", (ws,))
+    row = conn.execute(
+        f"SELECT holder, host, pid, started, expires_at > {_NOW} FROM {s}.leases"
+        " WHERE workspace = %s FOR SHARE",
+        (ws,),
+    ).fetchone()
+    holder, host, pid, started, live = row
+    if holder is None or not live or holder == mine:
+        return
+    run_id = _holder_run(conn, s, pid, started)
+    shown_run = f", run {run_id}" if run_id else ""
+    raise StateLockedError(
+        f"state store {shown}: workspace {ws!r} is in use by a run without --group (host"
+        f" {host}, pid {pid}, started {started}{shown_run}); a group's workers cannot share"
+        " it: wait for that run to finish (or for its lease to expire if it died)",
+        {"host": host, "pid": pid, "started": started, "run_id": run_id, "workspace": ws},
+    )
+
+
+def _refuse_group(conn: Any, s: str, ws: str, shown: str, mine: str) -> None:
+    """(a plain run, holding row ``ws`` FOR UPDATE) StateLockedError if a group's worker
+    holds a live marker on the workspace (``ws`` + MEMBER + group:worker)."""
+    row = conn.execute(
+        f"SELECT workspace, host, pid, started FROM {s}.leases WHERE starts_with(workspace,"
+        f" %s) AND holder IS NOT NULL AND holder <> %s AND expires_at > {_NOW}"
+        " ORDER BY workspace LIMIT 1",
+        (ws + MEMBER, mine),
+    ).fetchone()
+    if row is None:
+        return
+    marker, host, pid, started = row
+    group, _, worker = marker[len(ws + MEMBER) :].rpartition(":")
+    raise StateLockedError(
+        f"state store {shown}: workspace {ws!r} is being worked by group {group!r} (worker"
+        f" {worker}, host {host}, pid {pid}, started {started}); run with --group {group} to"
+        " join it, or wait for its workers to finish (or for their leases to expire if they"
+        " died)",
+        {"host": host, "pid": pid, "started": started, "group": group, "workspace": ws},
+    )
 
 
 def _holder_run(conn: Any, s: str, pid: object, started: object) -> str | None:
