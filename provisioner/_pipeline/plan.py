@@ -81,11 +81,13 @@ def quota_needed(
     spent = max(0, per_window - left)
     starts = 1 + (math.floor((by - reset) / window) + 1 if by >= reset else 0)
     # With quota q: max(0, q - spent) now, q in each of the starts - 1 later windows.
-    q = math.ceil((rows + spent) / starts)
-    if q >= spent:
-        return q
-    # Then the current window adds nothing; the later ones (there are some) do it all.
-    return math.ceil(rows / (starts - 1))
+    if starts > 1:
+        # A quota no higher than what is spent adds nothing now: the later windows do it
+        # all, and that may be the least quota even where q = spent would add nothing.
+        later_only = math.ceil(rows / (starts - 1))
+        if later_only <= spent:
+            return later_only
+    return math.ceil((rows + spent) / starts)
 
 
 def plan(

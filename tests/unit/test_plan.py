@@ -58,6 +58,14 @@ def test_short_windows_scale_to_a_day() -> None:
     assert p.quota_per_day_needed == 10 * 1440
 
 
+def test_a_spent_window_may_leave_the_work_to_the_later_ones() -> None:
+    """84 rows, 43 a window all spent now, two windows before the deadline: 42 a window
+    does it (the later windows alone), not 43 (found by the property below)."""
+    q = quota_needed(84, 43, 60, NOW, NOW + 61, left=0, reset=NOW + 1)
+    assert q == 42
+    assert simulate(84, 0, 42, 60, NOW + 1) <= NOW + 61
+
+
 def test_deadline_in_the_past_is_refused() -> None:
     """A deadline before now is an error, not a quota."""
     with pytest.raises(ValueError, match="past"):
