@@ -117,13 +117,14 @@ async def test_workers_split_the_manifest_within_one_quota(
     # No worker dies here: a long lease keeps a CPU-starved heartbeat from losing it.
     url = pg_url + "?lease_s=10"
     results = await run_group(sandbox, manifest, tmp_path, url, config(tmp_path, 100, 2), 3)
-    for code, err in results:
-        assert code == 1, err[-2000:]  # the invalid rows fail
     check_ledger(sandbox, 800)
     handled = []
-    for i in range(3):
+    for i, (code, err) in enumerate(results):
         res, fail, deferred, _summary = outputs(tmp_path / f"w{i}")
         assert not deferred
+        # Exit 1 for a worker whose chunks held an invalid row, 0 for the others: which
+        # chunks a worker claims depends on when it started.
+        assert code == (1 if fail else 0), err[-2000:]
         handled += [r["line"] for r in res] + [f["line"] for f in fail]
     assert sorted(handled) == list(range(2, rows + 2))  # no row in two workers' files
     code, _out, err = await export_group(url, tmp_path / "all")
