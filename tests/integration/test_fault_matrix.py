@@ -5,8 +5,9 @@ the same things: every manifest row is in exactly one output file; the statuses,
 codes, deferral reasons and exit code are the expected ones; the sandbox's ledger agrees
 with the outputs (every created row is in it with its send_id, nothing is in it that the
 outputs do not account for, no combination was created twice unless its answer was lost,
-a row without a send_id never got two ids, an in-doubt row was sent once); and the number
-of requests is bounded: by the retry budget (retries at most 20 + 20 % of requests), and
+a row without a send_id never got two ids, an in-doubt row was sent once after any 503 or
+429 answers); and the number of requests is bounded: by the retry budget (retries at most
+20 + 20 % of requests), and
 during an outage by the breaker (its threshold, the requests already in flight, probes),
 not by rows x attempts.
 
@@ -55,11 +56,13 @@ U_TARGETS = ("u000002", "u000005")
 
 
 class Recorder:
-    """Middleware: records the campaign_id of every create request the sandbox receives,
-    and starts an outage when the ``outage_at``-th arrives (before answering it)."""
+    """Middleware: records the campaign_id of every create request the sandbox receives
+    (and of those answered 503 or 429, which created nothing), and starts an outage when
+    the ``outage_at``-th arrives (before answering it)."""
 
     def __init__(self) -> None:
         self.seen: Counter[str] = Counter()
+        self.nothing_done: Counter[str] = Counter()
         self.count = 0
         self.sandbox: Sandbox | None = None
         self.outage_at: int | None = None
@@ -70,16 +73,21 @@ class Recorder:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         """Count the request by campaign, maybe start the outage, then let it through."""
+        campaign_id = None
         if request.path == "/sends/id/create":
             try:
                 body = orjson.loads(await request.read())  # cached: the handler reads it too
-                self.seen[str(body.get("campaign_id"))] += 1
+                campaign_id = str(body.get("campaign_id"))
             except (orjson.JSONDecodeError, ConnectionError, AttributeError):
-                self.seen["?"] += 1
+                campaign_id = "?"
+            self.seen[campaign_id] += 1
             self.count += 1
             if self.count == self.outage_at and self.sandbox is not None:
                 self.sandbox.start_outage(*self.outage)
-        return await handler(request)
+        response = await handler(request)
+        if campaign_id is not None and response.status in (429, 503):
+            self.nothing_done[campaign_id] += 1
+        return response
 
 
 @dataclass(frozen=True)
@@ -628,6 +636,9 @@ async def run_and_check(
         if row is not None:
             assert n <= row["attempts"], (campaign_id, n, row)  # never more than sent
             if row.get("error") == "in_doubt":
+                # Sent once after the answers that said nothing was done (503 is retried
+                # for a row without a send_id, a 429 sent again): never after a doubt.
+                n -= recorder.nothing_done[campaign_id]
                 assert n == 1, f"in-doubt row {campaign_id} was sent {n} times"
 
     # 4. Bounded load: the retry budget, and the fault's own count.
