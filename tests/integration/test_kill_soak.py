@@ -137,6 +137,9 @@ async def kill_loop(
 
 
 @pytest.mark.slow
+# Each signal waits for its run's first creation, and on PostgreSQL the next start for the
+# killed run's lease: dozens of them outlast the suite's default 120 s.
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize(
     ("backend", "kills", "rows"), [("sqlite", 80, 3200), ("postgresql", 32, 4800)]
 )
