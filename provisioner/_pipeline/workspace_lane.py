@@ -80,7 +80,7 @@ class JobQueue(asyncio.Queue[Job | None]):
 
 
 class QuotaGate(Protocol):
-    """A quota shared with other processes (``group.SharedQuota``): a unit per request."""
+    """A quota shared with other processes (``group_quota.SharedQuota``): a unit per request."""
 
     async def admit(self, budget: QuotaBudget) -> bool: ...
     async def spend(self, window: float | None, budget: QuotaBudget) -> bool: ...

@@ -102,14 +102,9 @@ class Lease:
                 ).fetchone()
                 old_holder, old_host, old_pid, old_started, epoch, live = row
                 if old_holder is not None and live:
-                    run_id = _holder_run(conn, s, old_pid, old_started)
-                    shown_run = f", run {run_id}" if run_id else ""
-                    raise StateLockedError(
-                        f"state store {shown}: workspace {ws!r} is in use by another run"
-                        f" (host {old_host}, pid {old_pid}, started {old_started}{shown_run});"
-                        " wait for it to finish, or for its lease to expire if it died",
-                        {"host": old_host, "pid": old_pid, "started": old_started,
-                         "run_id": run_id, "workspace": ws},
+                    raise _in_use(
+                        conn, s, shown, ws, (old_host, old_pid, old_started), "another run",
+                        "wait for it to finish, or for its lease to expire if it died",
                     )  # fmt: skip
                 if not member and not ws.startswith("group:"):
                     _refuse_group(conn, s, ws, shown, holder)
@@ -213,12 +208,24 @@ def _refuse_plain(conn: Any, s: str, ws: str, shown: str, mine: str) -> None:
     holder, host, pid, started, live = row
     if holder is None or not live or holder == mine:
         return
+    raise _in_use(
+        conn, s, shown, ws, (host, pid, started), "a run without --group",
+        "a group's workers cannot share it: wait for that run to finish (or for its lease"
+        " to expire if it died)",
+    )  # fmt: skip
+
+
+def _in_use(
+    conn: Any, s: str, shown: str, ws: str, held_by: tuple[object, object, object], who: str,
+    then: str,
+) -> StateLockedError:  # fmt: skip
+    """The refusal of a workspace ``who`` holds (its lease row's host, pid, started)."""
+    host, pid, started = held_by
     run_id = _holder_run(conn, s, pid, started)
     shown_run = f", run {run_id}" if run_id else ""
-    raise StateLockedError(
-        f"state store {shown}: workspace {ws!r} is in use by a run without --group (host"
-        f" {host}, pid {pid}, started {started}{shown_run}); a group's workers cannot share"
-        " it: wait for that run to finish (or for its lease to expire if it died)",
+    return StateLockedError(
+        f"state store {shown}: workspace {ws!r} is in use by {who} (host {host}, pid {pid},"
+        f" started {started}{shown_run}); {then}",
         {"host": host, "pid": pid, "started": started, "run_id": run_id, "workspace": ws},
     )
 
